@@ -1,0 +1,179 @@
+"""GGUF variants: convert an HF reference to F16 with llama.cpp's converter, then quantize via its C API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from toolkit.errors import UserError
+from toolkit.formats import Format, VariantSpec, register, variant_dir
+from toolkit.formats.llamacpp_vendor import converter_dir, llama_cpp_version
+from toolkit.io import atomic_path, content_hash, ensure_dir, sha256_file, write_json
+from toolkit.records import Variant
+from toolkit.sources import SourceModel, check_gguf_header
+
+# llama.cpp file types offered by the recipe, with llama.cpp's nominal bits per weight (7B figures).
+QUANT_TYPES: dict[str, float] = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0,
+    "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.67, "Q5_K_S": 5.52, "Q5_1": 6.0, "Q5_0": 5.5,
+    "Q4_K_M": 4.83, "Q4_K_S": 4.58, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5, "IQ4_XS": 4.25,
+    "Q3_K_L": 4.27, "Q3_K_M": 3.89, "Q3_K_S": 3.5, "Q2_K": 3.0, "Q2_K_S": 2.96, "TQ2_0": 2.06, "TQ1_0": 1.69,
+}
+CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+SOURCE_QUANT = "source"
+
+
+def ftype_of(quant: str) -> int:
+    import llama_cpp
+
+    name = "LLAMA_FTYPE_ALL_F32" if quant == "F32" else f"LLAMA_FTYPE_MOSTLY_{quant}"
+    if not hasattr(llama_cpp, name):
+        raise UserError(f"llama.cpp {llama_cpp.__version__} has no quant type {quant!r}", field="quants")
+    return int(getattr(llama_cpp, name))
+
+
+def tool_versions() -> dict[str, str]:
+    return {"llama_cpp_python": llama_cpp_version()}
+
+
+def specs(spec) -> list[VariantSpec]:
+    out = [VariantSpec("gguf", q) for q in spec.quants]
+    if spec.keep_source:
+        out.insert(0, VariantSpec("gguf", SOURCE_QUANT))
+    return out
+
+
+def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
+    if spec.quant == SOURCE_QUANT:
+        if source.kind != "gguf":
+            raise UserError("keep_source applies to GGUF sources only", field="variants.gguf.keep_source")
+        return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
+    vid = variant_id(source, spec)
+    folder = variant_dir(workspace, vid)
+    cached = _cached(folder)
+    if cached:
+        return cached
+    start = time.perf_counter()
+    f16 = ensure_f16(source, workspace)
+    target = folder / "model.gguf"
+    ensure_dir(folder)
+    with atomic_path(target) as tmp:
+        if spec.quant == "F16":
+            shutil.copyfile(f16, tmp)
+        elif spec.quant in CONVERTER_TYPES and source.kind == "hf":
+            convert_hf(source.path, tmp, CONVERTER_TYPES[spec.quant], workspace)
+        elif spec.quant in CONVERTER_TYPES:
+            quantize(source.path, tmp, spec.quant, threads, workspace)
+        else:
+            quantize(f16, tmp, spec.quant, threads, workspace)
+    return _describe(source, spec, target, workspace, seconds=time.perf_counter() - start, copied=True)
+
+
+def variant_id(source: SourceModel, spec: VariantSpec) -> str:
+    return f"{source.model}-gguf-{spec.quant.lower()}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
+
+
+def _cached(folder: Path) -> Variant | None:
+    record, model = folder / "variant.json", folder / "model.gguf"
+    if record.exists() and model.exists():
+        variant = Variant.load(record)
+        if variant.size_bytes == model.stat().st_size:
+            return variant
+    return None
+
+
+def _describe(source, spec, path: Path, workspace: Path, seconds: float, copied: bool) -> Variant:
+    check_gguf_header(path)
+    info = gguf_info(path)
+    quant = info["file_type"] if spec.quant == SOURCE_QUANT else spec.quant
+    size = path.stat().st_size
+    notes = []
+    if spec.quant == SOURCE_QUANT:
+        notes.append("the source file as shipped")
+    elif source.kind == "gguf":
+        notes.append(f"quantized from an F16 GGUF that llama.cpp dequantized from {source.path.name}")
+    variant = Variant(
+        id=variant_id(source, spec),
+        label=f"{source.model} {quant}" + (" (as shipped)" if spec.quant == SOURCE_QUANT else ""),
+        model=source.model,
+        format="gguf",
+        runtime="llama.cpp",
+        quant=quant,
+        path=str(path.resolve()),
+        size_bytes=size,
+        sha256=source.sha256 if not copied else sha256_file(path),
+        n_params=info["n_params"],
+        bits_per_weight=round(size * 8 / info["n_params"], 3) if info["n_params"] else None,
+        source=source.origin,
+        source_sha256=source.sha256,
+        seconds=round(seconds, 2),
+        tools=tool_versions(),
+        notes=notes,
+    )
+    if copied:
+        write_json(path.parent / "variant.json", variant)
+    return variant
+
+
+def gguf_info(path: Path) -> dict:
+    """File type name and parameter count read from the GGUF header."""
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(path)
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    field = reader.fields.get("general.file_type")
+    file_type = "unknown"
+    if field is not None:
+        value = int(field.parts[field.data[0]][0])
+        try:
+            file_type = LlamaFileType(value).name.removeprefix("MOSTLY_").replace("ALL_", "")
+        except ValueError:
+            file_type = f"ftype{value}"
+    return {"n_params": n_params, "file_type": file_type}
+
+
+def ensure_f16(source: SourceModel, workspace: Path) -> Path:
+    """The F16 GGUF that every quantized variant starts from, built once and cached.
+
+    From an HF checkpoint: llama.cpp's converter. From a GGUF file: llama.cpp itself dequantizes it
+    (requantize to F16), which keeps the file's own tokenizer metadata exactly as shipped.
+    """
+    key = content_hash(source.sha256, tool_versions(), length=12)
+    target = workspace / "intermediate" / f"{source.model}-f16-{key}.gguf"
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            if source.kind == "hf":
+                convert_hf(source.path, tmp, "f16", workspace)
+            else:
+                quantize(source.path, tmp, "F16", None, workspace)
+    return target
+
+
+def convert_hf(hf_dir: Path, out: Path, outtype: str, workspace: Path) -> None:
+    tools = converter_dir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tools / "gguf-py"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
+    _run_logged(cmd, env, workspace / "logs" / f"convert-{out.stem}.log", what=f"convert {hf_dir} to GGUF")
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int | None, workspace: Path) -> None:
+    cmd = [sys.executable, "-m", "toolkit.formats.gguf_quantize", str(src), str(dst), str(ftype_of(quant)), str(threads or 0)]
+    _run_logged(cmd, None, workspace / "logs" / f"quantize-{quant}-{src.stem}.log", what=f"quantize to {quant}")
+
+
+def _run_logged(cmd: list[str], env: dict | None, log: Path, what: str) -> None:
+    """Run a tool in a child process (a crash there cannot take the sweep down), keep its log."""
+    ensure_dir(log.parent)
+    with open(log, "w", encoding="utf-8") as handle:
+        done = subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        raise UserError(f"cannot {what}: {reason.strip()[:300]} (full log: {log})")
+
+
+register(Format(name="gguf", runtime="llama.cpp", specs=specs, build=build))

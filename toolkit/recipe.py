@@ -1,0 +1,141 @@
+"""The YAML recipe that drives every stage, validated into plain data with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from toolkit.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Candidate(Strict):
+    model: str = Field(description="catalogue id (see `toolkit models`), a local path, or hf:<org>/<name>")
+    name: str | None = None
+    trust_remote_code: bool = False
+
+
+class GGUFSpec(Strict):
+    quants: list[str] = Field(default_factory=lambda: ["F16", "Q8_0", "Q4_K_M"], min_length=1)
+    keep_source: bool = Field(True, description="also profile the source GGUF file as it is")
+
+    @field_validator("quants")
+    @classmethod
+    def _known_quants(cls, quants: list[str]) -> list[str]:
+        from toolkit.formats.gguf import QUANT_TYPES
+
+        normalised = [q.upper() for q in quants]
+        for q in normalised:
+            if q not in QUANT_TYPES:
+                raise ValueError(f"unknown quant type {q!r} (known: {', '.join(QUANT_TYPES)})")
+        if len(set(normalised)) != len(normalised):
+            raise ValueError("quant types repeat")
+        return normalised
+
+
+class Variants(Strict):
+    gguf: GGUFSpec | None = Field(default_factory=GGUFSpec)
+
+
+class Device(Strict):
+    threads: int | None = Field(None, ge=1, description="threads for every runtime; default all cores")
+    prompt_lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
+    decode_tokens: int = Field(128, ge=1, le=8192)
+    warmup: int = Field(1, ge=0, le=100)
+    repeats: int = Field(3, ge=1, le=1000)
+    timeout_s: float = Field(900, gt=0)
+    memory_cap_mb: float | None = Field(None, gt=0)
+
+    @field_validator("prompt_lengths")
+    @classmethod
+    def _positive(cls, lengths: list[int]) -> list[int]:
+        if any(n < 1 or n > 32768 for n in lengths):
+            raise ValueError("prompt lengths must be between 1 and 32768 tokens")
+        return sorted(set(lengths))
+
+
+class QualitySpec(Strict):
+    corpus: Literal["flores-eng"] = "flores-eng"
+    ctx: int = Field(512, ge=16, le=8192)
+    chunks: int = Field(6, ge=1, le=1000)
+
+
+class Budget(Strict):
+    max_ttft_ms: float | None = Field(None, gt=0)
+    ttft_prompt_tokens: int | None = Field(None, ge=1, description="prompt length the TTFT bound is for")
+    min_decode_tps: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0)
+    max_perplexity: float | None = Field(None, gt=1)
+    priority: Literal["balanced", "quality", "speed", "memory"] = "balanced"
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of quality against responsiveness")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    workspace: str = ".edgefirst/{name}"
+    candidates: list[Candidate] = Field(min_length=1)
+    variants: Variants = Field(default_factory=Variants)
+    device: Device = Field(default_factory=Device)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    budget: Budget = Field(default_factory=Budget)
+
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _budget_prompt_is_profiled(self) -> Recipe:
+        wanted = self.budget.ttft_prompt_tokens
+        if wanted is not None and wanted not in self.device.prompt_lengths:
+            raise ValueError(
+                f"budget.ttft_prompt_tokens={wanted} is not among device.prompt_lengths {self.device.prompt_lengths}"
+            )
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def workspace_dir(self) -> Path:
+        raw = Path(self.workspace.format(name=self.name))
+        return raw if raw.is_absolute() else Path.cwd() / raw
+
+    def settings_for_hash(self) -> dict:
+        return self.model_dump(mode="json", exclude={"description", "budget", "workspace"})
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError("recipe not found", file=path) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise UserError(f"not valid YAML ({getattr(exc, 'problem', exc)})", file=path, field=where) from exc
+    if not isinstance(raw, dict):
+        raise UserError("a recipe must be a YAML mapping", file=path)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, path) from exc
+    recipe.path = path.resolve()
+    return recipe
+
+
+def validation_error(exc: ValidationError, path: Path | str) -> UserError:
+    """The first pydantic error as a one-line UserError naming file and dotted field."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    return UserError(message, file=path, field=field)

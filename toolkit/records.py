@@ -1,0 +1,185 @@
+"""Plain records passed between stages and stored as versioned JSON on disk."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from toolkit.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def load(cls, path: Path):
+        try:
+            data = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read ({exc.strerror})", file=path) from exc
+        try:
+            record = cls.model_validate_json(data)
+        except ValueError as exc:
+            raise UserError(f"not a valid {cls.__name__} record ({_first_error(exc)})", file=path) from exc
+        if record.schema_version != SCHEMA_VERSION:
+            raise UserError(
+                f"written by schema version {record.schema_version}, this toolkit reads {SCHEMA_VERSION}",
+                file=path,
+                field="schema_version",
+            )
+        return record
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
+    return str(exc).splitlines()[0]
+
+
+class Stat(BaseModel):
+    """A summary of repeated measurements; latency constraints are checked against p90."""
+
+    n: int
+    median: float
+    p10: float
+    p90: float
+    mean: float
+    values: list[float] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: list[float], keep_values: bool = True) -> Stat:
+        if not values:
+            raise ValueError("no values to summarise")
+        ordered = sorted(values)
+        return cls(
+            n=len(ordered),
+            median=statistics.median(ordered),
+            p10=percentile(ordered, 10),
+            p90=percentile(ordered, 90),
+            mean=statistics.fmean(ordered),
+            values=[round(v, 4) for v in values] if keep_values else [],
+        )
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated percentile of sorted values (numpy's default method)."""
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class Variant(Record):
+    id: str
+    label: str
+    model: str
+    format: str
+    runtime: str
+    quant: str
+    path: str
+    size_bytes: int
+    sha256: str
+    n_params: int | None = None
+    bits_per_weight: float | None = None
+    source: str
+    source_sha256: str
+    seconds: float
+    tools: dict[str, str]
+    notes: list[str] = Field(default_factory=list)
+
+
+class Manifest(Record):
+    recipe: str
+    variants: list[Variant]
+
+
+class DeviceFingerprint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    hostname: str
+    cpu_model: str
+    physical_cores: int | None
+    logical_cpus: int
+    threads_used: int
+    ram_mb: int
+    os: str
+    python: str
+    runtimes: dict[str, str]
+    build_flags: dict[str, str] = Field(default_factory=dict)
+
+
+class PromptTiming(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt_tokens: int
+    ttft_ms: Stat
+    prefill_tps: Stat
+    runtime_prefill_tps: Stat | None = None
+
+
+RunStatus = Literal["ok", "oom", "crash", "timeout", "skipped"]
+
+
+class Profile(Record):
+    """One variant measured on one device."""
+
+    key: str
+    variant_id: str
+    variant_name: str
+    format: str
+    runtime: str
+    device: DeviceFingerprint
+    status: RunStatus
+    reason: str | None = None
+    settings: dict[str, int | float | str | None]
+    file_size_mb: float
+    load_ms: float | None = None
+    prompts: list[PromptTiming] = Field(default_factory=list)
+    decode_tokens: int = 0
+    decode_tps: Stat | None = None
+    itl_ms: Stat | None = None
+    runtime_decode_tps: Stat | None = None
+    peak_rss_mb: float | None = None
+    wall_s: float = 0.0
+
+    def prompt(self, tokens: int) -> PromptTiming | None:
+        return next((p for p in self.prompts if p.prompt_tokens == tokens), None)
+
+
+class Quality(Record):
+    """Fidelity of one variant on a local text: perplexity over fixed chunks."""
+
+    key: str
+    variant_id: str
+    status: RunStatus
+    reason: str | None = None
+    corpus: str
+    corpus_sha256: str
+    ctx: int
+    chunks: int
+    tokens_scored: int = 0
+    perplexity: float | None = None
+    nll_stderr: float | None = None
+    wall_s: float = 0.0
+
+
+class DeviceReport(Record):
+    """What `toolkit profile` writes: copy it off the device and feed it to `toolkit recommend`."""
+
+    recipe: str
+    created: str
+    toolkit_version: str
+    device: DeviceFingerprint
+    variants: list[Variant]
+    profiles: list[Profile]
+    quality: list[Quality] = Field(default_factory=list)

