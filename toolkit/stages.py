@@ -178,7 +178,7 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
 
 
 def evaluate(recipe: Recipe, progress: Progress = _quiet) -> list[Quality]:
-    ws = workspace(recipe)
+    workspace(recipe)
     manifest = load_manifest(recipe)
     corpus = corpus_path(recipe.quality.corpus)
     digest = sha256_file(corpus)

@@ -120,7 +120,7 @@ def main(job_path: str, out_path: str) -> int:
     except MemoryError:
         result, code = {"ok": False, "status": "oom", "reason": "MemoryError in the runtime"}, 3
     except Exception as exc:  # noqa: BLE001 - the parent records any failure as this variant's result
-        reason = getattr(exc, "one_line", lambda: f"{type(exc).__name__}: {exc}")()
+        reason = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
         result, code = {"ok": False, "status": "crash", "reason": reason}, 2
         traceback.print_exc()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
