@@ -42,12 +42,15 @@ def compress(recipe: Recipe, progress: Progress = _quiet) -> Manifest:
     ws = workspace(recipe)
     specs = variant_specs(recipe)
     variants: list[Variant] = []
-    total = len(recipe.candidates) * len(specs)
+    total, done = len(recipe.candidates) * len(specs), 0
     for candidate in recipe.candidates:
         source = resolve(candidate, recipe)
         for spec in specs:
-            progress(f"{source.model} {spec.format} {spec.quant}", len(variants), total)
-            variants.append(get_format(spec.format).build(source, spec, ws, recipe.device.threads))
+            progress(f"{source.model} {spec.format} {spec.quant}", done, total)
+            variant = get_format(spec.format).build(source, spec, ws, recipe.device.threads)
+            if variant is not None:
+                variants.append(variant)
+            done += 1
     progress("done", total, total)
     manifest = Manifest(recipe=recipe.name, variants=variants)
     write_json(ws / "manifest.json", manifest)

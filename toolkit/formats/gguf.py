@@ -47,10 +47,11 @@ def specs(spec) -> list[VariantSpec]:
     return out
 
 
-def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
+def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
+    """Build (or find cached) one variant; None when the spec does not apply to this source."""
     if spec.quant == SOURCE_QUANT:
         if source.kind != "gguf":
-            raise UserError("keep_source applies to GGUF sources only", field="variants.gguf.keep_source")
+            return None  # keep_source: an HF checkpoint has no GGUF file to keep
         return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
     vid = variant_id(source, spec)
     folder = variant_dir(workspace, vid)

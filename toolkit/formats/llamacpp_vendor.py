@@ -18,7 +18,7 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.io import atomic_dir, cache_root
 
-PYPI_JSON = "https://pypi.org/pypi/llama-cpp-python/{version}/json"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"  # PEP 691, the index API pip itself uses
 _MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 
@@ -44,18 +44,21 @@ def converter_dir() -> Path:
 
 
 def _sdist_url(version: str) -> tuple[str, str]:
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(f"{index}/llama-cpp-python/", headers={"Accept": SIMPLE_JSON})
     try:
-        with urllib.request.urlopen(PYPI_JSON.format(version=version), timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             meta = json.load(response)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(
-            f"cannot reach PyPI for the llama-cpp-python {version} sdist ({exc}); "
+            f"cannot read the package index {index} for the llama-cpp-python {version} sdist ({exc}); "
             "set EDGEFIRST_LLAMA_CPP_DIR to a llama.cpp checkout instead"
         ) from exc
-    for entry in meta["urls"]:
-        if entry["packagetype"] == "sdist":
-            return entry["url"], entry["digests"]["sha256"]
-    raise UserError(f"PyPI lists no sdist for llama-cpp-python {version}")
+    wanted = f"llama_cpp_python-{version}.tar.gz"
+    for entry in meta.get("files", []):
+        if entry["filename"] == wanted and "sha256" in entry.get("hashes", {}):
+            return entry["url"], entry["hashes"]["sha256"]
+    raise UserError(f"the package index {index} lists no {wanted}")
 
 
 def _fetch(version: str, folder: Path) -> None:
@@ -68,7 +71,7 @@ def _fetch(version: str, folder: Path) -> None:
                 digest.update(block)
                 out.write(block)
         if digest.hexdigest() != expected:
-            raise UserError(f"llama-cpp-python {version} sdist: sha256 mismatch with PyPI's index")
+            raise UserError(f"llama-cpp-python {version} sdist: sha256 mismatch with the package index")
         prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
         with tarfile.open(archive) as tar:
             wanted = [

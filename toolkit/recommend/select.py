@@ -127,7 +127,8 @@ def select(options: list[Option], limits: list[Limit], priority: str, alpha: flo
         if o.status == "ok":
             o.violations = check(o, limits)
             o.dominated_by = None if o.on_front else _dominator(o, options, objectives)
-    feasible = [o for o in options if o.status == "ok" and not o.violations]
+    # Only front members can be picked: a dominated option always has a feasible, better twin.
+    feasible = [o for o in options if o.status == "ok" and not o.violations and o.on_front]
     if priority == "balanced":
         pick = max(feasible, key=lambda o: (o.utility, o.id), default=None)
     else:

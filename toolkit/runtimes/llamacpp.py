@@ -73,6 +73,20 @@ class LlamaCppSession:
             raise RuntimeError("tokenize buffer too small")
         return list(buf[:n])
 
+    def detokenize(self, tokens: list[int]) -> str:
+        buf = ctypes.create_string_buffer(len(tokens) * 64 + 64)
+        arr = (self._ll.llama_token * len(tokens))(*tokens)
+        n = self._ll.llama_detokenize(self.vocab, arr, len(tokens), buf, len(buf), False, False)
+        return buf.raw[: max(n, 0)].decode(errors="replace")
+
+    def generate(self, prompt: str, max_tokens: int) -> str:
+        """Greedy continuation of `prompt` (no sampling): a quick functional check of a variant."""
+        token, out = self.prefill(self.tokenize(prompt)), []
+        for _ in range(max_tokens):
+            out.append(token)
+            token = self.decode(token)
+        return self.detokenize(out)
+
     def reset(self) -> None:
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)
         self._pos = 0

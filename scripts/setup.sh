@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install edgefirst-toolkit with its pinned dependencies (CPU build of torch).
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu ./scripts/setup.sh   # where PyPI's torch would be a CUDA build
+#   PIP_FIND_LINKS=/path/to/wheels ./scripts/setup.sh                     # a prebuilt llama-cpp-python wheel
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, alone, so that nothing else can pull a different (CUDA) build.
+.venv/bin/python -m pip install --quiet ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} torch==2.13.0
+# llama-cpp-python compiles llama.cpp from source when no wheel is found (10-25 minutes on 2 cores).
+.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/toolkit --version

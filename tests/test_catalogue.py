@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import write_recipe
+from toolkit.catalogue import catalogue, load_card
+from toolkit.errors import UserError
+from toolkit.recipe import load_recipe
+from toolkit.sources import resolve
+
+
+def test_catalogue_lists_offline_and_hub_models():
+    cards = catalogue()
+    assert cards["smollm2-135m-instruct"].offline
+    assert cards["gemma3-270m"].offline
+    hub = {c.hub_id for c in cards.values() if not c.offline}
+    for wanted in ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "meta-llama/Llama-3.2-1B-Instruct",
+                   "HuggingFaceTB/SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+                   "microsoft/Phi-3.5-mini-instruct", "google/gemma-3-1b-it"):
+        assert wanted in hub
+    assert all(c.license and c.params_m > 0 for c in cards.values())
+
+
+def test_bad_card_names_field(tmp_path):
+    card = tmp_path / "x.yaml"
+    card.write_text("id: x\nname: X\nfamily: f\narchitecture: llama\nparams_m: -1\ncontext: 1\nlicense: MIT\n"
+                    "hub_id: a/b\nsource: {kind: hub, repo: a/b}\n")
+    with pytest.raises(UserError, match="x.yaml: params_m:"):
+        load_card(card)
+
+
+def test_hub_model_unreachable_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: t\ncandidates: [{model: qwen2.5-0.5b-instruct}]\n"))
+    with pytest.raises(UserError, match="cannot fetch 'Qwen/Qwen2.5-0.5B-Instruct' from the Hugging Face hub"):
+        resolve(recipe.candidates[0], recipe)
+
+
+def test_missing_local_model(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: t\ncandidates: [{model: ./nowhere.gguf}]\n"))
+    with pytest.raises(UserError, match=r"r.yaml: candidates.model: model './nowhere.gguf' is neither"):
+        resolve(recipe.candidates[0], recipe)
+
+
+@pytest.mark.parametrize("content", [b"", b"NOPE" + b"\0" * 64, b"GGUF\x03\0\0\0" + b"\x07" * 40])
+def test_corrupt_gguf_is_refused(tmp_path, content):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(content)
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: t\ncandidates: [{model: bad.gguf}]\n"))
+    with pytest.raises(UserError, match=r"bad.gguf: (not a GGUF file|corrupt or truncated GGUF)"):
+        resolve(recipe.candidates[0], recipe)

@@ -1,0 +1,39 @@
+"""The README's main job: `toolkit run recipes/demo.yaml` on the real SmolLM2 ladder, twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+
+
+def _toolkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_demo_runs_end_to_end_and_reuses_work(tmp_path):
+    start = time.perf_counter()
+    first = _toolkit("run", str(ROOT / "recipes" / "demo.yaml"), cwd=tmp_path)
+    first_s = time.perf_counter() - start
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Run smollm2-135m-instruct" in first.stdout
+    reports = list((tmp_path / ".edgefirst" / "demo" / "reports").glob("recommendation-*.json"))
+    rec = json.loads(reports[0].read_text())
+    assert len(rec["rows"]) == 9 and rec["pick"]
+    assert all(r["status"] == "ok" and r["metrics"]["perplexity"] for r in rec["rows"])
+    start = time.perf_counter()
+    second = _toolkit("run", str(ROOT / "recipes" / "demo.yaml"), cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert time.perf_counter() - start < first_s / 3  # everything came from the cache
+    budget = _toolkit("recommend", str(ROOT / "recipes" / "demo.yaml"), "--min-decode-tps", "100000", cwd=tmp_path)
+    assert budget.returncode == 0
+    assert "No variant meets the budget" in budget.stdout

@@ -1,0 +1,148 @@
+"""HF checkpoint -> GGUF (llama.cpp converter) -> quantize -> perplexity -> profile -> recommend, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_recipe
+from toolkit import stages
+from toolkit.errors import UserError
+from toolkit.io import write_json
+from toolkit.profiling.harness import run_child
+from toolkit.recipe import load_recipe
+from toolkit.recommend.engine import recommend
+from toolkit.records import Manifest
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    path = write_recipe(folder / "tiny.yaml", f"""
+        name: tiny
+        workspace: {folder / 'ws'}
+        candidates:
+          - model: {tiny_llama}
+            name: tiny-llama
+        variants:
+          gguf:
+            quants: [F16, Q8_0, Q4_K_M]
+        device:
+          threads: 2
+          prompt_lengths: [16, 64]
+          decode_tokens: 16
+          warmup: 1
+          repeats: 3
+          timeout_s: 300
+        quality:
+          ctx: 64
+          chunks: 2
+        """)
+    return load_recipe(path)
+
+
+@pytest.fixture(scope="module")
+def manifest(recipe):
+    return stages.compress(recipe)
+
+
+def test_compress_builds_the_ladder(manifest, recipe):
+    quants = [v.quant for v in manifest.variants]
+    assert quants == ["F16", "Q8_0", "Q4_K_M"]
+    sizes = [v.size_bytes for v in manifest.variants]
+    assert sizes[0] > sizes[1] > sizes[2]
+    f16 = manifest.variants[0]
+    assert 15 < f16.bits_per_weight < 17.5
+    assert all(v.tools["llama_cpp_python"] for v in manifest.variants)
+    stored = Manifest.load(recipe.workspace_dir() / "manifest.json")
+    assert stored == manifest
+
+
+def test_second_compress_reuses_finished_work(manifest, recipe):
+    from pathlib import Path
+
+    before = {v.id: Path(v.path).stat().st_mtime_ns for v in manifest.variants}
+    again = stages.compress(recipe)
+    assert [v.id for v in again.variants] == list(before)
+    assert {v.id: Path(v.path).stat().st_mtime_ns for v in again.variants} == before
+
+
+def test_perplexity_then_profile_then_recommend(manifest, recipe):
+    quality = stages.evaluate(recipe)
+    assert [q.status for q in quality] == ["ok"] * 3
+    vocab = 320
+    for q in quality:
+        assert 1 < q.perplexity < 10 * vocab  # a random model is near-uniform over its vocabulary
+        assert q.tokens_scored == 2 * 32
+    report, path = stages.profile(recipe)
+    assert path.exists()
+    assert [p.status for p in report.profiles] == ["ok"] * 3, [p.reason for p in report.profiles]
+    for p in report.profiles:
+        assert p.load_ms > 0 and p.peak_rss_mb > 50
+        assert [t.prompt_tokens for t in p.prompts] == [16, 64]
+        assert all(t.ttft_ms.n == 3 and t.ttft_ms.median > 0 for t in p.prompts)
+        assert p.decode_tps.n == 3 and p.decode_tps.median > 0
+        assert p.itl_ms.n == 3 * 16 and p.itl_ms.p90 >= p.itl_ms.median
+        assert p.runtime_decode_tps is not None and p.runtime_decode_tps.median > 0
+    assert report.device.threads_used == 2 and report.device.cpu_model
+    assert report.device.runtimes["llama_cpp_python"]
+    assert len(report.quality) == 3
+    rec = recommend(report, recipe.budget)
+    assert rec.pick in {v.id for v in manifest.variants}
+    assert all(r.verdict for r in rec.rows)
+    impossible = recipe.budget.model_copy(update={"min_decode_tps": 1e9})
+    rec = recommend(report, impossible)
+    assert rec.pick is None and "No variant meets the budget" in rec.message
+
+
+def test_broken_variant_is_recorded_and_the_sweep_goes_on(manifest, recipe, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 4096)
+    broken = manifest.variants[2].model_copy(update={"id": "tiny-broken", "label": "broken", "path": str(bad), "sha256": "0" * 64})
+    write_json(recipe.workspace_dir() / "manifest.json", Manifest(recipe="tiny", variants=[broken, manifest.variants[2]]))
+    try:
+        report, _ = stages.profile(recipe)
+    finally:
+        write_json(recipe.workspace_dir() / "manifest.json", manifest)
+    assert report.profiles[0].status == "crash"
+    assert "could not load" in report.profiles[0].reason
+    assert report.profiles[1].status == "ok"
+
+
+def _job(variant, recipe, corpus):
+    return stages._job(recipe, variant, "profile", corpus)
+
+
+def test_memory_cap_and_timeout_are_results_not_failures(manifest, recipe, tmp_path):
+    from toolkit.quality.corpus import corpus_path
+
+    job = _job(manifest.variants[0], recipe, corpus_path("flores-eng"))
+    oom = run_child(job, timeout_s=120, memory_cap_mb=30, log_path=tmp_path / "oom.log")
+    assert oom.status == "oom" and "cap of 30 MB" in oom.reason
+    slow = run_child(job | {"repeats": 100_000}, timeout_s=2, memory_cap_mb=None, log_path=tmp_path / "slow.log")
+    assert slow.status == "timeout" and "within 2 s" in slow.reason
+
+
+def test_cli_bad_recipe_is_one_line(tmp_path):
+    bad = write_recipe(tmp_path / "bad.yaml", "name: t\ncandidates: [{model: x}]\nvariants: {gguf: {quants: [Q7]}}\n")
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "compress", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bad.yaml: variants.gguf.quants: unknown quant type 'Q7'" in lines[0]
+
+
+def test_unknown_model_architecture_is_clear(tmp_path, tiny_llama):
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_llama, odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["architectures"] = ["NoSuchForCausalLM"]
+    (odd / "config.json").write_text(json.dumps(config))
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"name: odd\nworkspace: {tmp_path / 'ws'}\ncandidates: [{{model: {odd}}}]\n"))
+    with pytest.raises(UserError, match="cannot convert .* to GGUF: .*NoSuchForCausalLM"):
+        stages.compress(recipe)
+    assert not list((tmp_path / "ws" / "intermediate").glob("*.gguf"))
