@@ -29,7 +29,7 @@ def build_flags() -> dict[str, str]:
     for part in info.replace("|", ";").split(";"):
         if "=" in part:
             key, value = part.split("=", 1)
-            flags[key.strip()] = value.strip()
+            flags[key.split(":")[-1].strip()] = value.strip()
     return flags
 
 
