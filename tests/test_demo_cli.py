@@ -26,8 +26,11 @@ def test_demo_runs_end_to_end_and_reuses_work(tmp_path):
     first_s = time.perf_counter() - start
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Run smollm2-135m-instruct" in first.stdout
-    reports = list((tmp_path / ".edgefirst" / "demo" / "reports").glob("recommendation-*.json"))
+    reports = list((tmp_path / "reports" / "demo").glob("recommendation-*.json"))
     rec = json.loads(reports[0].read_text())
+    assert rec["answer"] == "edge" and rec["energy_source"].startswith("estimated")
+    assert all(r["metrics"]["energy_j"] and r["metrics"]["cost_per_1k_usd"] for r in rec["rows"])
+    assert (tmp_path / "reports" / "demo" / reports[0].name.replace(".json", ".html")).exists()
     assert len(rec["rows"]) == 9 and rec["pick"]
     assert all(r["status"] == "ok" and r["metrics"]["perplexity"] for r in rec["rows"])
     start = time.perf_counter()
@@ -36,4 +39,4 @@ def test_demo_runs_end_to_end_and_reuses_work(tmp_path):
     assert time.perf_counter() - start < first_s / 3  # everything came from the cache
     budget = _toolkit("recommend", str(ROOT / "recipes" / "demo.yaml"), "--min-decode-tps", "100000", cwd=tmp_path)
     assert budget.returncode == 0
-    assert "No variant meets the budget" in budget.stdout
+    assert "No edge variant meets the budget" in budget.stdout and "Cloud fallback" in budget.stdout

@@ -14,12 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from toolkit import __version__, stages
 from toolkit.catalogue import catalogue
 from toolkit.errors import UserError
-from toolkit.io import write_json
 from toolkit.recipe import Budget, Recipe, load_recipe
+from toolkit.recommend.cloud import load_providers
 from toolkit.recommend.engine import Recommendation
 from toolkit.recommend.engine import recommend as make_recommendation
 from toolkit.records import DeviceReport
-from toolkit.render import console, manifest_table, models_table, recommendation_table
+from toolkit.render import cloud_table, console, manifest_table, models_table, recommendation_table
+from toolkit.reports import write_reports
 
 app = typer.Typer(
     help="Edge-first SLM toolkit: models -> compress -> evaluate -> profile (on the device) -> recommend. "
@@ -45,11 +46,19 @@ def progress_bar() -> Iterator:
         yield update
 
 
-@app.callback()
-def main(version: Annotated[bool, typer.Option("--version", help="print the version")] = False) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    """Edge-first SLM toolkit."""
 
 
 @app.command()
@@ -106,13 +115,16 @@ def recommend(
     recipe: RecipeArg,
     report: Annotated[Path | None, typer.Option(help="device report JSON (default: this device's latest)")] = None,
     max_ttft_ms: Annotated[float | None, typer.Option(help="p90 time to first token, ms")] = None,
-    ttft_prompt_tokens: Annotated[int | None, typer.Option(help="prompt length the TTFT bound is for")] = None,
+    ttft_prompt_tokens: Annotated[int | None, typer.Option(help="prompt length the budget is for")] = None,
     min_decode_tps: Annotated[float | None, typer.Option(help="decode tokens/s (slow end, p10)")] = None,
     max_memory_mb: Annotated[float | None, typer.Option(help="peak resident memory, MB")] = None,
     max_perplexity: Annotated[float | None, typer.Option(help="perplexity on the recipe's corpus")] = None,
-    priority: Annotated[str | None, typer.Option(help="balanced | quality | speed | memory")] = None,
+    max_energy_j: Annotated[float | None, typer.Option(help="energy per response, J")] = None,
+    max_cost_per_1k_usd: Annotated[float | None, typer.Option(help="cost of 1,000 responses, USD")] = None,
+    output_tokens: Annotated[int | None, typer.Option(help="response length for energy and cost")] = None,
+    priority: Annotated[str | None, typer.Option(help="balanced | pcr | quality | speed | memory | cost")] = None,
 ) -> None:
-    """Pareto front, budget, pick, and why every other variant lost."""
+    """Pareto front, budget, pick (or cloud fallback), and why every other variant lost; writes reports."""
     r = load_recipe(recipe)
     budget = _budget(
         r,
@@ -121,19 +133,40 @@ def recommend(
         min_decode_tps=min_decode_tps,
         max_memory_mb=max_memory_mb,
         max_perplexity=max_perplexity,
+        max_energy_j=max_energy_j,
+        max_cost_per_1k_usd=max_cost_per_1k_usd,
+        output_tokens=output_tokens,
         priority=priority,
     )
     show_recommendation(r, budget, report)
 
 
-def show_recommendation(r: Recipe, budget: Budget, report_path: Path | None) -> Recommendation:
+@app.command()
+def report(
+    recipe: RecipeArg,
+    report: Annotated[Path | None, typer.Option(help="device report JSON (default: this device's latest)")] = None,
+) -> None:
+    """Rebuild the JSON, Markdown and HTML reports from stored results, without measuring anything."""
+    r = load_recipe(recipe)
+    rec = build_recommendation(r, r.budget, report)
+    for kind, path in write_reports(rec, r.reports_path()).items():
+        console.print(f"{kind}: {path}")
+
+
+def build_recommendation(r: Recipe, budget: Budget, report_path: Path | None) -> Recommendation:
     path = report_path or _latest_report(r)
-    rec = make_recommendation(DeviceReport.load(path), budget)
+    providers = load_providers(r.cloud.providers, r.base_dir) if r.cloud.enabled else []
+    return make_recommendation(DeviceReport.load(path), budget, r.costs, providers)
+
+
+def show_recommendation(r: Recipe, budget: Budget, report_path: Path | None) -> Recommendation:
+    rec = build_recommendation(r, budget, report_path)
     console.print(recommendation_table(rec))
-    console.print(("[bold green]" if rec.pick else "[bold red]") + rec.message)
-    target = r.workspace_dir() / "reports" / f"recommendation-{rec.device_id}.json"
-    write_json(target, rec)
-    console.print(f"recommendation: {target}")
+    if rec.cloud_rows:
+        console.print(cloud_table(rec))
+    console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message)
+    for kind, path in write_reports(rec, r.reports_path()).items():
+        console.print(f"{kind}: {path}")
     return rec
 
 

@@ -43,6 +43,20 @@ class Variants(Strict):
     gguf: GGUFSpec | None = Field(default_factory=GGUFSpec)
 
 
+class Power(Strict):
+    """Whole-device power draw, used to estimate energy where RAPL counters are not readable."""
+
+    idle_w: float = Field(gt=0)
+    busy_w: float = Field(gt=0)
+    note: str = "figures from the recipe"
+
+    @model_validator(mode="after")
+    def _busy_above_idle(self) -> Power:
+        if self.busy_w < self.idle_w:
+            raise ValueError(f"busy_w {self.busy_w} is below idle_w {self.idle_w}")
+        return self
+
+
 class Device(Strict):
     threads: int | None = Field(None, ge=1, description="threads for every runtime; default all cores")
     prompt_lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
@@ -51,6 +65,7 @@ class Device(Strict):
     repeats: int = Field(3, ge=1, le=1000)
     timeout_s: float = Field(900, gt=0)
     memory_cap_mb: float | None = Field(None, gt=0)
+    power: Power | None = None
 
     @field_validator("prompt_lengths")
     @classmethod
@@ -66,14 +81,29 @@ class QualitySpec(Strict):
     chunks: int = Field(6, ge=1, le=1000)
 
 
+class Costs(Strict):
+    electricity_usd_per_kwh: float = Field(0.25, ge=0, description="the Edge-First paper uses 25 c/kWh")
+    device_usd_per_hour: float = Field(0.0, ge=0, description="amortised device cost while busy")
+
+
 class Budget(Strict):
+    """Limits on one response of the given shape (prompt_tokens in, output_tokens out)."""
+
     max_ttft_ms: float | None = Field(None, gt=0)
-    ttft_prompt_tokens: int | None = Field(None, ge=1, description="prompt length the TTFT bound is for")
+    ttft_prompt_tokens: int | None = Field(None, ge=1, description="prompt length the budget is for")
+    output_tokens: int = Field(128, ge=1, description="response length that energy and cost refer to")
     min_decode_tps: float | None = Field(None, gt=0)
     max_memory_mb: float | None = Field(None, gt=0)
     max_perplexity: float | None = Field(None, gt=1)
-    priority: Literal["balanced", "quality", "speed", "memory"] = "balanced"
+    max_energy_j: float | None = Field(None, gt=0, description="energy per response, joules")
+    max_cost_per_1k_usd: float | None = Field(None, gt=0, description="cost of 1,000 responses, USD")
+    priority: Literal["balanced", "pcr", "quality", "speed", "memory", "cost"] = "balanced"
     alpha: float = Field(0.5, ge=0, le=1, description="weight of quality against responsiveness")
+
+
+class Cloud(Strict):
+    providers: str = Field("models/cloud/providers.yaml", description="cloud provider catalogue (YAML)")
+    enabled: bool = True
 
 
 class Recipe(Strict):
@@ -85,6 +115,9 @@ class Recipe(Strict):
     device: Device = Field(default_factory=Device)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     budget: Budget = Field(default_factory=Budget)
+    costs: Costs = Field(default_factory=Costs)
+    cloud: Cloud = Field(default_factory=Cloud)
+    reports_dir: str = "reports/{name}"
 
     path: Path | None = Field(None, exclude=True)
 
@@ -101,12 +134,16 @@ class Recipe(Strict):
     def base_dir(self) -> Path:
         return self.path.parent if self.path else Path.cwd()
 
+    def reports_path(self) -> Path:
+        raw = Path(self.reports_dir.format(name=self.name))
+        return raw if raw.is_absolute() else Path.cwd() / raw
+
     def workspace_dir(self) -> Path:
         raw = Path(self.workspace.format(name=self.name))
         return raw if raw.is_absolute() else Path.cwd() / raw
 
     def settings_for_hash(self) -> dict:
-        return self.model_dump(mode="json", exclude={"description", "budget", "workspace"})
+        return self.model_dump(mode="json", exclude={"description", "budget", "workspace", "costs", "cloud", "reports_dir"})
 
 
 def load_recipe(path: str | Path) -> Recipe:

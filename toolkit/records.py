@@ -150,6 +150,7 @@ class Profile(Record):
     itl_ms: Stat | None = None
     runtime_decode_tps: Stat | None = None
     peak_rss_mb: float | None = None
+    rapl_watts: Stat | None = None
     wall_s: float = 0.0
 
     def prompt(self, tokens: int) -> PromptTiming | None:
@@ -173,6 +174,13 @@ class Quality(Record):
     wall_s: float = 0.0
 
 
+class DevicePower(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    idle_w: float
+    busy_w: float
+    note: str = ""
+
+
 class DeviceReport(Record):
     """What `toolkit profile` writes: copy it off the device and feed it to `toolkit recommend`."""
 
@@ -180,6 +188,7 @@ class DeviceReport(Record):
     created: str
     toolkit_version: str
     device: DeviceFingerprint
+    power: DevicePower | None = None
     variants: list[Variant]
     profiles: list[Profile]
     quality: list[Quality] = Field(default_factory=list)

@@ -38,7 +38,7 @@ def manifest_table(manifest: Manifest) -> Table:
 def recommendation_table(rec: Recommendation) -> Table:
     table = Table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False)
     cols = ["", "variant", "MB", "bpw", "TTFT p90 ms", "prefill tok/s", "decode tok/s p50/p10", "ITL p50/p90 ms",
-            "peak RSS MB", "ppl", "front", "why"]
+            "peak RSS MB", "ppl", "J/resp", "USD/1k", "front", "why"]
     for col in cols:
         table.add_column(col, overflow="fold", justify="left" if col in ("variant", "why", "") else "right")
     for r in rec.rows:
@@ -55,7 +55,20 @@ def recommendation_table(rec: Recommendation) -> Table:
             f"{_f(d['itl_ms_p50'], 2)}/{_f(d['itl_ms_p90'], 2)}",
             _f(m["memory_mb"], 0),
             _f(m["perplexity"], 2),
+            _f(m.get("energy_j"), 1),
+            _f(m.get("cost_per_1k_usd"), 5),
             "yes" if r.on_front else "",
             r.verdict,
         )
+    return table
+
+
+def cloud_table(rec: Recommendation) -> Table:
+    table = Table(title=f"Cloud options for {rec.prompt_tokens} in / {rec.output_tokens} out tokens")
+    for col in ("", "provider", "model", "TTFT ms", "tok/s", "USD/1k responses", "budget"):
+        table.add_column(col)
+    for c in sorted(rec.cloud_rows, key=lambda c: c.cost_per_1k_usd):
+        mark = "[bold yellow]*[/]" if c.id == rec.cloud_pick else ""
+        table.add_row(mark, c.provider, c.model, _f(c.ttft_ms, 0), _f(c.decode_tps, 0), f"{c.cost_per_1k_usd:.4f}",
+                      "meets" if not c.violations else "; ".join(c.violations))
     return table

@@ -14,7 +14,17 @@ from toolkit.profiling.device import fingerprint, usable_cpus
 from toolkit.profiling.harness import run_child
 from toolkit.quality.corpus import corpus_path
 from toolkit.recipe import Recipe
-from toolkit.records import DeviceFingerprint, DeviceReport, Manifest, Profile, PromptTiming, Quality, Stat, Variant
+from toolkit.records import (
+    DeviceFingerprint,
+    DevicePower,
+    DeviceReport,
+    Manifest,
+    Profile,
+    PromptTiming,
+    Quality,
+    Stat,
+    Variant,
+)
 from toolkit.runtimes import get_runtime
 from toolkit.sources import resolve
 
@@ -108,7 +118,7 @@ def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None
     manifest = load_manifest(recipe)
     device = device_fingerprint(recipe)
     corpus = corpus_path(recipe.quality.corpus)
-    settings = recipe.device.model_dump(mode="json")
+    settings = recipe.device.model_dump(mode="json", exclude={"power"})
     profiles = []
     for done, variant in enumerate(manifest.variants):
         progress(f"profile {variant.label}", done, len(manifest.variants))
@@ -127,6 +137,7 @@ def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         toolkit_version=__version__,
         device=device,
+        power=DevicePower(**recipe.device.power.model_dump()) if recipe.device.power else None,
         variants=manifest.variants,
         profiles=profiles,
         quality=load_quality(recipe, manifest, sha256_file(corpus)),
@@ -144,7 +155,7 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
         format=variant.format,
         runtime=variant.runtime,
         device=device,
-        settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths"}),
+        settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}),
         file_size_mb=round(variant.size_bytes / 2**20, 2),
     )
     missing = get_runtime(variant.runtime).available()
@@ -174,6 +185,7 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
         decode_tps=Stat.of(data["decode_tps"]),
         itl_ms=Stat.of(data["itl_ms"], keep_values=False),
         runtime_decode_tps=Stat.of(data["runtime_decode_tps"]) if data["runtime_decode_tps"] else None,
+        rapl_watts=Stat.of(data["rapl_watts"]) if data.get("rapl_watts") else None,
         peak_rss_mb=round(data["peak_rss_mb"], 1),
         wall_s=round(child.wall_s, 2),
         **base,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.profiling.energy import RaplMeter
+
 
 def run_job(job: dict) -> dict:
     runtime = importlib.import_module(job["runtime_module"])
@@ -41,6 +43,8 @@ def _counters(session) -> dict | None:
 
 def profile(session, tokens: list[int], job: dict) -> dict:
     lengths, n_decode = job["prompt_lengths"], job["decode_tokens"]
+    meter = RaplMeter.open()
+    watts: list[float] = []
     if len(tokens) < max(lengths):
         raise ValueError(f"corpus has {len(tokens)} tokens, fewer than the longest prompt {max(lengths)}")
     for _ in range(job["warmup"]):
@@ -52,9 +56,12 @@ def profile(session, tokens: list[int], job: dict) -> dict:
         ttft, runtime_tps = [], []
         for _ in range(job["repeats"]):
             session.reset_perf()
+            j0 = meter.joules() if meter else 0.0
             t0 = time.perf_counter()
             session.prefill(tokens[:length])
             ttft.append((time.perf_counter() - t0) * 1000)
+            if meter:
+                watts.append((meter.joules() - j0) / (ttft[-1] / 1000))
             perf = _counters(session)
             if perf and perf["prefill_ms"] > 0:
                 runtime_tps.append(perf["prefill_tokens"] / perf["prefill_ms"] * 1000)
@@ -64,10 +71,13 @@ def profile(session, tokens: list[int], job: dict) -> dict:
         token = session.prefill(tokens[: lengths[0]])
         session.reset_perf()
         steps = []
+        j0 = meter.joules() if meter else 0.0
         for _ in range(n_decode):
             t0 = time.perf_counter()
             token = session.decode(token)
             steps.append((time.perf_counter() - t0) * 1000)
+        if meter:
+            watts.append((meter.joules() - j0) / (sum(steps) / 1000))
         itl.extend(steps)
         decode_tps.append(n_decode / (sum(steps) / 1000))
         perf = _counters(session)
@@ -79,6 +89,7 @@ def profile(session, tokens: list[int], job: dict) -> dict:
         "itl_ms": itl,
         "runtime_decode_tps": runtime_decode,
         "decode_context": lengths[0],
+        "rapl_watts": watts,
     }
 
 

@@ -1,20 +1,29 @@
-"""From a device report and a budget to a recommendation record with a reason per variant."""
+"""From a device report, a budget, costs and the cloud catalogue to a recommendation with reasons."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
-from toolkit.recipe import Budget
-from toolkit.recommend.select import Limit, Option, select, shared_objectives
-from toolkit.records import DeviceReport, Record
+from toolkit.recipe import Budget, Costs
+from toolkit.recommend.cloud import CloudModel
+from toolkit.recommend.select import Limit, Option, check, select, shared_objectives
+from toolkit.records import DeviceReport, Profile, Record
 
 LIMITS = {
     "max_ttft_ms": ("ttft_ms", "max"),
     "min_decode_tps": ("decode_tps", "min"),
     "max_memory_mb": ("memory_mb", "max"),
     "max_perplexity": ("perplexity", "max"),
+    "max_energy_j": ("energy_j", "max"),
+    "max_cost_per_1k_usd": ("cost_per_1k_usd", "max"),
 }
+# What a cloud answer is checked against: latency, speed and price; memory and energy are not the
+# edge device's, and perplexity is not comparable across tokenizers (a hosted model is far larger).
+CLOUD_LIMITS = {"ttft_ms", "decode_tps", "cost_per_1k_usd"}
+J_PER_KWH = 3.6e6
 
 
 class Row(BaseModel):
@@ -27,12 +36,34 @@ class Row(BaseModel):
     bits_per_weight: float | None
     status: str
     metrics: dict[str, float | None]
-    detail: dict[str, float | None]
+    detail: dict[str, float | str | None]
     on_front: bool
     dominated_by: str | None
     violations: list[str]
     utility: float | None
+    pcr: float | None
     verdict: str
+
+
+class CloudRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    provider: str
+    model: str
+    ttft_ms: float
+    decode_tps: float
+    response_s: float
+    cost_per_1k_usd: float
+    violations: list[str]
+
+
+class Mixed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    edge_variant: str
+    edge_label: str
+    max_prompt_tokens: int
+    cloud: str
+    rule: str
 
 
 class Recommendation(Record):
@@ -40,76 +71,105 @@ class Recommendation(Record):
     device_id: str
     device: str
     prompt_tokens: int
+    output_tokens: int
     budget: Budget
+    costs: Costs
+    energy_source: str
     objectives: list[str]
+    answer: Literal["edge", "cloud", "mixed", "none"]
     pick: str | None
     pick_label: str | None
+    cloud_pick: str | None = None
+    mixed: Mixed | None = None
+    ruled_out_by: list[str] = []
     message: str
     rows: list[Row]
+    cloud_rows: list[CloudRow] = []
+    notes: list[str] = []
 
 
-def budget_limits(budget: Budget) -> list[Limit]:
-    return [Limit(metric, value, kind) for key, (metric, kind) in LIMITS.items() if (value := getattr(budget, key)) is not None]
+def budget_limits(budget: Budget, metrics: set[str] | None = None) -> list[Limit]:
+    limits = [Limit(m, v, kind) for key, (m, kind) in LIMITS.items() if (v := getattr(budget, key)) is not None]
+    return [lim for lim in limits if metrics is None or lim.metric in metrics]
 
 
-def recommend(report: DeviceReport, budget: Budget) -> Recommendation:
+def recommend(
+    report: DeviceReport, budget: Budget, costs: Costs | None = None, providers: list[CloudModel] | None = None
+) -> Recommendation:
+    costs = costs or Costs()
     profiled = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts})
     if not profiled:
         raise UserError("the device report holds no successful profile; nothing to recommend from")
     prompt_tokens = budget.ttft_prompt_tokens or max(profiled)
     if prompt_tokens not in profiled:
         raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="ttft_prompt_tokens")
-    options, details = _options(report, prompt_tokens)
+    options, details = _options(report, prompt_tokens, budget.output_tokens, costs)
     pick = select(options, budget_limits(budget), budget.priority, budget.alpha)
-    variants = {v.id: v for v in report.variants}
-    rows = [
-        Row(
-            variant_id=o.id,
-            label=o.label,
-            format=variants[o.id].format,
-            quant=variants[o.id].quant,
-            size_mb=round(variants[o.id].size_bytes / 2**20, 1),
-            bits_per_weight=variants[o.id].bits_per_weight,
-            status=o.status,
-            metrics=o.metrics,
-            detail=details[o.id],
-            on_front=o.on_front,
-            dominated_by=o.dominated_by,
-            violations=o.violations,
-            utility=round(o.utility, 4) if o.utility is not None else None,
-            verdict=o.verdict,
-        )
-        for o in options
-    ]
-    if pick:
-        message = f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads)."
-    else:
-        message = "No variant meets the budget on this device: " + _closest(options)
-    return Recommendation(
+    clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
+    feasible_cloud = sorted((c for c in clouds if not c.violations), key=lambda c: (c.cost_per_1k_usd, c.id))
+    rec = dict(
         recipe=report.recipe,
         device_id=report.device.id,
         device=f"{report.device.hostname}: {report.device.cpu_model}",
         prompt_tokens=prompt_tokens,
+        output_tokens=budget.output_tokens,
         budget=budget,
+        costs=costs,
+        energy_source=_energy_source(report),
         objectives=shared_objectives(options),
-        pick=pick.id if pick else None,
-        pick_label=pick.label if pick else None,
-        message=message,
-        rows=rows,
+        rows=_rows(report, options, details),
+        cloud_rows=clouds,
+        notes=_notes(report),
+    )
+    cheapest = feasible_cloud[0] if feasible_cloud else None
+    if pick:
+        extra = f" Cheapest cloud meeting the budget: {_cloud_name(cheapest)}." if cheapest else ""
+        return Recommendation(
+            answer="edge", pick=pick.id, pick_label=pick.label, cloud_pick=None,
+            message=f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads): "
+            f"{_edge_cost(pick)}.{extra}",
+            **rec,
+        )
+    ruled = _closest(options)
+    mixed = _mixed(report, options, budget, costs, prompt_tokens, cheapest)
+    if cheapest is None:
+        return Recommendation(
+            answer="none", pick=None, pick_label=None, ruled_out_by=ruled[1], mixed=mixed,
+            message=f"No variant meets the budget on this device ({ruled[0]}), and no cloud option does either.",
+            **rec,
+        )
+    best_edge = _cheapest_edge(options)
+    edge_cost = f"; the cheapest edge variant, {best_edge.label}, would cost {_usd(best_edge.metrics['cost_per_1k_usd'])}" if best_edge and best_edge.metrics.get("cost_per_1k_usd") else ""
+    message = (
+        f"No edge variant meets the budget ({ruled[0]}). Cloud fallback: {_cloud_name(cheapest)} at "
+        f"{_usd(cheapest.cost_per_1k_usd)} per 1,000 responses{edge_cost}."
+    )
+    if mixed:
+        message += f" Mixed: {mixed.rule}."
+    return Recommendation(
+        answer="mixed" if mixed else "cloud", pick=None, pick_label=None, cloud_pick=cheapest.id, mixed=mixed,
+        ruled_out_by=ruled[1], message=message, **rec,
     )
 
 
-def _options(report: DeviceReport, prompt_tokens: int) -> tuple[list[Option], dict[str, dict]]:
+def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs: Costs):
     quality = {q.variant_id: q for q in report.quality if q.status == "ok"}
     options, details = [], {}
     for prof in report.profiles:
         q = quality.get(prof.variant_id)
         timing = prof.prompt(prompt_tokens) if prof.status == "ok" else None
+        response_s = watts = None
+        if timing and prof.decode_tps:
+            response_s = timing.ttft_ms.median / 1000 + output_tokens / prof.decode_tps.median
+            watts = _watts(report, prof)
+        energy = watts * response_s if watts and response_s else None
         metrics = {
             "ttft_ms": round(timing.ttft_ms.p90, 2) if timing else None,
             "decode_tps": round(prof.decode_tps.p10, 2) if prof.decode_tps else None,
             "memory_mb": prof.peak_rss_mb,
             "perplexity": q.perplexity if q else None,
+            "energy_j": round(energy, 3) if energy is not None else None,
+            "cost_per_1k_usd": _edge_cost_per_1k(energy, response_s, costs),
         }
         details[prof.variant_id] = {
             "ttft_ms_median": round(timing.ttft_ms.median, 2) if timing else None,
@@ -118,15 +178,104 @@ def _options(report: DeviceReport, prompt_tokens: int) -> tuple[list[Option], di
             "itl_ms_p50": round(prof.itl_ms.median, 3) if prof.itl_ms else None,
             "itl_ms_p90": round(prof.itl_ms.p90, 3) if prof.itl_ms else None,
             "load_ms": prof.load_ms,
+            "response_s": round(response_s, 3) if response_s else None,
+            "watts": round(watts, 2) if watts else None,
         }
         status = prof.status if prof.status != "ok" or timing else "skipped"
         options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status, reason=prof.reason))
     return options, details
 
 
-def _closest(options: list[Option]) -> str:
+def _watts(report: DeviceReport, prof: Profile) -> float | None:
+    if prof.rapl_watts:
+        return prof.rapl_watts.median
+    return report.power.busy_w if report.power else None
+
+
+def _energy_source(report: DeviceReport) -> str:
+    if any(p.rapl_watts for p in report.profiles):
+        return "measured: RAPL package energy during the timed runs"
+    if report.power:
+        return f"estimated: busy power {report.power.busy_w:g} W x measured response time ({report.power.note})"
+    return "unknown: no RAPL counters and no device.power figures in the recipe"
+
+
+def _edge_cost_per_1k(energy_j: float | None, response_s: float | None, costs: Costs) -> float | None:
+    if energy_j is None or response_s is None:
+        return None
+    per_response = energy_j / J_PER_KWH * costs.electricity_usd_per_kwh + costs.device_usd_per_hour * response_s / 3600
+    return round(per_response * 1000, 8)
+
+
+def _cloud_row(cloud: CloudModel, prompt_tokens: int, budget: Budget) -> CloudRow:
+    cost = cloud.cost_usd(prompt_tokens, budget.output_tokens) * 1000
+    option = Option(
+        id=cloud.id, label=cloud.id,
+        metrics={"ttft_ms": cloud.first_token_ms(), "decode_tps": cloud.tokens_per_s, "cost_per_1k_usd": cost},
+    )
+    return CloudRow(
+        id=cloud.id, provider=cloud.provider, model=cloud.model, ttft_ms=cloud.first_token_ms(),
+        decode_tps=cloud.tokens_per_s, response_s=round(cloud.response_s(budget.output_tokens), 3),
+        cost_per_1k_usd=round(cost, 6), violations=check(option, budget_limits(budget, CLOUD_LIMITS)),
+    )
+
+
+def _mixed(report, options, budget, costs, prompt_tokens, cloud) -> Mixed | None:
+    """Edge for the prompts it can serve in budget (shorter ones), cloud for the rest."""
+    if cloud is None or budget.max_ttft_ms is None:
+        return None
+    shorter = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts if p.prompt_tokens < prompt_tokens}, reverse=True)
+    for length in shorter:
+        opts, _ = _options(report, length, budget.output_tokens, costs)
+        pick = select(opts, budget_limits(budget), budget.priority, budget.alpha)
+        if pick:
+            rule = f"prompts up to {length} tokens on {pick.label} (edge), longer prompts to {_cloud_name(cloud)}"
+            return Mixed(edge_variant=pick.id, edge_label=pick.label, max_prompt_tokens=length, cloud=cloud.id, rule=rule)
+    return None
+
+
+def _rows(report: DeviceReport, options: list[Option], details: dict) -> list[Row]:
+    variants = {v.id: v for v in report.variants}
+    return [
+        Row(
+            variant_id=o.id, label=o.label, format=variants[o.id].format, quant=variants[o.id].quant,
+            size_mb=round(variants[o.id].size_bytes / 2**20, 1), bits_per_weight=variants[o.id].bits_per_weight,
+            status=o.status, metrics=o.metrics, detail=details[o.id], on_front=o.on_front, dominated_by=o.dominated_by,
+            violations=o.violations, utility=round(o.utility, 4) if o.utility is not None else None,
+            pcr=round(o.pcr, 3) if o.pcr is not None else None, verdict=o.verdict,
+        )
+        for o in options
+    ]
+
+
+def _notes(report: DeviceReport) -> list[str]:
+    notes = sorted({n for v in report.variants for n in v.notes if "dequantized" in n})
+    return [f"Reference weights: {n}." for n in notes]
+
+
+def _closest(options: list[Option]) -> tuple[str, list[str]]:
     measured = [o for o in options if o.status == "ok"]
     if not measured:
-        return "no variant was measured successfully."
-    nearest = min(measured, key=lambda o: len(o.violations))
-    return f"closest is {nearest.label}, which " + "; ".join(nearest.violations) + "."
+        return "no variant was measured successfully", []
+    nearest = min(measured, key=lambda o: (len(o.violations), o.id))
+    return f"closest is {nearest.label}: " + "; ".join(nearest.violations), nearest.violations
+
+
+def _cheapest_edge(options: list[Option]) -> Option | None:
+    priced = [o for o in options if o.status == "ok" and o.metrics.get("cost_per_1k_usd") is not None]
+    return min(priced, key=lambda o: o.metrics["cost_per_1k_usd"], default=None)
+
+
+def _edge_cost(pick: Option) -> str:
+    cost, energy = pick.metrics.get("cost_per_1k_usd"), pick.metrics.get("energy_j")
+    if cost is None:
+        return "energy and cost unknown (no RAPL, no device.power in the recipe)"
+    return f"{energy:.1f} J and {_usd(cost)} per 1,000 responses"
+
+
+def _cloud_name(cloud: CloudRow | None) -> str:
+    return f"{cloud.provider} {cloud.model}" if cloud else "none"
+
+
+def _usd(value: float) -> str:
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"

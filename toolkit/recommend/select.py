@@ -10,10 +10,18 @@ OBJECTIVES: dict[str, str] = {
     "decode_tps": "max",
     "memory_mb": "min",
     "perplexity": "min",
+    "energy_j": "min",
+    "cost_per_1k_usd": "min",
 }
-UNITS = {"ttft_ms": "ms", "decode_tps": "tok/s", "memory_mb": "MB", "perplexity": ""}
-NAMES = {"ttft_ms": "TTFT p90", "decode_tps": "decode (p10)", "memory_mb": "peak memory", "perplexity": "perplexity"}
-BETTER = {"ttft_ms": "lower TTFT", "decode_tps": "faster decode", "memory_mb": "less memory", "perplexity": "lower perplexity"}
+UNITS = {"ttft_ms": "ms", "decode_tps": "tok/s", "memory_mb": "MB", "perplexity": "", "energy_j": "J", "cost_per_1k_usd": "USD"}
+NAMES = {
+    "ttft_ms": "TTFT p90", "decode_tps": "decode (p10)", "memory_mb": "peak memory", "perplexity": "perplexity",
+    "energy_j": "energy per response", "cost_per_1k_usd": "cost per 1,000 responses",
+}
+BETTER = {
+    "ttft_ms": "lower TTFT", "decode_tps": "faster decode", "memory_mb": "less memory", "perplexity": "lower perplexity",
+    "energy_j": "less energy", "cost_per_1k_usd": "cheaper",
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class Option:
     violations: list[str] = field(default_factory=list)
     dominated_by: str | None = None
     utility: float | None = None
+    pcr: float | None = None
     verdict: str = ""
 
 
@@ -75,9 +84,10 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
         if gap > 0:
             sign = ">" if limit.kind == "max" else "<"
             unit = UNITS[limit.metric]
+            digits = 4 if limit.metric == "cost_per_1k_usd" else 1
             out.append(
-                f"{NAMES[limit.metric]} {value:.1f} {unit} {sign} {limit.bound:g} {unit} "
-                f"({'over' if limit.kind == 'max' else 'under'} by {gap:.1f}{(' ' + unit) if unit else ''})"
+                f"{NAMES[limit.metric]} {value:.{digits}f} {unit} {sign} {limit.bound:g} {unit} "
+                f"({'over' if limit.kind == 'max' else 'under'} by {gap:.{digits}f}{(' ' + unit) if unit else ''})"
             )
     return out
 
@@ -109,7 +119,17 @@ def _best(options: list[Option], metric: str) -> float | None:
     return min(values) if OBJECTIVES[metric] == "min" else max(values)
 
 
+def performance_cost_ratio(option: Option) -> float | None:
+    """The Edge-First paper's PCR = U / cost, with cost per 1,000 responses in USD."""
+    cost = option.metrics.get("cost_per_1k_usd")
+    if option.utility is None or not cost:
+        return None
+    return option.utility / cost
+
+
 PRIORITY_KEY = {
+    "pcr": lambda o: (-(o.pcr or 0.0), -(o.utility or 0.0)),
+    "cost": lambda o: (o.metrics.get("cost_per_1k_usd") or 0.0, -o.metrics["decode_tps"]),
     "quality": lambda o: (o.metrics.get("perplexity") or 0.0, -o.metrics["decode_tps"]),
     "speed": lambda o: (-o.metrics["decode_tps"], o.metrics["ttft_ms"]),
     "memory": lambda o: (o.metrics["memory_mb"], -o.metrics["decode_tps"]),
@@ -124,6 +144,7 @@ def select(options: list[Option], limits: list[Limit], priority: str, alpha: flo
     for o in options:
         o.on_front = o.id in front
         o.utility = scores.get(o.id)
+        o.pcr = performance_cost_ratio(o)
         if o.status == "ok":
             o.violations = check(o, limits)
             o.dominated_by = None if o.on_front else _dominator(o, options, objectives)
@@ -149,7 +170,10 @@ def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: 
     if o.status != "ok":
         return f"not measured: {o.status}" + (f" ({o.reason})" if o.reason else "")
     if pick is not None and o.id == pick.id:
-        how = f"highest utility U={o.utility:.3f}" if priority == "balanced" else f"best {priority} in budget"
+        how = {
+            "balanced": f"highest utility U={o.utility:.3f}",
+            "pcr": f"highest performance-cost ratio PCR={o.pcr or 0:.1f} (U={o.utility:.3f})",
+        }.get(priority, f"best {priority} in budget")
         return f"PICK: {how}"
     if o.violations:
         return "breaks the budget: " + "; ".join(o.violations)
@@ -159,6 +183,8 @@ def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: 
         return f"dominated by {winner.label} ({', '.join(edges)})"
     if pick is not None and priority == "balanced":
         return f"on the front, lower utility U={o.utility:.3f} < {pick.utility:.3f}"
+    if pick is not None and priority == "pcr" and o.pcr is not None and pick.pcr is not None:
+        return f"on the front, lower PCR {o.pcr:.1f} < {pick.pcr:.1f}"
     return f"on the front, not the best for priority '{priority}'"
 
 
