@@ -146,3 +146,18 @@ def test_unknown_model_architecture_is_clear(tmp_path, tiny_llama):
     with pytest.raises(UserError, match="cannot convert .* to GGUF: .*NoSuchForCausalLM"):
         stages.compress(recipe)
     assert not list((tmp_path / "ws" / "intermediate").glob("*.gguf"))
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--max-memory-mb", "-5", "budget.max_memory_mb: Input should be greater than 0"),
+    ("--priority", "fastest", "budget.priority: Input should be 'balanced'"),
+])
+def test_cli_bad_budget_flag_is_one_line(flag, value, words):
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "recommend", str(demo), flag, value],
+                          capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert done.returncode == 2
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1 and words in lines[0] and "demo.yaml" in lines[0]

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from toolkit import __version__, stages
 from toolkit.catalogue import catalogue
 from toolkit.errors import UserError
-from toolkit.recipe import Budget, Recipe, load_recipe
+from toolkit.recipe import Budget, Recipe, load_recipe, validation_error
 from toolkit.recommend.cloud import load_providers
 from toolkit.recommend.engine import Recommendation
 from toolkit.recommend.engine import recommend as make_recommendation
@@ -103,11 +104,14 @@ def profile(
 
 
 def _budget(recipe: Recipe, **overrides) -> Budget:
+    """The recipe's budget with command-line flags on top, validated like the recipe itself."""
     merged = recipe.budget.model_dump() | {k: v for k, v in overrides.items() if v is not None}
     try:
         return Budget.model_validate(merged)
-    except ValueError as exc:
-        raise UserError(str(exc).splitlines()[-1].strip(), field="budget") from exc
+    except ValidationError as exc:
+        error = validation_error(exc, f"{recipe.path} + command-line flags")
+        error.field = f"budget.{error.field}" if error.field else "budget"
+        raise UserError(error.message, file=error.file, field=error.field) from exc
 
 
 @app.command()
