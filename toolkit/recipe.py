@@ -39,8 +39,42 @@ class GGUFSpec(Strict):
         return normalised
 
 
+class ONNXSpec(Strict):
+    precisions: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int8", "int4"], min_length=1)
+    int4_block_sizes: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
+
+    @field_validator("int4_block_sizes")
+    @classmethod
+    def _power_of_two(cls, sizes: list[int]) -> list[int]:
+        for size in sizes:
+            if size < 16 or size & (size - 1):
+                raise ValueError(f"int4 block size {size} must be a power of two >= 16")
+        return sizes
+
+
+class Calibration(Strict):
+    corpus: Literal["flores-eng"] = "flores-eng"
+    lines: int = Field(128, ge=8, le=100_000)
+
+
+class GPTQSpec(Strict):
+    bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8], min_length=1)
+    group_size: int = Field(64, description="must divide the model's hidden and intermediate sizes; -1 = per column")
+    desc_act: bool = False
+    calibration: Calibration = Field(default_factory=Calibration)
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, size: int) -> int:
+        if size != -1 and (size < 8 or size & (size - 1)):
+            raise ValueError(f"group size {size} must be -1 or a power of two >= 8")
+        return size
+
+
 class Variants(Strict):
     gguf: GGUFSpec | None = Field(default_factory=GGUFSpec)
+    onnx: ONNXSpec | None = None
+    gptq: GPTQSpec | None = None
 
 
 class Power(Strict):

@@ -97,6 +97,7 @@ class Variant(Record):
     seconds: float
     tools: dict[str, str]
     notes: list[str] = Field(default_factory=list)
+    details: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class Manifest(Record):

@@ -48,6 +48,8 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> float:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
+    # Keep the GGUF's own BOS rule: transformers' rebuilt tokenizer adds BOS even where the file says not to.
+    tokenizer.add_bos_token = gguf_adds_bos(gguf_path)
     tokenizer.save_pretrained(out_dir)
     # transformers copies the GGUF file itself as "tokenizer.model"; it is not a SentencePiece model.
     bogus = out_dir / "tokenizer.model"
@@ -58,3 +60,26 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> float:
             bogus.unlink()
     (out_dir / "DEQUANTIZED_FROM.txt").write_text(f"{gguf_path.name}\n", encoding="utf-8")
     return time.perf_counter() - start
+
+
+def gguf_adds_bos(gguf_path: Path) -> bool:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf_path).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field.parts[field.data[0]][0]) if field is not None else True
+
+
+def count_parameters(hf_dir: Path) -> int | None:
+    """Parameters in an HF folder's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(hf_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="numpy") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                shape = handle.get_slice(name).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                total += count
+    return total or None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.io import ensure_dir, sha256_file
 from toolkit.records import Variant
 
 
@@ -29,7 +33,7 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {}
-_BUILTIN = ("gguf",)
+_BUILTIN = ("gguf", "onnx", "gptq")
 
 
 def register(fmt: Format) -> Format:
@@ -48,3 +52,45 @@ def get_format(name: str) -> Format:
 
 def variant_dir(workspace: Path, variant_id: str) -> Path:
     return workspace / "variants" / variant_id
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of the sorted (name, sha256) list of a folder's files."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}:{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_variant(folder: Path) -> Variant | None:
+    """The variant already built in `folder`, if its record and its complete files are there."""
+    record = folder / "variant.json"
+    if not record.exists():
+        return None
+    variant = Variant.load(record)
+    target = Path(variant.path)
+    if target.exists() and path_size(target) == variant.size_bytes:
+        return variant
+    return None
+
+
+def run_tool(cmd: list[str], env: dict | None, log: Path, what: str, cwd: Path | None = None) -> None:
+    """Run a tool in a child process (a crash there cannot take the sweep down) and keep its log."""
+    ensure_dir(log.parent)
+    if env is None and cwd is not None:  # the child must still import this package from its new folder
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
+    with open(log, "w", encoding="utf-8") as handle:
+        done = subprocess.run(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        raise UserError(f"cannot {what}: {reason.strip()[:300]} (full log: {log})")

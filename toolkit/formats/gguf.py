@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.formats import Format, VariantSpec, register, variant_dir
+from toolkit.formats import Format, VariantSpec, cached_variant, register, run_tool, variant_dir
 from toolkit.formats.llamacpp_vendor import converter_dir, llama_cpp_version
 from toolkit.io import atomic_path, content_hash, ensure_dir, sha256_file, write_json
 from toolkit.records import Variant
@@ -55,7 +54,7 @@ def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int 
         return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
     vid = variant_id(source, spec)
     folder = variant_dir(workspace, vid)
-    cached = _cached(folder)
+    cached = cached_variant(folder)
     if cached:
         return cached
     start = time.perf_counter()
@@ -76,15 +75,6 @@ def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int 
 
 def variant_id(source: SourceModel, spec: VariantSpec) -> str:
     return f"{source.model}-gguf-{spec.quant.lower()}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
-
-
-def _cached(folder: Path) -> Variant | None:
-    record, model = folder / "variant.json", folder / "model.gguf"
-    if record.exists() and model.exists():
-        variant = Variant.load(record)
-        if variant.size_bytes == model.stat().st_size:
-            return variant
-    return None
 
 
 def _describe(source, spec, path: Path, workspace: Path, seconds: float, copied: bool) -> Variant:
@@ -158,23 +148,12 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str, workspace: Path) -> None:
     tools = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tools / "gguf-py"), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
-    _run_logged(cmd, env, workspace / "logs" / f"convert-{out.stem}.log", what=f"convert {hf_dir} to GGUF")
+    run_tool(cmd, env, workspace / "logs" / f"convert-{out.stem}.log", what=f"convert {hf_dir} to GGUF")
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None, workspace: Path) -> None:
     cmd = [sys.executable, "-m", "toolkit.formats.gguf_quantize", str(src), str(dst), str(ftype_of(quant)), str(threads or 0)]
-    _run_logged(cmd, None, workspace / "logs" / f"quantize-{quant}-{src.stem}.log", what=f"quantize to {quant}")
-
-
-def _run_logged(cmd: list[str], env: dict | None, log: Path, what: str) -> None:
-    """Run a tool in a child process (a crash there cannot take the sweep down), keep its log."""
-    ensure_dir(log.parent)
-    with open(log, "w", encoding="utf-8") as handle:
-        done = subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
-    if done.returncode != 0:
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
-        raise UserError(f"cannot {what}: {reason.strip()[:300]} (full log: {log})")
+    run_tool(cmd, None, workspace / "logs" / f"quantize-{quant}-{src.stem}.log", what=f"quantize to {quant}")
 
 
 register(Format(name="gguf", runtime="llama.cpp", specs=specs, build=build))

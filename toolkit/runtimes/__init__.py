@@ -61,6 +61,8 @@ def register(runtime: Runtime) -> Runtime:
 
 
 register(Runtime("llama.cpp", "toolkit.runtimes.llamacpp", ("gguf",)))
+register(Runtime("onnxruntime", "toolkit.runtimes.onnxrt", ("onnx",)))
+register(Runtime("torch", "toolkit.runtimes.torch_hf", ("gptq", "hf")))
 
 
 def get_runtime(name: str) -> Runtime:

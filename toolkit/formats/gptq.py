@@ -1,0 +1,120 @@
+"""GPTQ variants (4/8-bit) through GPTQModel, the maintained successor of AutoGPTQ, on the CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from toolkit.errors import UserError
+from toolkit.formats import Format, VariantSpec, cached_variant, path_sha256, path_size, register, run_tool, variant_dir
+from toolkit.io import atomic_dir, content_hash, ensure_dir, write_json, write_text
+from toolkit.quality.corpus import corpus_path
+from toolkit.records import Variant
+from toolkit.reference import count_parameters, reference_dir
+from toolkit.sources import SourceModel
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("gptqmodel", "torch", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def specs(spec) -> list[VariantSpec]:
+    options = (
+        ("group_size", spec.group_size),
+        ("desc_act", spec.desc_act),
+        ("corpus", spec.calibration.corpus),
+        ("lines", spec.calibration.lines),
+    )
+    return [VariantSpec("gptq", f"w{bits}g{spec.group_size}", (("bits", bits), *options)) for bits in spec.bits]
+
+
+def calibration_text(corpus: str, lines: int) -> tuple[str, str]:
+    """The first `lines` non-empty lines of a local corpus, and their sha256."""
+    text = corpus_path(corpus).read_text(encoding="utf-8")
+    chosen = [ln for ln in text.splitlines() if ln.strip()][:lines]
+    if len(chosen) < lines:
+        raise UserError(f"corpus {corpus} has only {len(chosen)} lines", field="variants.gptq.calibration.lines")
+    joined = "\n".join(chosen) + "\n"
+    return joined, hashlib.sha256(joined.encode()).hexdigest()
+
+
+def check_group_size(ref: Path, group_size: int) -> None:
+    config = json.loads((ref / "config.json").read_text(encoding="utf-8"))
+    for key in ("hidden_size", "intermediate_size"):
+        width = config.get(key)
+        if group_size != -1 and width and width % group_size:
+            raise UserError(
+                f"group size {group_size} does not divide {key}={width} of {ref.name}; try {_divisor(width)}",
+                field="variants.gptq.group_size",
+            )
+
+
+def _divisor(width: int) -> int:
+    return next(g for g in (128, 64, 32, 16, 8) if width % g == 0)
+
+
+def variant_id(source: SourceModel, spec: VariantSpec) -> str:
+    return f"{source.model}-gptq-{spec.quant}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
+
+
+def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
+    vid = variant_id(source, spec)
+    folder = variant_dir(workspace, vid)
+    cached = cached_variant(folder)
+    if cached:
+        return cached
+    if tool_versions()["gptqmodel"] == "missing":
+        raise UserError("GPTQ variants need gptqmodel; ./scripts/setup.sh installs it", field="variants.gptq")
+    opts = dict(spec.options)
+    ref = reference_dir(source, workspace)
+    check_group_size(ref, opts["group_size"])
+    text, calib_sha = calibration_text(opts["corpus"], opts["lines"])
+    work = ensure_dir(workspace / "gptq-work" / vid)  # GPTQModel's offload folder and logs land here
+    calib = work / "calibration.txt"
+    write_text(calib, text)
+    start = time.perf_counter()
+    target = folder / "model"
+    with atomic_dir(target) as tmp:
+        cmd = [sys.executable, "-m", "toolkit.formats.gptq_tools", str(ref), str(tmp), str(opts["bits"]),
+               str(opts["group_size"]), "1" if opts["desc_act"] else "0", str(calib)]
+        run_tool(cmd, None, workspace / "logs" / f"gptq-{vid}.log", f"GPTQ-quantize {ref.name}", cwd=work)
+    n_params = count_parameters(ref)
+    size = path_size(target)
+    variant = Variant(
+        id=vid,
+        label=f"{source.model} GPTQ {spec.quant}",
+        model=source.model,
+        format="gptq",
+        runtime="torch",
+        quant=spec.quant,
+        path=str(target.resolve()),
+        size_bytes=size,
+        sha256=path_sha256(target),
+        n_params=n_params,
+        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None,
+        source=source.origin,
+        source_sha256=source.sha256,
+        seconds=round(time.perf_counter() - start, 2),
+        tools=tool_versions(),
+        notes=[f"quantized from an HF reference that transformers dequantized from {source.path.name}"] if source.kind == "gguf" else [],
+        details={
+            "bits": opts["bits"], "group_size": opts["group_size"], "desc_act": opts["desc_act"],
+            "calibration_corpus": opts["corpus"], "calibration_lines": opts["lines"], "calibration_sha256": calib_sha,
+        },
+    )
+    write_json(folder / "variant.json", variant)
+    return variant
+
+
+register(Format(name="gptq", runtime="torch", specs=specs, build=build))

@@ -1,0 +1,115 @@
+"""ONNX variants through optimum (export with KV cache) and onnxruntime quantization (int8, int4)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from toolkit.formats import Format, VariantSpec, cached_variant, path_sha256, path_size, register, run_tool, variant_dir
+from toolkit.io import atomic_dir, content_hash, write_json
+from toolkit.records import Variant
+from toolkit.reference import count_parameters, reference_dir
+from toolkit.sources import SourceModel
+
+MODEL = "model.onnx"
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def specs(spec) -> list[VariantSpec]:
+    out = []
+    for precision in spec.precisions:
+        if precision == "int4":
+            out += [VariantSpec("onnx", f"int4-b{b}", (("block_size", b),)) for b in spec.int4_block_sizes]
+        else:
+            out.append(VariantSpec("onnx", precision))
+    return out
+
+
+def variant_id(source: SourceModel, spec: VariantSpec) -> str:
+    return f"{source.model}-onnx-{spec.quant}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
+
+
+def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
+    vid = variant_id(source, spec)
+    folder = variant_dir(workspace, vid)
+    cached = cached_variant(folder)
+    if cached:
+        return cached
+    _require()
+    start = time.perf_counter()
+    ref = reference_dir(source, workspace)
+    fp32 = ensure_export(source, ref, workspace)
+    target = folder / "model"
+    tool = [sys.executable, "-m", "toolkit.formats.onnx_tools"]
+    log = workspace / "logs" / f"onnx-{vid}.log"
+    with atomic_dir(target) as tmp:
+        if spec.quant == "fp32":
+            shutil.copytree(fp32, tmp, dirs_exist_ok=True)
+        elif spec.quant == "int8":
+            run_tool([*tool, "int8", str(fp32), str(tmp)], None, log, "quantize ONNX to int8")
+        else:
+            block = str(dict(spec.options)["block_size"])
+            run_tool([*tool, "int4", str(fp32), str(tmp), block], None, log, f"quantize ONNX to int4 (block {block})")
+    n_params = count_parameters(ref)
+    size = path_size(target)
+    variant = Variant(
+        id=vid,
+        label=f"{source.model} ONNX {spec.quant}",
+        model=source.model,
+        format="onnx",
+        runtime="onnxruntime",
+        quant=spec.quant,
+        path=str(target.resolve()),
+        size_bytes=size,
+        sha256=path_sha256(target),
+        n_params=n_params,
+        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None,
+        source=source.origin,
+        source_sha256=source.sha256,
+        seconds=round(time.perf_counter() - start, 2),
+        tools=tool_versions(),
+        notes=_notes(source),
+    )
+    write_json(folder / "variant.json", variant)
+    return variant
+
+
+def _notes(source: SourceModel) -> list[str]:
+    if source.kind == "gguf":
+        return [f"exported from an HF reference that transformers dequantized from {source.path.name}"]
+    return []
+
+
+def ensure_export(source: SourceModel, ref: Path, workspace: Path) -> Path:
+    """The fp32 ONNX export (text-generation-with-past) every ONNX variant starts from, made once."""
+    target = workspace / "intermediate" / f"{source.model}-onnx-fp32-{content_hash(source.sha256, tool_versions())}"
+    if not (target / MODEL).exists():
+        log = workspace / "logs" / f"onnx-export-{source.model}.log"
+        with atomic_dir(target) as tmp:
+            cmd = [sys.executable, "-m", "toolkit.formats.onnx_tools", "export", str(ref), str(tmp)]
+            run_tool(cmd, None, log, f"export {ref} to ONNX")
+    return target
+
+
+def _require() -> None:
+    from toolkit.errors import UserError
+
+    missing = [name for name, ver in tool_versions().items() if ver == "missing"]
+    if missing:
+        raise UserError(f"ONNX variants need {', '.join(missing)}; install with ./scripts/setup.sh", field="variants.onnx")
+
+
+register(Format(name="onnx", runtime="onnxruntime", specs=specs, build=build))

@@ -1,0 +1,126 @@
+"""onnxruntime (CPU) over an optimum export with KV cache: our own loop, so timings are the runtime's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import UserError
+
+MODEL = "model.onnx"
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def check_installed() -> None:
+    import onnxruntime  # noqa: F401
+    import transformers  # noqa: F401
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__}
+
+
+def build_flags() -> dict[str, str]:
+    import onnxruntime
+
+    return {"onnxruntime_providers": ",".join(onnxruntime.get_available_providers())}
+
+
+class OrtSession:
+    def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        folder = Path(path)
+        if not (folder / MODEL).exists():
+            raise UserError(f"no {MODEL} in the variant folder", file=folder)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(folder / MODEL), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise UserError(f"onnxruntime cannot load this model ({type(exc).__name__}: {str(exc)[:200]})", file=folder / MODEL) from exc
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = sorted((n for n in self.inputs if n.startswith("past_key_values")), key=_layer_order)
+        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        heads = config.get("num_key_value_heads", config["num_attention_heads"])
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        first = self.inputs[self.past_names[0]] if self.past_names else None
+        self.kv_dtype = _DTYPES.get(first.type, np.float32) if first else np.float32
+        self.kv_shape = (1, heads, 0, head_dim)
+        self.n_vocab = int(config["vocab_size"])
+        self.add_bos = bool(getattr(self.tokenizer, "add_bos_token", False))
+        self.bos = self.tokenizer.bos_token_id
+        self.n_batch = n_batch
+        self.reset()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def generate(self, prompt: str, max_tokens: int) -> str:
+        token, out = self.prefill(self.tokenize(prompt)), []
+        for _ in range(max_tokens):
+            out.append(token)
+            token = self.decode(token)
+        return self.detokenize(out)
+
+    def reset(self) -> None:
+        self.past = {name: np.zeros(self.kv_shape, dtype=self.kv_dtype) for name in self.past_names}
+        self.pos = 0
+
+    def _run(self, tokens: list[int]) -> np.ndarray:
+        n = len(tokens)
+        feed = {"input_ids": np.asarray([tokens], dtype=np.int64)}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = np.ones((1, self.pos + n), dtype=np.int64)
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.arange(self.pos, self.pos + n, dtype=np.int64)[None, :]
+        feed.update(self.past)
+        outputs = self.session.run(["logits", *self.present_names], feed)
+        self.past = dict(zip(self.past_names, outputs[1:], strict=True))
+        self.pos += n
+        return outputs[0][0]
+
+    def prefill(self, tokens: list[int]) -> int:
+        self.reset()
+        logits = None
+        for start in range(0, len(tokens), self.n_batch):
+            logits = self._run(tokens[start:start + self.n_batch])
+        return int(logits[-1].argmax())
+
+    def decode(self, token: int) -> int:
+        return int(self._run([token])[-1].argmax())
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        self.reset()
+        parts = [self._run(tokens[s:s + self.n_batch]) for s in range(0, len(tokens), self.n_batch)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def perf(self) -> None:
+        return None  # onnxruntime has no per-phase token counters comparable to llama.cpp's
+
+    def reset_perf(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return int(parts[1]), parts[2]
+
+
+def open_session(path: str, threads: int, n_ctx: int, n_batch: int) -> OrtSession:
+    return OrtSession(path, threads, n_ctx, n_batch)

@@ -1,0 +1,124 @@
+"""PyTorch through transformers: the HF reference (fp32) and GPTQ checkpoints (GPTQModel's CPU kernels)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import UserError
+
+
+def check_installed() -> None:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["gptqmodel"] = version("gptqmodel")
+    except Exception:  # noqa: BLE001 - GPTQModel is optional here
+        pass
+    return out
+
+
+def build_flags() -> dict[str, str]:
+    import torch
+
+    return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def load_model(folder: Path, threads: int):
+    """An HF causal LM on the CPU: GPTQ checkpoints through GPTQModel, others through transformers."""
+    import torch
+
+    torch.set_num_threads(threads)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if "quantization_config" in config or (folder / "quantize_config.json").exists():
+        try:
+            from gptqmodel import GPTQModel
+        except ImportError as exc:
+            raise UserError("GPTQ variants need gptqmodel (./scripts/setup.sh installs it)", file=folder) from exc
+        wrapper = GPTQModel.load(str(folder), device="cpu")
+        return wrapper.model
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32, use_safetensors=True)
+
+
+class TorchSession:
+    def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int):
+        import torch
+        from transformers import AutoTokenizer
+
+        folder = Path(path)
+        if not (folder / "config.json").exists():
+            raise UserError("not an HF model folder (no config.json)", file=folder)
+        self.torch = torch
+        self.model = load_model(folder, threads).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.n_vocab = int(self.model.config.vocab_size)
+        self.add_bos = bool(getattr(self.tokenizer, "add_bos_token", False))
+        self.bos = self.tokenizer.bos_token_id
+        self.n_batch = n_batch
+        self.reset()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def generate(self, prompt: str, max_tokens: int) -> str:
+        token, out = self.prefill(self.tokenize(prompt)), []
+        for _ in range(max_tokens):
+            out.append(token)
+            token = self.decode(token)
+        return self.detokenize(out)
+
+    def reset(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+
+    def _run(self, tokens: list[int]):
+        with self.torch.inference_mode():
+            ids = self.torch.tensor([tokens], dtype=self.torch.long)
+            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[0]
+
+    def prefill(self, tokens: list[int]) -> int:
+        self.reset()
+        logits = None
+        for start in range(0, len(tokens), self.n_batch):
+            logits = self._run(tokens[start:start + self.n_batch])
+        return int(logits[-1].argmax())
+
+    def decode(self, token: int) -> int:
+        return int(self._run([token])[-1].argmax())
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        self.reset()
+        parts = [self._run(tokens[s:s + self.n_batch]).float().numpy() for s in range(0, len(tokens), self.n_batch)]
+        return np.concatenate(parts)
+
+    def perf(self) -> None:
+        return None
+
+    def reset_perf(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.model = None
+
+
+def open_session(path: str, threads: int, n_ctx: int, n_batch: int) -> TorchSession:
+    return TorchSession(path, threads, n_ctx, n_batch)
