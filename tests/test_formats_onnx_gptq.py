@@ -49,7 +49,7 @@ def test_onnx_ladder_builds_and_profiles(onnx_run):
     sizes = {v.quant: v.size_bytes for v in manifest.variants}
     assert sizes["fp32"] > sizes["int8"] > sizes["int4-b32"]
     assert all(v.runtime == "onnxruntime" and v.tools["onnxruntime"] for v in manifest.variants)
-    quality = stages.evaluate(recipe)
+    quality, _ = stages.evaluate(recipe)
     assert all(q.status == "ok" and q.perplexity > 1 for q in quality), [q.reason for q in quality]
     report, _ = stages.profile(recipe)
     assert all(p.status == "ok" for p in report.profiles), [p.reason for p in report.profiles]
@@ -98,7 +98,9 @@ def test_gptq_4_and_8_bit(tiny_llama, tmp_path):
     assert [v.quant for v in manifest.variants] == ["w4g64", "w8g64"]
     for v in manifest.variants:
         assert v.details["calibration_lines"] == 16 and len(v.details["calibration_sha256"]) == 64
-    assert not (tmp_path / "gptqmodel_offload").exists()
+    from pathlib import Path
+
+    assert not (Path.cwd() / "gptqmodel_offload").exists()  # GPTQModel's scratch stays in the workspace
     report, _ = stages.profile(recipe)
     assert all(p.status == "ok" for p in report.profiles), [p.reason for p in report.profiles]
 

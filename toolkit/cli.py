@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,18 +15,36 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from toolkit import __version__, stages
 from toolkit.catalogue import catalogue
+from toolkit.cluster import ROUTING, deploy_files, pick_cloud, sim_cloud, sim_devices
+from toolkit.cluster import workload as cluster_workload
 from toolkit.errors import UserError
+from toolkit.fleet import fleet_summary, load_reports, predicted_vs_measured
+from toolkit.fleet import predict as predict_variants
+from toolkit.io import write_json
+from toolkit.profiling.roofline import Roofline
 from toolkit.recipe import Budget, Recipe, load_recipe, validation_error
 from toolkit.recommend.cloud import load_providers
 from toolkit.recommend.engine import Recommendation
 from toolkit.recommend.engine import recommend as make_recommendation
 from toolkit.records import DeviceReport
-from toolkit.render import cloud_table, console, manifest_table, models_table, recommendation_table
+from toolkit.render import (
+    cloud_table,
+    console,
+    evaluation_table,
+    fleet_table,
+    manifest_table,
+    models_table,
+    prediction_table,
+    recommendation_table,
+    simulation_table,
+    tasks_table,
+)
 from toolkit.reports import write_reports
+from toolkit.simulate import compare as compare_policies
 
 app = typer.Typer(
-    help="Edge-first SLM toolkit: models -> compress -> evaluate -> profile (on the device) -> recommend. "
-    "`run` does all stages.",
+    help="Edge-first SLM toolkit: models -> compress -> evaluate -> profile (on the device) -> recommend -> "
+    "report. `run` does all stages.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -79,13 +98,18 @@ def compress(recipe: RecipeArg) -> None:
 
 @app.command()
 def evaluate(recipe: RecipeArg) -> None:
-    """Score each variant's fidelity: perplexity on local text, each variant in its own process."""
+    """Fidelity to the base model (perplexity, KL divergence, top-1) and accuracy (lm-eval), per variant."""
     r = load_recipe(recipe)
     with progress_bar() as update:
-        results = stages.evaluate(r, update)
-    for q in results:
-        shown = f"ppl {q.perplexity:.3f} over {q.tokens_scored} tokens" if q.perplexity else f"{q.status}: {q.reason}"
-        console.print(f"{q.variant_id}: {shown}")
+        quality, accuracy = stages.evaluate(r, update)
+    manifest = stages.load_manifest(r)
+    console.print(evaluation_table(manifest, quality, accuracy))
+
+
+@app.command()
+def tasks() -> None:
+    """List the offline accuracy tasks (lm-eval YAML over data from PyPI packages)."""
+    console.print(tasks_table())
 
 
 @app.command()
@@ -117,7 +141,9 @@ def _budget(recipe: Recipe, **overrides) -> Budget:
 @app.command()
 def recommend(
     recipe: RecipeArg,
-    report: Annotated[Path | None, typer.Option(help="device report JSON (default: this device's latest)")] = None,
+    report: Annotated[
+        list[Path] | None, typer.Option(help="device report JSON or a folder of them; repeat for a fleet (default: this device's latest)")
+    ] = None,
     max_ttft_ms: Annotated[float | None, typer.Option(help="p90 time to first token, ms")] = None,
     ttft_prompt_tokens: Annotated[int | None, typer.Option(help="prompt length the budget is for")] = None,
     min_decode_tps: Annotated[float | None, typer.Option(help="decode tokens/s (slow end, p10)")] = None,
@@ -157,21 +183,34 @@ def report(
         console.print(f"{kind}: {path}")
 
 
+def _providers(r: Recipe):
+    return load_providers(r.cloud.providers, r.base_dir) if r.cloud.enabled else []
+
+
+def _reports(r: Recipe, paths: list[Path] | None) -> list[DeviceReport]:
+    return load_reports(paths) if paths else [DeviceReport.load(_latest_report(r))]
+
+
 def build_recommendation(r: Recipe, budget: Budget, report_path: Path | None) -> Recommendation:
     path = report_path or _latest_report(r)
-    providers = load_providers(r.cloud.providers, r.base_dir) if r.cloud.enabled else []
-    return make_recommendation(DeviceReport.load(path), budget, r.costs, providers)
+    return make_recommendation(DeviceReport.load(path), budget, r.costs, _providers(r))
 
 
-def show_recommendation(r: Recipe, budget: Budget, report_path: Path | None) -> Recommendation:
-    rec = build_recommendation(r, budget, report_path)
-    console.print(recommendation_table(rec))
-    if rec.cloud_rows:
-        console.print(cloud_table(rec))
-    console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message)
-    for kind, path in write_reports(rec, r.reports_path()).items():
-        console.print(f"{kind}: {path}")
-    return rec
+def show_recommendation(r: Recipe, budget: Budget, report_paths: list[Path] | Path | None) -> list[Recommendation]:
+    paths = [report_paths] if isinstance(report_paths, Path) else report_paths
+    recs = []
+    for device_report in _reports(r, paths):
+        rec = make_recommendation(device_report, budget, r.costs, _providers(r))
+        console.print(recommendation_table(rec))
+        if rec.cloud_rows:
+            console.print(cloud_table(rec))
+        console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message)
+        for kind, path in write_reports(rec, r.reports_path()).items():
+            console.print(f"{kind}: {path}")
+        recs.append(rec)
+    if len(recs) > 1:
+        console.print(fleet_table(fleet_summary(recs)))
+    return recs
 
 
 def _latest_report(r: Recipe) -> Path:
@@ -180,6 +219,79 @@ def _latest_report(r: Recipe) -> Path:
     if not reports:
         raise UserError(f"no device report yet; run `toolkit profile {r.path}` or pass --report", file=folder)
     return reports[-1]
+
+
+ReportsOpt = Annotated[list[Path] | None, typer.Option("--report", help="device report JSON or folder; repeat for a fleet")]
+
+
+@app.command()
+def predict(
+    recipe: RecipeArg,
+    bandwidth_gbs: Annotated[float | None, typer.Option(help="memory bandwidth of a device you describe, GB/s")] = None,
+    gflops: Annotated[float | None, typer.Option(help="its float32 compute, GFLOP/s")] = None,
+    ram_mb: Annotated[float | None, typer.Option(help="its memory, MB")] = None,
+    report: ReportsOpt = None,
+) -> None:
+    """Roofline predictions: for a described device, or predicted beside measured on profiled ones."""
+    r = load_recipe(recipe)
+    if bandwidth_gbs or gflops:
+        if not (bandwidth_gbs and gflops):
+            raise UserError("give both --bandwidth-gbs and --gflops to describe a device", field="predict")
+        preds = predict_variants(stages.load_manifest(r).variants, Roofline(bandwidth_gbs=bandwidth_gbs, gflops=gflops, threads=0), ram_mb)
+        console.print(prediction_table(preds, f"Predicted for a device with {bandwidth_gbs:g} GB/s, {gflops:g} GFLOP/s"))
+        return
+    for device_report in _reports(r, report):
+        prompt = r.budget.ttft_prompt_tokens or max(r.device.prompt_lengths)
+        rows, summary = predicted_vs_measured(device_report, prompt)
+        title = f"{device_report.device.hostname}: roofline {device_report.roofline.bandwidth_gbs:g} GB/s, {device_report.roofline.gflops:g} GFLOP/s"
+        console.print(prediction_table(rows, title))
+        console.print(f"measured / predicted, median: decode {summary['decode_measured_over_predicted_median']}, "
+                      f"prefill at {prompt} tokens {summary['prefill_measured_over_predicted_median']}")
+
+
+@app.command()
+def simulate(
+    recipe: RecipeArg,
+    report: ReportsOpt = None,
+    rate: Annotated[float | None, typer.Option(help="mean requests per second")] = None,
+    arrival: Annotated[str | None, typer.Option(help="poisson | onoff | pareto")] = None,
+    duration_s: Annotated[float | None, typer.Option(help="simulated seconds")] = None,
+) -> None:
+    """Simulate the fleet as an edge cluster with rate limits and cloud overflow, for each selection policy."""
+    r = load_recipe(recipe)
+    updates = {k: v for k, v in {"rate_per_s": rate, "arrival": arrival, "duration_s": duration_s}.items() if v is not None}
+    if updates:
+        try:
+            r.cluster = r.cluster.model_validate(r.cluster.model_dump() | updates)
+        except ValidationError as exc:
+            raise validation_error(exc, f"{r.path} + command-line flags") from exc
+    reports = _reports(r, report)
+    recs = [make_recommendation(rep, r.budget, r.costs, _providers(r)) for rep in reports]
+    prompt = recs[0].prompt_tokens
+    cloud = pick_cloud(r, _providers(r), prompt, r.budget.output_tokens)
+    results = compare_policies(sim_devices(r, reports, recs), sim_cloud(cloud, prompt, r.budget.output_tokens), cluster_workload(r), r.cluster.max_queue)
+    console.print(simulation_table(results, r, cloud.id))
+    target = r.reports_path() / "simulation.json"
+    write_json(target, {"recipe": r.name, "cluster": r.cluster.model_dump(), "cloud": cloud.id, "results": [x.model_dump() for x in results]})
+    console.print(f"simulation: {target}")
+
+
+@app.command()
+def deploy(
+    recipe: RecipeArg,
+    report: ReportsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="folder for servers.sh and litellm.yaml")] = None,
+    policy: Annotated[str, typer.Option(help="random | weighted | load_aware (sets LiteLLM's routing strategy)")] = "load_aware",
+) -> None:
+    """Deployment files from the picks: a llama.cpp server per device, one LiteLLM router with cloud fallback."""
+    r = load_recipe(recipe)
+    if policy not in ROUTING:
+        raise UserError(f"unknown policy {policy!r} (known: {', '.join(ROUTING)})", field="--policy")
+    reports = _reports(r, report)
+    recs = [make_recommendation(rep, r.budget, r.costs, _providers(r)) for rep in reports]
+    cloud = pick_cloud(r, _providers(r), recs[0].prompt_tokens, r.budget.output_tokens)
+    for kind, path in deploy_files(r, reports, recs, cloud, out or r.reports_path() / "deploy", policy).items():
+        console.print(f"{kind}: {path}")
 
 
 @app.command()
@@ -197,7 +309,12 @@ def run(recipe: RecipeArg) -> None:
     show_recommendation(r, r.budget, path)
 
 
+def _terminate(signum: int, frame) -> None:
+    sys.exit(128 + signum)  # unwinds, so atomic writes clean up their temporary files
+
+
 def entry() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except UserError as exc:

@@ -120,6 +120,23 @@ class Costs(Strict):
     device_usd_per_hour: float = Field(0.0, ge=0, description="amortised device cost while busy")
 
 
+class AccuracySpec(Strict):
+    tasks: list[str] = Field(default_factory=list, description="offline tasks (toolkit tasks) or stock lm-eval names")
+    limit: int | None = Field(None, ge=1, description="items per task (None: all)")
+    max_length: int = Field(1024, ge=64, le=32768)
+    batch_size: int = Field(4, ge=1, le=256)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, tasks: list[str]) -> list[str]:
+        from toolkit.tasks import TASKS
+
+        for name in tasks:
+            if name not in TASKS and not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"task name {name!r} is neither an offline task nor an lm-eval task name")
+        return tasks
+
+
 class Budget(Strict):
     """Limits on one response of the given shape (prompt_tokens in, output_tokens out)."""
 
@@ -129,6 +146,8 @@ class Budget(Strict):
     min_decode_tps: float | None = Field(None, gt=0)
     max_memory_mb: float | None = Field(None, gt=0)
     max_perplexity: float | None = Field(None, gt=1)
+    max_kl: float | None = Field(None, gt=0, description="mean KL divergence from the reference")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="mean accuracy over the evaluated tasks")
     max_energy_j: float | None = Field(None, gt=0, description="energy per response, joules")
     max_cost_per_1k_usd: float | None = Field(None, gt=0, description="cost of 1,000 responses, USD")
     priority: Literal["balanced", "pcr", "quality", "speed", "memory", "cost"] = "balanced"
@@ -140,6 +159,24 @@ class Cloud(Strict):
     enabled: bool = True
 
 
+class Cluster(Strict):
+    """Edge cluster for `toolkit simulate` and `toolkit deploy`: limits per device, load, cloud overflow."""
+
+    rpm: int = Field(30, ge=1, description="requests each device admits per sliding window")
+    window_s: float = Field(60, gt=0)
+    slots: int = Field(1, ge=1, description="requests a device serves at once")
+    max_queue: int = Field(4, ge=0, description="requests waiting per device before overflow")
+    cloud: str | None = Field(None, description="provider id from the cloud catalogue (default: cheapest)")
+    arrival: Literal["poisson", "onoff", "pareto"] = "onoff"
+    rate_per_s: float = Field(0.5, gt=0)
+    burst_factor: float = Field(4.0, ge=1)
+    duration_s: float = Field(1800, gt=0)
+    output_sigma: float = Field(0.5, ge=0)
+    seed: int = 1
+    base_port: int = Field(8081, ge=1024, le=65000)
+    host: str = "127.0.0.1"
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -148,9 +185,11 @@ class Recipe(Strict):
     variants: Variants = Field(default_factory=Variants)
     device: Device = Field(default_factory=Device)
     quality: QualitySpec = Field(default_factory=QualitySpec)
+    accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     budget: Budget = Field(default_factory=Budget)
     costs: Costs = Field(default_factory=Costs)
     cloud: Cloud = Field(default_factory=Cloud)
+    cluster: Cluster = Field(default_factory=Cluster)
     reports_dir: str = "reports/{name}"
 
     path: Path | None = Field(None, exclude=True)
@@ -177,7 +216,7 @@ class Recipe(Strict):
         return raw if raw.is_absolute() else Path.cwd() / raw
 
     def settings_for_hash(self) -> dict:
-        return self.model_dump(mode="json", exclude={"description", "budget", "workspace", "costs", "cloud", "reports_dir"})
+        return self.model_dump(mode="json", exclude={"description", "budget", "workspace", "costs", "cloud", "cluster", "reports_dir"})
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.errors import UserError
+from toolkit.profiling.roofline import Roofline
 
 SCHEMA_VERSION = 1
 
@@ -172,6 +173,29 @@ class Quality(Record):
     tokens_scored: int = 0
     perplexity: float | None = None
     nll_stderr: float | None = None
+    reference_id: str | None = None
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
+    wall_s: float = 0.0
+
+
+class EvalResult(Record):
+    """One variant's score on one lm-eval task, measured through the variant's own runtime."""
+
+    key: str
+    variant_id: str
+    task: str
+    status: RunStatus
+    reason: str | None = None
+    metric: str | None = None
+    filter: str | None = None
+    value: float | None = None
+    stderr: float | None = None
+    n: int | None = None
+    limit: int | None = None
+    runtime: str
+    lm_eval_version: str | None = None
     wall_s: float = 0.0
 
 
@@ -190,6 +214,8 @@ class DeviceReport(Record):
     toolkit_version: str
     device: DeviceFingerprint
     power: DevicePower | None = None
+    roofline: Roofline | None = None
     variants: list[Variant]
     profiles: list[Profile]
     quality: list[Quality] = Field(default_factory=list)
+    accuracy: list[EvalResult] = Field(default_factory=list)

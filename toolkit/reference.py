@@ -6,10 +6,12 @@ source is a quantized GGUF, the reference is exactly those weights dequantized, 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.formats import run_tool
 from toolkit.io import atomic_dir, content_hash
 from toolkit.sources import SourceModel
 
@@ -28,7 +30,8 @@ def reference_dir(source: SourceModel, workspace: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     with atomic_dir(folder) as tmp:
-        dequantize_gguf(source.path, tmp)
+        cmd = [sys.executable, "-m", "toolkit.reference", str(source.path), str(tmp)]
+        run_tool(cmd, None, workspace / "logs" / f"dequantize-{source.model}.log", f"dequantize {source.path.name}")
     return folder
 
 
@@ -83,3 +86,7 @@ def count_parameters(hf_dir: Path) -> int | None:
                     count *= dim
                 total += count
     return total or None
+
+
+if __name__ == "__main__":
+    dequantize_gguf(Path(sys.argv[1]), Path(sys.argv[2]))

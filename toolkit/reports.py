@@ -17,6 +17,8 @@ COLUMNS = [
     ("ITL p50/p90 ms", lambda r: f"{_f(r.detail['itl_ms_p50'], 2)}/{_f(r.detail['itl_ms_p90'], 2)}"),
     ("peak RSS MB", lambda r: _f(r.metrics["memory_mb"], 0)),
     ("ppl", lambda r: _f(r.metrics["perplexity"], 2)),
+    ("KL", lambda r: _f(r.metrics.get("kl"), 4)),
+    ("acc", lambda r: _f(r.metrics.get("accuracy"), 3)),
     ("J/response", lambda r: _f(r.metrics.get("energy_j"), 1)),
     ("USD/1k", lambda r: _f(r.metrics.get("cost_per_1k_usd"), 5)),
     ("PCR", lambda r: _f(r.pcr, 1)),
@@ -45,6 +47,8 @@ def _budget_lines(rec: Recommendation) -> list[str]:
         (b.min_decode_tps, "decode >= {:g} tok/s (p10)"),
         (b.max_memory_mb, "peak memory <= {:g} MB"),
         (b.max_perplexity, "perplexity <= {:g}"),
+        (b.max_kl, "KL divergence <= {:g}"),
+        (b.min_accuracy, "mean accuracy >= {:g}"),
         (b.max_energy_j, "energy <= {:g} J per response"),
         (b.max_cost_per_1k_usd, "cost <= ${:g} per 1,000 responses"),
     ]

@@ -12,12 +12,15 @@ from toolkit.formats import VariantSpec, get_format
 from toolkit.io import content_hash, ensure_dir, sha256_file, write_json
 from toolkit.profiling.device import fingerprint, usable_cpus
 from toolkit.profiling.harness import run_child
+from toolkit.profiling.roofline import Roofline
+from toolkit.profiling.roofline import measure as measure_roofline
 from toolkit.quality.corpus import corpus_path
 from toolkit.recipe import Recipe
 from toolkit.records import (
     DeviceFingerprint,
     DevicePower,
     DeviceReport,
+    EvalResult,
     Manifest,
     Profile,
     PromptTiming,
@@ -27,6 +30,8 @@ from toolkit.records import (
 )
 from toolkit.runtimes import get_runtime
 from toolkit.sources import resolve
+from toolkit.tasks import TASKS
+from toolkit.tasks import prepare as prepare_task
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -133,6 +138,7 @@ def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None
         profiles.append(result)
     progress("done", len(manifest.variants), len(manifest.variants))
     report = DeviceReport(
+        roofline=device_roofline(ws, device),
         recipe=recipe.name,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         toolkit_version=__version__,
@@ -141,10 +147,21 @@ def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None
         variants=manifest.variants,
         profiles=profiles,
         quality=load_quality(recipe, manifest, sha256_file(corpus)),
+        accuracy=load_accuracy(recipe, manifest),
     )
     target = out or ws / "reports" / f"device-{device.hostname}-{device.id}.json"
     write_json(target, report)
     return report, target
+
+
+def device_roofline(ws: Path, device: DeviceFingerprint) -> Roofline:
+    """Memory bandwidth and compute of this device, measured once per device fingerprint."""
+    path = ws / "profiles" / f"roofline-{device.id}.json"
+    if path.exists():
+        return Roofline.model_validate_json(path.read_text(encoding="utf-8"))
+    result = measure_roofline(device.threads_used)
+    write_json(path, result)
+    return result
 
 
 def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str, corpus: Path, ws: Path) -> Profile:
@@ -192,40 +209,52 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
     )
 
 
-def evaluate(recipe: Recipe, progress: Progress = _quiet) -> list[Quality]:
-    workspace(recipe)
+def reference_variant(manifest: Manifest) -> Variant:
+    """The base model for fidelity: the F16 GGUF if built, else the GGUF as shipped, else the first."""
+    by_quant = {(v.format, v.quant): v for v in manifest.variants}
+    shipped = next((v for v in manifest.variants if "the source file as shipped" in v.notes), None)
+    return by_quant.get(("gguf", "F16")) or shipped or manifest.variants[0]
+
+
+def evaluate(recipe: Recipe, progress: Progress = _quiet) -> tuple[list[Quality], list[EvalResult]]:
+    """Fidelity (perplexity, KL divergence, top-1 agreement) and accuracy (lm-eval tasks) of every variant."""
+    ws = workspace(recipe)
     manifest = load_manifest(recipe)
     corpus = corpus_path(recipe.quality.corpus)
     digest = sha256_file(corpus)
+    reference = reference_variant(manifest)
+    ref_dir = ensure_dir(ws / "fidelity" / f"{reference.id}-{content_hash(digest, recipe.quality.model_dump())}")
+    ordered = [reference] + [v for v in manifest.variants if v.id != reference.id]
     results = []
-    for done, variant in enumerate(manifest.variants):
-        progress(f"perplexity {variant.label}", done, len(manifest.variants))
+    for done, variant in enumerate(ordered):
+        progress(f"fidelity {variant.label}", done, len(ordered))
         path = _quality_path(recipe, variant, digest)
-        if path.exists():
+        is_ref = variant.id == reference.id
+        if path.exists() and (not is_ref or (ref_dir / "tokens.npy").exists()):
             results.append(Quality.load(path))
             continue
-        results.append(_score(recipe, variant, corpus, digest, path))
-    progress("done", len(manifest.variants), len(manifest.variants))
-    return results
+        results.append(_score(recipe, variant, corpus, digest, path, {"dir": str(ref_dir), "write": is_ref}, reference.id))
+    order = {v.id: i for i, v in enumerate(manifest.variants)}
+    results.sort(key=lambda q: order[q.variant_id])
+    accuracy = evaluate_accuracy(recipe, manifest, progress)
+    progress("done", len(ordered), len(ordered))
+    return results, accuracy
 
 
 def _quality_path(recipe: Recipe, variant: Variant, corpus_sha: str) -> Path:
-    key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "perplexity")
+    key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "fidelity")
     return recipe.workspace_dir() / "quality" / f"{variant.id}-{key}.json"
 
 
-def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, path: Path) -> Quality:
+def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, path: Path, reference: dict, ref_id: str) -> Quality:
     q = recipe.quality
     base = dict(key=path.stem, variant_id=variant.id, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
     missing = get_runtime(variant.runtime).available()
     if missing:
         return Quality(status="skipped", reason=missing, **base)
-    child = run_child(
-        _job(recipe, variant, "perplexity", corpus),
-        recipe.device.timeout_s,
-        recipe.device.memory_cap_mb,
-        recipe.workspace_dir() / "logs" / f"quality-{variant.id}.log",
-    )
+    job = _job(recipe, variant, "perplexity", corpus) | {"reference": reference}
+    log = recipe.workspace_dir() / "logs" / f"quality-{variant.id}.log"
+    child = run_child(job, recipe.device.timeout_s, recipe.device.memory_cap_mb, log)
     if child.status != "ok":
         result = Quality(status=child.status, reason=child.reason, wall_s=child.wall_s, **base)
     else:
@@ -236,11 +265,83 @@ def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, path: Pa
             tokens_scored=d["tokens_scored"],
             perplexity=round(d["perplexity"], 4),
             nll_stderr=round(d["nll_stderr"], 5),
+            reference_id=ref_id,
+            kl_mean=round(d["kl_mean"], 6) if "kl_mean" in d else (0.0 if reference["write"] else None),
+            kl_p99=round(d["kl_p99"], 6) if "kl_p99" in d else None,
+            top1_agreement=round(d["top1_agreement"], 5) if "top1_agreement" in d else (1.0 if reference["write"] else None),
             wall_s=round(child.wall_s, 2),
             **base,
         )
     write_json(path, result)
     return result
+
+
+def task_dir(name: str) -> str | None:
+    """The folder holding an offline task's YAML, or None for a stock lm-eval task (needs the hub)."""
+    if name in TASKS:
+        return str(prepare_task(name))
+    from lm_eval.tasks import TaskManager
+
+    if name not in TaskManager().all_tasks:
+        raise UserError(
+            f"unknown task {name!r}: not an offline task ({', '.join(TASKS)}) nor an lm-eval task", field="accuracy.tasks"
+        )
+    return None
+
+
+def evaluate_accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = _quiet) -> list[EvalResult]:
+    spec = recipe.accuracy
+    results = []
+    for task in spec.tasks:
+        folder = task_dir(task)
+        metric = TASKS[task].metric if task in TASKS else "acc"
+        for done, variant in enumerate(manifest.variants):
+            progress(f"{task} {variant.label}", done, len(manifest.variants))
+            key = content_hash(variant.id, variant.sha256, task, spec.model_dump(exclude={"tasks"}), "lm-eval")
+            path = recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
+            if path.exists():
+                results.append(EvalResult.load(path))
+                continue
+            results.append(_eval_task(recipe, variant, task, folder, metric, key, path))
+    return results
+
+
+def _eval_task(recipe: Recipe, variant: Variant, task: str, folder: str | None, metric: str, key: str, path: Path) -> EvalResult:
+    spec = recipe.accuracy
+    base = dict(key=key, variant_id=variant.id, task=task, limit=spec.limit, runtime=variant.runtime)
+    missing = get_runtime(variant.runtime).available()
+    if missing:
+        return EvalResult(status="skipped", reason=missing, **base)
+    job = {
+        "kind": "lm_eval", "runtime_module": get_runtime(variant.runtime).module, "path": variant.path,
+        "threads": _threads(recipe), "task": task, "task_dir": folder, "limit": spec.limit, "metric": metric,
+        "max_length": spec.max_length, "batch_size": spec.batch_size,
+    }
+    log = recipe.workspace_dir() / "logs" / f"lm-eval-{task}-{variant.id}.log"
+    child = run_child(job, recipe.device.timeout_s * 4, recipe.device.memory_cap_mb, log)
+    if child.status != "ok":
+        result = EvalResult(status=child.status, reason=child.reason, wall_s=round(child.wall_s, 2), **base)
+    else:
+        d = child.data
+        result = EvalResult(
+            status="ok", metric=d["metric"], filter=d["filter"], value=round(d["value"], 5),
+            stderr=round(d["stderr"], 5) if d["stderr"] is not None else None, n=d["n"],
+            lm_eval_version=d["lm_eval_version"], wall_s=round(child.wall_s, 2), **base,
+        )
+    write_json(path, result)
+    return result
+
+
+def load_accuracy(recipe: Recipe, manifest: Manifest) -> list[EvalResult]:
+    """Stored accuracy results for the manifest's variants under the recipe's current settings."""
+    spec, out = recipe.accuracy, []
+    for task in spec.tasks:
+        for variant in manifest.variants:
+            key = content_hash(variant.id, variant.sha256, task, spec.model_dump(exclude={"tasks"}), "lm-eval")
+            path = recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
+            if path.exists():
+                out.append(EvalResult.load(path))
+    return out
 
 
 def load_quality(recipe: Recipe, manifest: Manifest, corpus_sha: str) -> list[Quality]:

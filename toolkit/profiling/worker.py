@@ -19,6 +19,8 @@ from toolkit.profiling.energy import RaplMeter
 
 
 def run_job(job: dict) -> dict:
+    if job["kind"] == "lm_eval":
+        return lm_eval_job(job)
     runtime = importlib.import_module(job["runtime_module"])
     n_ctx = job["n_ctx"]
     start = time.perf_counter()
@@ -30,7 +32,7 @@ def run_job(job: dict) -> dict:
         if job["kind"] == "profile":
             result = profile(session, tokens, job)
         else:
-            result = perplexity(session, tokens, job["ctx"], job["chunks"])
+            result = perplexity(session, tokens, job["ctx"], job["chunks"], job.get("reference"))
     finally:
         session.close()
     result["load_ms"] = load_ms
@@ -93,33 +95,96 @@ def profile(session, tokens: list[int], job: dict) -> dict:
     }
 
 
-def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood of `targets` under each row of `logits`, in float64."""
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     peak = x.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(x - peak).sum(axis=1)) + peak[:, 0]
-    return lse - x[np.arange(len(targets)), targets]
+    return x - (np.log(np.exp(x - peak).sum(axis=1, keepdims=True)) + peak)
 
 
-def perplexity(session, tokens: list[int], ctx: int, chunks: int) -> dict:
-    """llama.cpp's perplexity method: chunks of `ctx` tokens, score the second half of each."""
+def perplexity(session, tokens: list[int], ctx: int, chunks: int, reference: dict | None = None) -> dict:
+    """llama.cpp's perplexity method: chunks of `ctx` tokens, score the second half of each.
+
+    With `reference`, fidelity too: the reference run writes its token ids and next-token log-probs;
+    every other variant reads them, scores the *same* token ids, and reports mean KL divergence
+    (reference || variant) and top-1 agreement, as llama.cpp's KL-divergence mode does.
+    """
+    ref_dir = Path(reference["dir"]) if reference else None
+    writing = bool(reference and reference["write"])
+    if ref_dir and not writing:
+        tokens = np.load(ref_dir / "tokens.npy").tolist()
     available = len(tokens) // ctx
     if available < 1:
         raise ValueError(f"corpus has {len(tokens)} tokens, fewer than one chunk of {ctx}")
-    nll = []
-    for i in range(min(chunks, available)):
+    n_chunks = min(chunks, available)
+    first = ctx // 2
+    nll, kl, agree = [], [], []
+    for i in range(n_chunks):
         chunk = list(tokens[i * ctx:(i + 1) * ctx])
         if session.add_bos and session.bos is not None:
             chunk[0] = session.bos
-        logits = session.logits(chunk)
-        first = ctx // 2
-        nll.append(log_softmax_nll(logits[first - 1:ctx - 1], np.asarray(chunk[first:ctx])))
+        logp = log_softmax(session.logits(chunk)[first - 1:ctx - 1])
+        nll.append(-logp[np.arange(ctx - first), chunk[first:ctx]])
+        if writing:
+            np.save(ref_dir / f"logp-{i}.npy", logp.astype(np.float16))
+        elif ref_dir:
+            ref = np.load(ref_dir / f"logp-{i}.npy").astype(np.float64)
+            kl.append((np.exp(ref) * (ref - logp)).sum(axis=1))
+            agree.append(ref.argmax(axis=1) == logp.argmax(axis=1))
+    if writing:
+        np.save(ref_dir / "tokens.npy", np.asarray(tokens[: n_chunks * ctx], dtype=np.int32))
     values = np.concatenate(nll)
-    return {
-        "chunks": min(chunks, available),
+    out = {
+        "chunks": n_chunks,
         "tokens_scored": int(values.size),
         "perplexity": float(np.exp(values.mean())),
         "nll_stderr": float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0,
+    }
+    if kl:
+        kls = np.concatenate(kl)
+        out |= {"kl_mean": float(kls.mean()), "kl_p99": float(np.percentile(kls, 99)),
+                "top1_agreement": float(np.concatenate(agree).mean())}
+    return out
+
+
+def lm_eval_job(job: dict) -> dict:
+    """Score one variant on one lm-eval task, through the variant's own runtime."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    task, limit = job["task"], job["limit"]
+    manager = TaskManager(include_path=job["task_dir"]) if job["task_dir"] else TaskManager()
+    runtime = importlib.import_module(job["runtime_module"])
+    start = time.perf_counter()
+    if hasattr(runtime, "load_model"):  # PyTorch: lm-eval's own HF class (fp32 reference, GPTQ)
+        from lm_eval.models.huggingface import HFLM
+        from transformers import AutoTokenizer
+
+        model = runtime.load_model(Path(job["path"]), job["threads"])
+        tokenizer = AutoTokenizer.from_pretrained(job["path"])
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=job["batch_size"], max_length=job["max_length"], device="cpu")
+    else:
+        from toolkit.evaluation.lm_adapter import SessionLM
+
+        session = runtime.open_session(job["path"], job["threads"], job["max_length"], job["max_length"])
+        lm = SessionLM(session, job["max_length"])
+    load_s = time.perf_counter() - start
+    results = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, task_manager=manager, log_samples=False)
+    scores = results["results"][task]
+    metric_key = next(k for k in scores if k.startswith(job["metric"] + ",") and "stderr" not in k)
+    stderr = scores.get(metric_key.replace(",", "_stderr,", 1))
+    n = results.get("n-samples", {}).get(task, {}).get("effective")
+    return {
+        "metric": metric_key.split(",")[0],
+        "filter": metric_key.split(",")[1],
+        "value": float(scores[metric_key]),
+        "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+        "n": int(n) if n is not None else None,
+        "load_s": load_s,
+        "lm_eval_version": lm_eval.__version__,
     }
 
 

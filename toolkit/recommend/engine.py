@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
+from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.select import Limit, Option, check, select, shared_objectives
@@ -17,6 +18,8 @@ LIMITS = {
     "min_decode_tps": ("decode_tps", "min"),
     "max_memory_mb": ("memory_mb", "max"),
     "max_perplexity": ("perplexity", "max"),
+    "max_kl": ("kl", "max"),
+    "min_accuracy": ("accuracy", "min"),
     "max_energy_j": ("energy_j", "max"),
     "max_cost_per_1k_usd": ("cost_per_1k_usd", "max"),
 }
@@ -152,8 +155,19 @@ def recommend(
     )
 
 
+def mean_accuracy(report: DeviceReport) -> dict[str, float]:
+    """Mean score over the tasks every variant was evaluated on (variants missing a task get none)."""
+    tasks = sorted({r.task for r in report.accuracy})
+    by_variant: dict[str, dict[str, float]] = {}
+    for r in report.accuracy:
+        if r.status == "ok" and r.value is not None:
+            by_variant.setdefault(r.variant_id, {})[r.task] = r.value
+    return {vid: sum(s.values()) / len(tasks) for vid, s in by_variant.items() if tasks and len(s) == len(tasks)}
+
+
 def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs: Costs):
     quality = {q.variant_id: q for q in report.quality if q.status == "ok"}
+    accuracy = mean_accuracy(report)
     options, details = [], {}
     for prof in report.profiles:
         q = quality.get(prof.variant_id)
@@ -168,6 +182,8 @@ def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs
             "decode_tps": round(prof.decode_tps.p10, 2) if prof.decode_tps else None,
             "memory_mb": prof.peak_rss_mb,
             "perplexity": q.perplexity if q else None,
+            "accuracy": round(accuracy[prof.variant_id], 5) if prof.variant_id in accuracy else None,
+            "kl": q.kl_mean if q else None,
             "energy_j": round(energy, 3) if energy is not None else None,
             "cost_per_1k_usd": _edge_cost_per_1k(energy, response_s, costs),
         }
@@ -180,10 +196,24 @@ def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs
             "load_ms": prof.load_ms,
             "response_s": round(response_s, 3) if response_s else None,
             "watts": round(watts, 2) if watts else None,
+            "top1_agreement": q.top1_agreement if q else None,
+            **_predicted(report, prof),
+            **{f"acc_{r.task}": r.value for r in report.accuracy if r.variant_id == prof.variant_id and r.status == "ok"},
         }
         status = prof.status if prof.status != "ok" or timing else "skipped"
         options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status, reason=prof.reason))
     return options, details
+
+
+def _predicted(report: DeviceReport, prof: Profile) -> dict[str, float]:
+    """Roofline predictions for this variant on this device, to set beside the measured figures."""
+    variant = next((v for v in report.variants if v.id == prof.variant_id), None)
+    if report.roofline is None or variant is None:
+        return {}
+    out = {"predicted_decode_tps": round(roofline_decode_tps(variant.size_bytes, report.roofline.bandwidth_gbs), 1)}
+    if variant.n_params:
+        out["predicted_prefill_tps"] = round(roofline_prefill_tps(variant.n_params, report.roofline.gflops), 1)
+    return out
 
 
 def _watts(report: DeviceReport, prof: Profile) -> float | None:

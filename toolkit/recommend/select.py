@@ -10,16 +10,20 @@ OBJECTIVES: dict[str, str] = {
     "decode_tps": "max",
     "memory_mb": "min",
     "perplexity": "min",
+    "accuracy": "max",
     "energy_j": "min",
     "cost_per_1k_usd": "min",
 }
-UNITS = {"ttft_ms": "ms", "decode_tps": "tok/s", "memory_mb": "MB", "perplexity": "", "energy_j": "J", "cost_per_1k_usd": "USD"}
+UNITS = {"ttft_ms": "ms", "decode_tps": "tok/s", "memory_mb": "MB", "perplexity": "", "accuracy": "", "kl": "nats",
+         "energy_j": "J", "cost_per_1k_usd": "USD"}
 NAMES = {
     "ttft_ms": "TTFT p90", "decode_tps": "decode (p10)", "memory_mb": "peak memory", "perplexity": "perplexity",
+    "accuracy": "mean accuracy", "kl": "KL divergence",
     "energy_j": "energy per response", "cost_per_1k_usd": "cost per 1,000 responses",
 }
 BETTER = {
     "ttft_ms": "lower TTFT", "decode_tps": "faster decode", "memory_mb": "less memory", "perplexity": "lower perplexity",
+    "accuracy": "higher accuracy",
     "energy_j": "less energy", "cost_per_1k_usd": "cheaper",
 }
 
@@ -95,17 +99,23 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
 def utilities(options: list[Option], alpha: float) -> dict[str, float]:
     """U = alpha * quality + (1 - alpha) * responsiveness, each in (0, 1] relative to the best option.
 
-    quality = best perplexity / perplexity (1 when unmeasured for all); responsiveness = mean of
-    decode / best decode and best TTFT / TTFT.
+    quality = accuracy / best accuracy where every option has accuracy, else best perplexity / perplexity
+    (1 when neither is measured); responsiveness = mean of decode / best decode and best TTFT / TTFT.
     """
     ok = [o for o in options if o.status == "ok"]
     if not ok:
         return {}
     best = {m: _best(ok, m) for m in OBJECTIVES}
+    use_accuracy = shared_objectives(options)
     out = {}
     for o in ok:
         m = o.metrics
-        quality = best["perplexity"] / m["perplexity"] if best["perplexity"] and m.get("perplexity") else 1.0
+        if "accuracy" in use_accuracy and best["accuracy"]:
+            quality = (m["accuracy"] or 0.0) / best["accuracy"]
+        elif best["perplexity"] and m.get("perplexity"):
+            quality = best["perplexity"] / m["perplexity"]
+        else:
+            quality = 1.0
         speed = m["decode_tps"] / best["decode_tps"] if best["decode_tps"] else 1.0
         ttft = best["ttft_ms"] / m["ttft_ms"] if best["ttft_ms"] and m.get("ttft_ms") else 1.0
         out[o.id] = alpha * quality + (1 - alpha) * (speed + ttft) / 2
@@ -127,10 +137,15 @@ def performance_cost_ratio(option: Option) -> float | None:
     return option.utility / cost
 
 
+def _quality_key(o: Option) -> float:
+    acc = o.metrics.get("accuracy")
+    return -acc if acc is not None else (o.metrics.get("perplexity") or 0.0)
+
+
 PRIORITY_KEY = {
     "pcr": lambda o: (-(o.pcr or 0.0), -(o.utility or 0.0)),
     "cost": lambda o: (o.metrics.get("cost_per_1k_usd") or 0.0, -o.metrics["decode_tps"]),
-    "quality": lambda o: (o.metrics.get("perplexity") or 0.0, -o.metrics["decode_tps"]),
+    "quality": lambda o: (_quality_key(o), o.metrics.get("perplexity") or 0.0, -o.metrics["decode_tps"]),
     "speed": lambda o: (-o.metrics["decode_tps"], o.metrics["ttft_ms"]),
     "memory": lambda o: (o.metrics["memory_mb"], -o.metrics["decode_tps"]),
 }

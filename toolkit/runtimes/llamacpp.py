@@ -113,27 +113,48 @@ class LlamaCppSession:
         self._decode(self._one, 1)
         return self._greedy_last()
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        self.reset()
+    def _eval(self, tokens: list[int], start: int, all_logits: bool) -> np.ndarray:
+        """Decode `tokens` at positions start.. into the cache; logits for every token or the last one."""
         ll, n = self._ll, len(tokens)
-        out = np.empty((n, self.n_vocab), dtype=np.float32)
+        out = np.empty((n if all_logits else 1, self.n_vocab), dtype=np.float32)
         batch = ll.llama_batch_init(self.n_batch, 0, 1)
         try:
-            for start in range(0, n, self.n_batch):
-                chunk = tokens[start:start + self.n_batch]
+            for offset in range(0, n, self.n_batch):
+                chunk = tokens[offset:offset + self.n_batch]
+                last_chunk = offset + len(chunk) == n
                 batch.n_tokens = len(chunk)
                 for i, tok in enumerate(chunk):
                     batch.token[i] = tok
-                    batch.pos[i] = start + i
+                    batch.pos[i] = start + offset + i
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = 0
-                    batch.logits[i] = 1
+                    batch.logits[i] = 1 if all_logits or (last_chunk and i == len(chunk) - 1) else 0
                 if ll.llama_decode(self.ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed while scoring")
                 ptr = ll.llama_get_logits(self.ctx)
-                out[start:start + len(chunk)] = np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab))
+                if all_logits:
+                    out[offset:offset + len(chunk)] = np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab))
+                elif last_chunk:
+                    out[0] = np.ctypeslib.as_array(ptr, shape=(1, self.n_vocab))[0]
         finally:
             ll.llama_batch_free(batch)
+        self._pos = start + n
+        return out
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        self.reset()
+        return self._eval(tokens, 0, all_logits=True)
+
+    def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+        """Logits predicting each continuation's tokens, evaluating the shared context only once."""
+        self.reset()
+        last = self._eval(context, 0, all_logits=False)[0].copy()
+        memory = self._ll.llama_get_memory(self.ctx)
+        out = []
+        for cont in continuations:
+            self._ll.llama_memory_seq_rm(memory, 0, len(context), -1)
+            rest = self._eval(cont[:-1], len(context), all_logits=True) if len(cont) > 1 else np.empty((0, self.n_vocab), np.float32)
+            out.append(np.concatenate([last[None, :], rest]))
         return out
 
     def perf(self) -> dict[str, float]:

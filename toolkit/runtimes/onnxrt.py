@@ -107,6 +107,18 @@ class OrtSession:
         parts = [self._run(tokens[s:s + self.n_batch]) for s in range(0, len(tokens), self.n_batch)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
+    def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+        """Logits predicting each continuation's tokens, evaluating the shared context only once."""
+        self.reset()
+        last = self._run(context)[-1]
+        saved, pos = self.past, self.pos
+        out = []
+        for cont in continuations:
+            self.past, self.pos = saved, pos
+            rest = self._run(cont[:-1]) if len(cont) > 1 else np.empty((0, self.n_vocab), np.float32)
+            out.append(np.concatenate([last[None, :], rest]).astype(np.float32, copy=False))
+        return out
+
     def perf(self) -> None:
         return None  # onnxruntime has no per-phase token counters comparable to llama.cpp's
 

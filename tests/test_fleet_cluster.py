@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import write_recipe
+from tests.test_costs_reports import CLOUDS, FP, _report
+from toolkit.cluster import deploy_files, pick_cloud, sim_cloud, sim_devices, workload
+from toolkit.errors import UserError
+from toolkit.fleet import fleet_summary, load_reports, predict, predicted_vs_measured
+from toolkit.io import write_json
+from toolkit.profiling.roofline import Roofline
+from toolkit.recipe import Budget, Costs, load_recipe
+from toolkit.recommend.engine import recommend
+from toolkit.simulate import compare
+
+
+def _fleet(tmp_path):
+    fast = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    slow = _report([(300, 2400, 12, 300, 30), (250, 2000, 20, 200, 35)])
+    slow.device = FP.model_copy(update={"id": "dev2", "hostname": "pi"})
+    fast.roofline = Roofline(bandwidth_gbs=10, gflops=100, threads=2)
+    for i, rep in enumerate((fast, slow)):
+        write_json(tmp_path / f"device-{i}.json", rep)
+    return load_reports([tmp_path])
+
+
+def test_fleet_reports_from_a_folder_and_summary(tmp_path):
+    reports = _fleet(tmp_path)
+    assert [r.device.id for r in reports] == ["dev1", "dev2"]
+    recs = [recommend(r, Budget(min_decode_tps=15), Costs(), CLOUDS) for r in reports]
+    rows = fleet_summary(recs)
+    assert [row.answer for row in rows] == ["edge", "edge"]
+    assert rows[1].pick == "m Q1"  # the only variant the slow device runs fast enough
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no device-\\*.json reports"):
+        load_reports([empty])
+
+
+def test_roofline_prediction_for_a_described_device_and_against_measurements(tmp_path):
+    reports = _fleet(tmp_path)
+    preds = predict(reports[0].variants, Roofline(bandwidth_gbs=10, gflops=100, threads=2), ram_mb=200)
+    assert preds[0].decode_tps == pytest.approx(10e9 / 2**20, rel=1e-3)  # 1 MiB of weights at 10 GB/s
+    assert all(not p.fits for p in predict(reports[0].variants, Roofline(bandwidth_gbs=10, gflops=100, threads=2), ram_mb=100))
+    rows, summary = predicted_vs_measured(reports[0], 512)
+    assert len(rows) == 2 and summary["decode_measured_over_predicted_median"] > 0
+    with pytest.raises(UserError, match="no roofline"):
+        predicted_vs_measured(reports[1], 512)
+
+
+def test_simulation_and_deploy_files_from_the_fleet(tmp_path):
+    reports = _fleet(tmp_path)
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", """
+        name: fleet
+        candidates: [{model: smollm2-135m-instruct}]
+        cluster: {rpm: 20, window_s: 60, rate_per_s: 0.3, duration_s: 600}
+        budget: {min_decode_tps: 15}
+        """))
+    recs = [recommend(r, recipe.budget, Costs(), CLOUDS) for r in reports]
+    devices = sim_devices(recipe, reports, recs)
+    assert len(devices) == 2 and devices[0].decode_tps > devices[1].decode_tps
+    cloud = pick_cloud(recipe, CLOUDS, 512, 128)
+    assert cloud.id == "cheap"
+    results = compare(devices, sim_cloud(cloud, 512, 128), workload(recipe))
+    assert {r.policy for r in results} == {"random", "weighted", "load_aware"}
+    for rep in reports:  # deploy needs GGUF files to point at
+        for v in rep.variants:
+            v.format = "gguf"
+    paths = deploy_files(recipe, reports, recs, cloud, tmp_path / "deploy")
+    config = yaml.safe_load(paths["router"].read_text())
+    edge = [m for m in config["model_list"] if m["model_name"] == "edge"]
+    assert len(edge) == 2 and all(m["litellm_params"]["api_base"].startswith("http://127.0.0.1:") for m in edge)
+    assert config["router_settings"]["fallbacks"] == [{"edge": ["cloud"]}]
+    assert config["router_settings"]["routing_strategy"] == "least-busy"
+    assert all(m["litellm_params"]["rpm"] == 20 for m in edge)
+    servers = paths["servers"].read_text()
+    assert servers.count("llama_cpp.server") == 2 and "--host 127.0.0.1" in servers
+
+
+def test_unknown_cloud_provider_in_cluster(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: f\ncandidates: [{model: x}]\ncluster: {cloud: nope}\n"))
+    with pytest.raises(UserError, match="cluster.cloud: unknown cloud provider 'nope'"):
+        pick_cloud(recipe, CLOUDS, 512, 128)

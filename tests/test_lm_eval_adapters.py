@@ -1,0 +1,75 @@
+"""lm-eval through each runtime: the GGUF adapter agrees with lm-eval's HF class on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from tests.conftest import write_recipe  # noqa: E402
+from toolkit import stages  # noqa: E402
+from toolkit.recipe import load_recipe  # noqa: E402
+
+REQUESTS = [
+    ("Edge devices run small", " language models"),
+    ("Quantization trades accuracy for", " speed and size."),
+    ("When no edge variant meets the budget,", " requests go to the cloud"),
+    ("The toolkit measures time to first", " token"),
+    ("The toolkit measures time to first", " memory"),
+]
+
+
+def _instances(pairs):
+    return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tiny_llama, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agree")
+    recipe = load_recipe(write_recipe(tmp / "r.yaml", f"""
+        name: agree
+        workspace: {tmp / 'ws'}
+        candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
+        variants: {{gguf: {{quants: [F32, Q4_K_M]}}}}
+        """))
+    return stages.compress(recipe).variants
+
+
+def test_gguf_and_hf_loglikelihoods_agree_on_the_same_weights(tiny_llama, f32_gguf):
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.evaluation.lm_adapter import SessionLM
+    from toolkit.runtimes.llamacpp import open_session
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    hf = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny_llama), batch_size=2, device="cpu")
+    gguf = SessionLM(open_session(f32_gguf[0].path, 2, 256, 256), 256)
+    ours = gguf.loglikelihood(_instances(REQUESTS))
+    theirs = hf.loglikelihood(_instances(REQUESTS))
+    for (a, _), (b, _) in zip(ours, theirs, strict=True):
+        assert a == pytest.approx(b, abs=2e-3, rel=1e-3)
+    # the 4-bit file runs through the same adapter and lands near, not on, the full-precision figures
+    q4 = SessionLM(open_session(f32_gguf[1].path, 2, 256, 256), 256).loglikelihood(_instances(REQUESTS))
+    assert any(abs(a - b) > 1e-3 for (a, _), (b, _) in zip(q4, ours, strict=True))
+
+
+def test_rolling_and_generation_through_the_gguf_adapter(f32_gguf):
+    from toolkit.evaluation.lm_adapter import SessionLM
+    from toolkit.runtimes.llamacpp import open_session
+
+    lm = SessionLM(open_session(f32_gguf[0].path, 2, 128, 128), 128)
+    text = "Edge devices run small language models close to the data. " * 8
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    assert rolling[0] < 0
+    gen = lm.generate_until([Instance("generate_until", {}, ("Edge devices", {"until": ["."], "max_gen_toks": 12}), 0)])
+    assert isinstance(gen[0], str) and "." not in gen[0]
+
+
+def test_unknown_task_is_a_clear_error(tmp_path):
+    from toolkit.errors import UserError
+
+    with pytest.raises(UserError, match="unknown task 'no_such_task'"):
+        stages.task_dir("no_such_task")

@@ -1,0 +1,104 @@
+"""From per-device picks to a simulated cluster and to deployment files (llama.cpp servers + LiteLLM)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from toolkit.errors import UserError
+from toolkit.io import write_text
+from toolkit.recipe import Recipe
+from toolkit.recommend.cloud import CloudModel
+from toolkit.recommend.engine import Recommendation
+from toolkit.records import DeviceReport
+from toolkit.simulate import SimCloud, SimDevice, Workload
+
+ROUTING = {"random": "simple-shuffle", "weighted": "simple-shuffle", "load_aware": "least-busy"}
+
+
+def pick_cloud(recipe: Recipe, providers: list[CloudModel], prompt_tokens: int, output_tokens: int) -> CloudModel:
+    if not providers:
+        raise UserError("no cloud provider to overflow to", file=recipe.path, field="cloud.providers")
+    if recipe.cluster.cloud:
+        found = next((p for p in providers if p.id == recipe.cluster.cloud), None)
+        if found is None:
+            raise UserError(f"unknown cloud provider {recipe.cluster.cloud!r}", file=recipe.path, field="cluster.cloud")
+        return found
+    return min(providers, key=lambda p: p.cost_usd(prompt_tokens, output_tokens))
+
+
+def sim_devices(recipe: Recipe, reports: list[DeviceReport], recs: list[Recommendation]) -> list[SimDevice]:
+    """Each device serving its own pick, with that pick's measured median TTFT and decode speed."""
+    devices = []
+    for report, rec in zip(reports, recs, strict=True):
+        if rec.pick is None:
+            continue
+        row = next(r for r in rec.rows if r.variant_id == rec.pick)
+        devices.append(SimDevice(
+            name=report.device.hostname + "-" + report.device.id[:4], ttft_s=row.detail["ttft_ms_median"] / 1000,
+            decode_tps=row.detail["decode_tps_median"], slots=recipe.cluster.slots, rpm=recipe.cluster.rpm,
+            window_s=recipe.cluster.window_s, usd_per_response=(row.metrics.get("cost_per_1k_usd") or 0.0) / 1000,
+        ))
+    if not devices:
+        raise UserError("no device in the fleet has a variant that meets the budget; nothing to simulate", field="budget")
+    return devices
+
+
+def workload(recipe: Recipe) -> Workload:
+    c = recipe.cluster
+    return Workload(arrival=c.arrival, rate_per_s=c.rate_per_s, burst_factor=c.burst_factor, duration_s=c.duration_s,
+                    output_tokens=recipe.budget.output_tokens, output_sigma=c.output_sigma, seed=c.seed)
+
+
+def sim_cloud(cloud: CloudModel, prompt_tokens: int, output_tokens: int) -> SimCloud:
+    return SimCloud(name=cloud.id, ttft_s=cloud.first_token_ms() / 1000, decode_tps=cloud.tokens_per_s,
+                    usd_per_response=cloud.cost_usd(prompt_tokens, output_tokens))
+
+
+def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recommendation], cloud: CloudModel,
+                 out: Path, policy: str = "load_aware", api_key_env: str = "EDGEFIRST_API_KEY") -> dict[str, Path]:
+    """One llama.cpp server command per device and one LiteLLM router config over them, cloud as fallback."""
+    c = recipe.cluster
+    commands, models = ["#!/usr/bin/env bash", "# One llama.cpp server per device: run each line on its device.", "set -euo pipefail"], []
+    for i, (report, rec) in enumerate(zip(reports, recs, strict=True)):
+        if rec.pick is None:
+            commands.append(f"# {report.device.hostname}: no variant meets the budget; it serves nothing")
+            continue
+        variant = next(v for v in report.variants if v.id == rec.pick)
+        if variant.format != "gguf":
+            commands.append(f"# {report.device.hostname}: pick {variant.label} is not GGUF; serve it with its own runtime")
+            continue
+        port = c.base_port + i
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", variant.path, "--n_threads", str(report.device.threads_used),
+               "--n_ctx", "4096", "--host", c.host, "--port", str(port), "--model_alias", f"edge-{i}"]
+        commands.append(f"# {report.device.hostname} ({report.device.cpu_model}): {variant.label}")
+        commands.append(shlex.join(cmd))
+        row = next(r for r in rec.rows if r.variant_id == rec.pick)
+        tokens_per_request = rec.prompt_tokens + rec.output_tokens
+        models.append({
+            "model_name": "edge",
+            "litellm_params": {
+                "model": f"openai/edge-{i}", "api_base": f"http://{c.host}:{port}/v1", "api_key": "not-needed",
+                "rpm": max(1, round(c.rpm * 60 / c.window_s)), "tpm": max(1, round(c.rpm * 60 / c.window_s)) * tokens_per_request,
+            },
+            "model_info": {"id": f"edge-{i}", "device": report.device.hostname, "decode_tps": row.detail["decode_tps_median"]},
+        })
+    if not models:
+        raise UserError("no device has a GGUF pick to serve; nothing to deploy", field="budget")
+    models.append({"model_name": "cloud", "litellm_params": {"model": f"{cloud.provider.lower()}/{cloud.model}",
+                                                             "api_key": f"os.environ/{cloud.provider.upper()}_API_KEY"}})
+    config = {
+        "model_list": models,
+        "router_settings": {"routing_strategy": ROUTING[policy], "num_retries": 1, "allowed_fails": 1, "cooldown_time": 30,
+                            "fallbacks": [{"edge": ["cloud"]}], "enable_pre_call_checks": True},
+        "general_settings": {"master_key": f"os.environ/{api_key_env}"},
+    }
+    paths = {"servers": out / "servers.sh", "router": out / "litellm.yaml"}
+    write_text(paths["servers"], "\n".join(commands) + "\n")
+    paths["servers"].chmod(0o755)
+    header = f"# LiteLLM router for {recipe.name}: edge devices first ({policy} -> {ROUTING[policy]}), {cloud.id} as fallback.\n"
+    write_text(paths["router"], header + yaml.safe_dump(config, sort_keys=False))
+    return paths

@@ -1,0 +1,1 @@
+"""Accuracy through lm-eval, with each variant scored in the runtime it will run on."""

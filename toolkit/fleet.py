@@ -1,0 +1,109 @@
+"""Fleets: several device reports at once, roofline predictions, and the cluster simulation's inputs."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from toolkit.errors import UserError
+from toolkit.profiling.roofline import Roofline, roofline_decode_tps, roofline_prefill_tps
+from toolkit.recommend.engine import Recommendation
+from toolkit.records import DeviceReport, Variant
+
+
+def load_reports(paths: list[Path]) -> list[DeviceReport]:
+    """Device reports from files and folders (every device-*.json inside); one device once."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("device-*.json"))
+            if not found:
+                raise UserError("no device-*.json reports in this folder", file=path)
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UserError("device report not found", file=path)
+    reports, seen = [], set()
+    for file in files:
+        report = DeviceReport.load(file)
+        if report.device.id not in seen:
+            seen.add(report.device.id)
+            reports.append(report)
+    return reports
+
+
+class FleetRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device: str
+    cpu: str
+    answer: str
+    pick: str | None
+    decode_tps: float | None
+    ttft_ms: float | None
+    usd_per_1k: float | None
+    why: str
+
+
+def fleet_summary(recs: list[Recommendation]) -> list[FleetRow]:
+    rows = []
+    for rec in recs:
+        row = next((r for r in rec.rows if r.variant_id == rec.pick), None)
+        rows.append(FleetRow(
+            device=rec.device.split(":")[0], cpu=rec.device.split(": ", 1)[-1], answer=rec.answer,
+            pick=rec.pick_label or rec.cloud_pick, decode_tps=row.detail["decode_tps_median"] if row else None,
+            ttft_ms=row.metrics["ttft_ms"] if row else None, usd_per_1k=row.metrics.get("cost_per_1k_usd") if row else None,
+            why=rec.message,
+        ))
+    return rows
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variant: str
+    size_mb: float
+    decode_tps: float
+    prefill_tps: float | None
+    fits: bool
+    measured_decode_tps: float | None = None
+    measured_prefill_tps: float | None = None
+
+
+def predict(variants: list[Variant], roofline: Roofline, ram_mb: float | None = None) -> list[Prediction]:
+    """Roofline estimates for variants on a device known only by its bandwidth, compute and RAM."""
+    out = []
+    for v in variants:
+        size_mb = v.size_bytes / 2**20
+        out.append(Prediction(
+            variant=v.label, size_mb=round(size_mb, 1),
+            decode_tps=round(roofline_decode_tps(v.size_bytes, roofline.bandwidth_gbs), 1),
+            prefill_tps=round(roofline_prefill_tps(v.n_params, roofline.gflops), 1) if v.n_params else None,
+            fits=ram_mb is None or size_mb * 1.2 + 300 < ram_mb,  # weights + KV/buffers + runtime
+        ))
+    return sorted(out, key=lambda p: -p.decode_tps)
+
+
+def predicted_vs_measured(report: DeviceReport, prompt_tokens: int) -> tuple[list[Prediction], dict[str, float]]:
+    """Predictions next to measurements on a profiled device, and how close they came (median ratio)."""
+    if report.roofline is None:
+        raise UserError("this device report has no roofline (made by an older toolkit?)", field="roofline")
+    preds = {p.variant: p for p in predict(report.variants, report.roofline)}
+    rows, decode_ratio, prefill_ratio = [], [], []
+    for prof in report.profiles:
+        p = preds.get(prof.variant_name)
+        if p is None or prof.status != "ok" or not prof.decode_tps:
+            continue
+        timing = prof.prompt(prompt_tokens)
+        p.measured_decode_tps = round(prof.decode_tps.median, 1)
+        p.measured_prefill_tps = round(timing.prefill_tps.median, 1) if timing else None
+        decode_ratio.append(p.measured_decode_tps / p.decode_tps)
+        if p.prefill_tps and p.measured_prefill_tps:
+            prefill_ratio.append(p.measured_prefill_tps / p.prefill_tps)
+        rows.append(p)
+    summary = {
+        "decode_measured_over_predicted_median": round(statistics.median(decode_ratio), 3) if decode_ratio else None,
+        "prefill_measured_over_predicted_median": round(statistics.median(prefill_ratio), 3) if prefill_ratio else None,
+    }
+    return rows, summary
