@@ -72,7 +72,7 @@ def test_simulation_and_deploy_files_from_the_fleet(tmp_path):
     edge = [m for m in config["model_list"] if m["model_name"] == "edge"]
     assert len(edge) == 2 and all(m["litellm_params"]["api_base"].startswith("http://127.0.0.1:") for m in edge)
     assert config["router_settings"]["fallbacks"] == [{"edge": ["cloud"]}]
-    assert config["router_settings"]["routing_strategy"] == "least-busy"
+    assert config["router_settings"]["routing_strategy"] == "usage-based-routing-v2"
     assert all(m["litellm_params"]["rpm"] == 20 for m in edge)
     servers = paths["servers"].read_text()
     assert servers.count("llama_cpp.server") == 2 and "--host 127.0.0.1" in servers

@@ -295,6 +295,19 @@ def deploy(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="router config written by `toolkit deploy` (litellm.yaml)")],
+    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 unless you mean to expose it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 4000,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the API key clients must send")] = "EDGEFIRST_API_KEY",
+) -> None:
+    """Start the LiteLLM router in front of the edge servers, with cloud fallback (OpenAI-compatible API)."""
+    from toolkit.serve import serve as run_server
+
+    run_server(config, host, port, api_key_env)
+
+
+@app.command()
 def run(recipe: RecipeArg) -> None:
     """All stages: compress, evaluate, profile, recommend. Finished work is reused."""
     r = load_recipe(recipe)

@@ -16,7 +16,11 @@ from toolkit.recommend.engine import Recommendation
 from toolkit.records import DeviceReport
 from toolkit.simulate import SimCloud, SimDevice, Workload
 
-ROUTING = {"random": "simple-shuffle", "weighted": "simple-shuffle", "load_aware": "least-busy"}
+# LiteLLM strategy per simulated policy. Only usage-based-routing-v2 enforces each deployment's rpm/tpm
+# (per minute) and sends the rest to the fallback, while picking the least-used deployment: the
+# load-aware policy with limits, and the default. simple-shuffle spreads requests at random, weighted
+# by rpm, and does not enforce the limits.
+ROUTING = {"random": "simple-shuffle", "weighted": "simple-shuffle", "load_aware": "usage-based-routing-v2"}
 
 
 def pick_cloud(recipe: Recipe, providers: list[CloudModel], prompt_tokens: int, output_tokens: int) -> CloudModel:
@@ -88,8 +92,11 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
         })
     if not models:
         raise UserError("no device has a GGUF pick to serve; nothing to deploy", field="budget")
-    models.append({"model_name": "cloud", "litellm_params": {"model": f"{cloud.provider.lower()}/{cloud.model}",
-                                                             "api_key": f"os.environ/{cloud.provider.upper()}_API_KEY"}})
+    cloud_params = {"model": cloud.litellm_model or f"{cloud.provider.lower()}/{cloud.model}",
+                    "api_key": f"os.environ/{cloud.provider.upper().replace('-', '_')}_API_KEY"}
+    if cloud.api_base:
+        cloud_params["api_base"] = cloud.api_base
+    models.append({"model_name": "cloud", "litellm_params": cloud_params})
     config = {
         "model_list": models,
         "router_settings": {"routing_strategy": ROUTING[policy], "num_retries": 1, "allowed_fails": 1, "cooldown_time": 30,

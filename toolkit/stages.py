@@ -34,6 +34,7 @@ from toolkit.tasks import TASKS
 from toolkit.tasks import prepare as prepare_task
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
+PROFILER_VERSION = 2  # bump when the measurement method changes, so cached profiles are re-measured
 
 
 def _quiet(description: str, done: int, total: int) -> None:
@@ -127,7 +128,7 @@ def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None
     profiles = []
     for done, variant in enumerate(manifest.variants):
         progress(f"profile {variant.label}", done, len(manifest.variants))
-        key = content_hash(variant.id, variant.sha256, settings, device.id, "profile")
+        key = content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION)
         cached = ws / "profiles" / f"{variant.id}-{key}.json"
         if cached.exists():
             profiles.append(Profile.load(cached))

@@ -188,6 +188,19 @@ def lm_eval_job(job: dict) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since exec (VmHWM); ru_maxrss would include the parent's
+    image copied at fork, which Linux keeps across exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(job_path: str, out_path: str) -> int:
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     try:
@@ -199,7 +212,7 @@ def main(job_path: str, out_path: str) -> int:
         reason = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
         result, code = {"ok": False, "status": "crash", "reason": reason}, 2
         traceback.print_exc()
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     tmp = Path(out_path + ".part")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     tmp.replace(out_path)

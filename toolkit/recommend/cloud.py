@@ -23,6 +23,8 @@ class CloudModel(BaseModel):
     ttft_ms: float = Field(gt=0)
     tokens_per_s: float = Field(gt=0)
     rtt_ms: float = Field(0, ge=0)
+    api_base: str | None = Field(None, description="OpenAI-compatible endpoint, for self-hosted or stand-in clouds")
+    litellm_model: str | None = Field(None, description="LiteLLM model string (default: <provider>/<model>)")
     accuracy: dict[str, float] = Field(default_factory=dict)
 
     def cost_usd(self, prompt_tokens: int, output_tokens: int) -> float:

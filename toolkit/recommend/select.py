@@ -99,8 +99,9 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
 def utilities(options: list[Option], alpha: float) -> dict[str, float]:
     """U = alpha * quality + (1 - alpha) * responsiveness, each in (0, 1] relative to the best option.
 
-    quality = accuracy / best accuracy where every option has accuracy, else best perplexity / perplexity
-    (1 when neither is measured); responsiveness = mean of decode / best decode and best TTFT / TTFT.
+    quality = the mean of accuracy / best accuracy (where every option has accuracy) and best perplexity /
+    perplexity (fidelity: accuracy on a few dozen items is noisy, perplexity is not), 1 when neither is
+    measured; responsiveness = mean of decode / best decode and best TTFT / TTFT.
     """
     ok = [o for o in options if o.status == "ok"]
     if not ok:
@@ -110,12 +111,12 @@ def utilities(options: list[Option], alpha: float) -> dict[str, float]:
     out = {}
     for o in ok:
         m = o.metrics
+        signals = []
         if "accuracy" in use_accuracy and best["accuracy"]:
-            quality = (m["accuracy"] or 0.0) / best["accuracy"]
-        elif best["perplexity"] and m.get("perplexity"):
-            quality = best["perplexity"] / m["perplexity"]
-        else:
-            quality = 1.0
+            signals.append((m["accuracy"] or 0.0) / best["accuracy"])
+        if best["perplexity"] and m.get("perplexity"):
+            signals.append(best["perplexity"] / m["perplexity"])
+        quality = sum(signals) / len(signals) if signals else 1.0
         speed = m["decode_tps"] / best["decode_tps"] if best["decode_tps"] else 1.0
         ttft = best["ttft_ms"] / m["ttft_ms"] if best["ttft_ms"] and m.get("ttft_ms") else 1.0
         out[o.id] = alpha * quality + (1 - alpha) * (speed + ttft) / 2

@@ -1,0 +1,156 @@
+"""Live on loopback: two llama.cpp servers with the real SmolLM2, a cloud STAND-IN, the generated LiteLLM
+router in front (`toolkit serve`), and a bounded client sending about twice the edge capacity. Every
+request must be answered, overflow must reach the stand-in, and the edge servers must stay within their
+limits; then one edge server is killed mid-run and still nothing is lost. The test starts and stops
+every server itself; traffic goes to 127.0.0.1 only, and the loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download at import
+pytest.importorskip("litellm")
+pytest.importorskip("llama_cpp.server")
+
+from tests.conftest import write_recipe  # noqa: E402
+from tests.test_costs_reports import _report  # noqa: E402
+from toolkit.catalogue import find_card  # noqa: E402
+from toolkit.cluster import deploy_files  # noqa: E402
+from toolkit.recipe import Budget, Costs, load_recipe  # noqa: E402
+from toolkit.recommend.cloud import CloudModel  # noqa: E402
+from toolkit.recommend.engine import recommend  # noqa: E402
+from toolkit.sources import fetch_pypi_files  # noqa: E402
+
+pytestmark = pytest.mark.real_model
+RPM = 6  # each edge device admits 6 requests per 60 s window: 12 for the fleet during the test
+REQUESTS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up within {timeout} s")
+
+
+def _post(url: str, body: dict, key: str) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json", "authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    gguf = fetch_pypi_files(find_card("smollm2-135m-instruct").source)
+    ports = {"edge0": _free_port(), "edge1": _free_port(), "cloud": _free_port(), "router": _free_port()}
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"""
+        name: live
+        candidates: [{{model: smollm2-135m-instruct}}]
+        cluster: {{rpm: {RPM}, window_s: 60, base_port: {ports['edge0']}}}
+        """))
+    reports = [_report([(100, 800, 50, 300, 30)]), _report([(100, 800, 40, 300, 30)])]
+    for i, rep in enumerate(reports):
+        rep.device = rep.device.model_copy(update={"id": f"dev{i}", "hostname": f"edge{i}", "threads_used": 1})
+        rep.variants[0].path, rep.variants[0].format = str(gguf), "gguf"
+    recs = [recommend(r, Budget(), Costs(), []) for r in reports]
+    cloud = CloudModel(id="stand-in", provider="standin", model="stand-in", usd_per_1m_input=0.1, usd_per_1m_output=0.4,
+                       ttft_ms=100, tokens_per_s=100, api_base=f"http://127.0.0.1:{ports['cloud']}/v1", litellm_model="openai/stand-in")
+    paths = deploy_files(recipe, reports, recs, cloud, tmp_path / "deploy")
+    config = yaml.safe_load(paths["router"].read_text())
+    config["model_list"][1]["litellm_params"]["api_base"] = f"http://127.0.0.1:{ports['edge1']}/v1"  # second port
+    paths["router"].write_text(yaml.safe_dump(config))
+    env = dict(os.environ, EDGEFIRST_API_KEY="test-key", STANDIN_API_KEY="unused", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    procs = {}
+    for name in ("edge0", "edge1"):
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(ports[name]),
+             "--n_threads", "1", "--n_ctx", "512", "--model_alias", f"edge-{name[-1]}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    procs["cloud"] = subprocess.Popen([sys.executable, "-m", "tests.cloud_standin", str(ports["cloud"])], env=env,
+                                      cwd=Path(__file__).resolve().parent.parent)
+    log = (tmp_path / "router.log").open("w")  # noqa: SIM115 - closed in the finally below
+    procs["router"] = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", str(paths["router"]), "--port", str(ports["router"])],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for name in ("edge0", "edge1"):
+            _wait_http(f"http://127.0.0.1:{ports[name]}/v1/models")
+        _wait_http(f"http://127.0.0.1:{ports['cloud']}/count")
+        _wait_http(f"http://127.0.0.1:{ports['router']}/health")
+        yield ports, procs, tmp_path
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def _send(ports: dict, n: int, kill: subprocess.Popen | None = None) -> list[tuple[int, dict]]:
+    url = f"http://127.0.0.1:{ports['router']}/v1/chat/completions"
+    body = {"model": "edge", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
+
+    def one(i: int) -> tuple[int, dict]:
+        if kill is not None and i == n // 3:
+            kill.kill()  # an edge device dies mid-run
+        return _post(url, body, "test-key")
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _minutes(start: float, end: float) -> int:
+    """LiteLLM counts rpm per wall-clock minute: how many minutes a run touched."""
+    return int(end // 60) - int(start // 60) + 1
+
+
+def test_overflow_reaches_the_cloud_and_nothing_is_lost(cluster):
+    ports, procs, tmp = cluster
+    start = time.time()
+    results = _send(ports, REQUESTS)
+    minutes = _minutes(start, time.time())
+    assert [code for code, _ in results] == [200] * REQUESTS, (tmp / "router.log").read_text()[-2000:]
+    cloud_served = _get(f"http://127.0.0.1:{ports['cloud']}/count")["served"]
+    served = _get(f"http://127.0.0.1:{ports['router']}/health")["served"]
+    edge = {k: v for k, v in served.items() if k.startswith("edge-")}
+    print("served by deployment:", served, "cloud stand-in count:", cloud_served, "minutes:", minutes)
+    assert cloud_served > 0, served  # about twice the edge capacity was sent: the rest overflowed
+    assert sum(edge.values()) + cloud_served == REQUESTS, served
+    assert edge and all(v <= RPM * minutes for v in edge.values()), served
+    # then, with fresh limits, one edge server dies mid-run: every request is still answered
+    time.sleep(60 - time.time() % 60 + 1)
+    again = _send(ports, REQUESTS // 2, kill=procs["edge0"])
+    assert [code for code, _ in again] == [200] * (REQUESTS // 2), (tmp / "router.log").read_text()[-2000:]
