@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from toolkit.cluster import deploy_files  # noqa: E402
 from toolkit.recipe import Budget, Costs, load_recipe  # noqa: E402
 from toolkit.recommend.cloud import CloudModel  # noqa: E402
 from toolkit.recommend.engine import recommend  # noqa: E402
+from toolkit.simulate import SimCloud, SimDevice, Workload, simulate  # noqa: E402
 from toolkit.sources import fetch_pypi_files  # noqa: E402
 
 pytestmark = pytest.mark.real_model
@@ -126,7 +128,10 @@ def _send(ports: dict, n: int, kill: subprocess.Popen | None = None) -> list[tup
     def one(i: int) -> tuple[int, dict]:
         if kill is not None and i == n // 3:
             kill.kill()  # an edge device dies mid-run
-        return _post(url, body, "test-key")
+        start = time.perf_counter()
+        code, data = _post(url, body, "test-key")
+        data["latency_s"] = time.perf_counter() - start
+        return code, data
 
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(one, range(n)))
@@ -150,6 +155,20 @@ def test_overflow_reaches_the_cloud_and_nothing_is_lost(cluster):
     assert cloud_served > 0, served  # about twice the edge capacity was sent: the rest overflowed
     assert sum(edge.values()) + cloud_served == REQUESTS, served
     assert edge and all(v <= RPM * minutes for v in edge.values()), served
+    # the simulator, fed the same load and limits, against what the live cluster did
+    elapsed = time.time() - start
+    lat = {"edge": [d["latency_s"] for _, d in results if d.get("edgefirst_deployment", "").startswith("edge-")],
+           "cloud": [d["latency_s"] for _, d in results if not d.get("edgefirst_deployment", "").startswith("edge-")]}
+    devices = [SimDevice(name=f"edge-{i}", ttft_s=statistics.median(lat["edge"]), decode_tps=1e9, rpm=RPM, window_s=60)
+               for i in range(2)]
+    cloud = SimCloud(ttft_s=statistics.median(lat["cloud"]), decode_tps=1e9)
+    load = Workload(arrival="poisson", rate_per_s=REQUESTS / elapsed, output_tokens=1, duration_s=elapsed, seed=1)
+    sim = simulate(devices, cloud, load, "load_aware", max_queue=4)
+    measured_share = cloud_served / REQUESTS
+    measured_p50 = statistics.median([d["latency_s"] for _, d in results])
+    print(f"cloud share: simulated {sim.cloud_share:.2f}, measured {measured_share:.2f}; "
+          f"p50 latency: simulated {sim.p50_s:.2f} s, measured {measured_p50:.2f} s")
+    assert abs(sim.cloud_share - measured_share) < 0.3
     # then, with fresh limits, one edge server dies mid-run: every request is still answered
     time.sleep(60 - time.time() % 60 + 1)
     again = _send(ports, REQUESTS // 2, kill=procs["edge0"])

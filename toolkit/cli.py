@@ -116,11 +116,15 @@ def tasks() -> None:
 def profile(
     recipe: RecipeArg,
     out: Annotated[Path | None, typer.Option(help="where to write the device report JSON")] = None,
+    threads: Annotated[int | None, typer.Option(help="override device.threads")] = None,
+    formats: Annotated[list[str] | None, typer.Option("--format", help="profile only these formats (repeatable)")] = None,
 ) -> None:
     """Measure every variant on this device, each in its own process; write the device report."""
     r = load_recipe(recipe)
+    if threads is not None:
+        r.device.threads = threads
     with progress_bar() as update:
-        report, path = stages.profile(r, update, out)
+        report, path = stages.profile(r, update, out, formats)
     failed = [p for p in report.profiles if p.status != "ok"]
     console.print(f"device report: {path} ({len(report.profiles) - len(failed)} ok, {len(failed)} not ok)")
     for p in failed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import yaml
@@ -66,7 +65,9 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
                  out: Path, policy: str = "load_aware", api_key_env: str = "EDGEFIRST_API_KEY") -> dict[str, Path]:
     """One llama.cpp server command per device and one LiteLLM router config over them, cloud as fallback."""
     c = recipe.cluster
-    commands, models = ["#!/usr/bin/env bash", "# One llama.cpp server per device: run each line on its device.", "set -euo pipefail"], []
+    commands = ["#!/usr/bin/env bash", "# One llama.cpp server per device: run each line on its device (with llama-cpp-python[server]",
+                "# installed and the GGUF copied to the same path).", "set -euo pipefail"]
+    models = []
     for i, (report, rec) in enumerate(zip(reports, recs, strict=True)):
         if rec.pick is None:
             commands.append(f"# {report.device.hostname}: no variant meets the budget; it serves nothing")
@@ -76,7 +77,7 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
             commands.append(f"# {report.device.hostname}: pick {variant.label} is not GGUF; serve it with its own runtime")
             continue
         port = c.base_port + i
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", variant.path, "--n_threads", str(report.device.threads_used),
+        cmd = ["python3", "-m", "llama_cpp.server", "--model", variant.path, "--n_threads", str(report.device.threads_used),
                "--n_ctx", "4096", "--host", c.host, "--port", str(port), "--model_alias", f"edge-{i}"]
         commands.append(f"# {report.device.hostname} ({report.device.cpu_model}): {variant.label}")
         commands.append(shlex.join(cmd))

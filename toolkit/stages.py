@@ -119,9 +119,15 @@ def _job(recipe: Recipe, variant: Variant, kind: str, corpus: Path) -> dict:
     }
 
 
-def profile(recipe: Recipe, progress: Progress = _quiet, out: Path | None = None) -> tuple[DeviceReport, Path]:
+def profile(
+    recipe: Recipe, progress: Progress = _quiet, out: Path | None = None, formats: list[str] | None = None
+) -> tuple[DeviceReport, Path]:
     ws = workspace(recipe)
     manifest = load_manifest(recipe)
+    if formats:
+        manifest = Manifest(recipe=manifest.recipe, variants=[v for v in manifest.variants if v.format in formats])
+        if not manifest.variants:
+            raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
     device = device_fingerprint(recipe)
     corpus = corpus_path(recipe.quality.corpus)
     settings = recipe.device.model_dump(mode="json", exclude={"power"})

@@ -113,7 +113,7 @@ def recommend(
     rec = dict(
         recipe=report.recipe,
         device_id=report.device.id,
-        device=f"{report.device.hostname}: {report.device.cpu_model}",
+        device=f"{report.device.hostname}-{report.device.id[:4]}: {report.device.cpu_model}, {report.device.threads_used} threads",
         prompt_tokens=prompt_tokens,
         output_tokens=budget.output_tokens,
         budget=budget,
