@@ -31,7 +31,7 @@ def test_demo_runs_end_to_end_and_reuses_work(tmp_path):
     assert rec["answer"] == "edge" and rec["energy_source"].startswith("estimated")
     assert all(r["metrics"]["energy_j"] and r["metrics"]["cost_per_1k_usd"] for r in rec["rows"])
     assert (tmp_path / "reports" / "demo" / reports[0].name.replace(".json", ".html")).exists()
-    assert len(rec["rows"]) == 9 and rec["pick"]
+    assert len(rec["rows"]) == 15 and rec["pick"]  # 9 GGUF, 4 ONNX, 2 GPTQ
     assert all(r["status"] == "ok" and r["metrics"]["perplexity"] for r in rec["rows"])
     start = time.perf_counter()
     second = _toolkit("run", str(ROOT / "recipes" / "demo.yaml"), cwd=tmp_path)

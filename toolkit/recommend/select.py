@@ -88,7 +88,7 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
         if gap > 0:
             sign = ">" if limit.kind == "max" else "<"
             unit = UNITS[limit.metric]
-            digits = 4 if limit.metric == "cost_per_1k_usd" else 1
+            digits = {"cost_per_1k_usd": 4, "kl": 4, "accuracy": 3}.get(limit.metric, 1)
             out.append(
                 f"{NAMES[limit.metric]} {value:.{digits}f} {unit} {sign} {limit.bound:g} {unit} "
                 f"({'over' if limit.kind == 'max' else 'under'} by {gap:.{digits}f}{(' ' + unit) if unit else ''})"
