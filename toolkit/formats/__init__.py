@@ -83,6 +83,45 @@ def cached_variant(folder: Path) -> Variant | None:
     return None
 
 
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the packages a format depends on ("missing" where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def record_folder_variant(
+    *, vid: str, label: str, fmt: str, runtime: str, quant: str, target: Path, ref: Path, source, seconds: float,
+    tools: dict[str, str], notes: list[str], details: dict | None = None,
+) -> Variant:
+    """The manifest entry of a variant built as a folder from an HF reference, written beside it."""
+    from toolkit.io import write_json
+    from toolkit.reference import count_parameters
+
+    n_params = count_parameters(ref)
+    size = path_size(target)
+    variant = Variant(
+        id=vid, label=label, model=source.model, format=fmt, runtime=runtime, quant=quant,
+        path=str(target.resolve()), size_bytes=size, sha256=path_sha256(target), n_params=n_params,
+        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None, source=source.origin,
+        source_sha256=source.sha256, seconds=round(seconds, 2), tools=tools, notes=notes, details=details or {},
+    )
+    write_json(target.parent / "variant.json", variant)
+    return variant
+
+
+def dequantized_note(source, what: str) -> list[str]:
+    if source.kind == "gguf":
+        return [f"{what} from an HF reference that transformers dequantized from {source.path.name}"]
+    return []
+
+
 def run_tool(cmd: list[str], env: dict | None, log: Path, what: str, cwd: Path | None = None) -> None:
     """Run a tool in a child process (a crash there cannot take the sweep down) and keep its log."""
     ensure_dir(log.parent)

@@ -9,24 +9,26 @@ import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.formats import Format, VariantSpec, cached_variant, path_sha256, path_size, register, run_tool, variant_dir
-from toolkit.io import atomic_dir, content_hash, ensure_dir, write_json, write_text
+from toolkit.formats import (
+    Format,
+    VariantSpec,
+    cached_variant,
+    dequantized_note,
+    package_versions,
+    record_folder_variant,
+    register,
+    run_tool,
+    variant_dir,
+)
+from toolkit.io import atomic_dir, content_hash, ensure_dir, write_text
 from toolkit.quality.corpus import corpus_path
 from toolkit.records import Variant
-from toolkit.reference import count_parameters, reference_dir
+from toolkit.reference import reference_dir
 from toolkit.sources import SourceModel
 
 
 def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("gptqmodel", "torch", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "missing"
-    return out
+    return package_versions("gptqmodel", "torch", "transformers")
 
 
 def specs(spec) -> list[VariantSpec]:
@@ -89,32 +91,15 @@ def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int 
         cmd = [sys.executable, "-m", "toolkit.formats.gptq_tools", str(ref), str(tmp), str(opts["bits"]),
                str(opts["group_size"]), "1" if opts["desc_act"] else "0", str(calib)]
         run_tool(cmd, None, workspace / "logs" / f"gptq-{vid}.log", f"GPTQ-quantize {ref.name}", cwd=work)
-    n_params = count_parameters(ref)
-    size = path_size(target)
-    variant = Variant(
-        id=vid,
-        label=f"{source.model} GPTQ {spec.quant}",
-        model=source.model,
-        format="gptq",
-        runtime="torch",
-        quant=spec.quant,
-        path=str(target.resolve()),
-        size_bytes=size,
-        sha256=path_sha256(target),
-        n_params=n_params,
-        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None,
-        source=source.origin,
-        source_sha256=source.sha256,
-        seconds=round(time.perf_counter() - start, 2),
-        tools=tool_versions(),
-        notes=[f"quantized from an HF reference that transformers dequantized from {source.path.name}"] if source.kind == "gguf" else [],
+    return record_folder_variant(
+        vid=vid, label=f"{source.model} GPTQ {spec.quant}", fmt="gptq", runtime="torch", quant=spec.quant,
+        target=target, ref=ref, source=source, seconds=time.perf_counter() - start, tools=tool_versions(),
+        notes=dequantized_note(source, "quantized"),
         details={
             "bits": opts["bits"], "group_size": opts["group_size"], "desc_act": opts["desc_act"],
             "calibration_corpus": opts["corpus"], "calibration_lines": opts["lines"], "calibration_sha256": calib_sha,
         },
     )
-    write_json(folder / "variant.json", variant)
-    return variant
 
 
 register(Format(name="gptq", runtime="torch", specs=specs, build=build))

@@ -7,25 +7,27 @@ import sys
 import time
 from pathlib import Path
 
-from toolkit.formats import Format, VariantSpec, cached_variant, path_sha256, path_size, register, run_tool, variant_dir
-from toolkit.io import atomic_dir, content_hash, write_json
+from toolkit.formats import (
+    Format,
+    VariantSpec,
+    cached_variant,
+    dequantized_note,
+    package_versions,
+    record_folder_variant,
+    register,
+    run_tool,
+    variant_dir,
+)
+from toolkit.io import atomic_dir, content_hash
 from toolkit.records import Variant
-from toolkit.reference import count_parameters, reference_dir
+from toolkit.reference import reference_dir
 from toolkit.sources import SourceModel
 
 MODEL = "model.onnx"
 
 
 def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "missing"
-    return out
+    return package_versions("optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers")
 
 
 def specs(spec) -> list[VariantSpec]:
@@ -63,34 +65,11 @@ def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int 
         else:
             block = str(dict(spec.options)["block_size"])
             run_tool([*tool, "int4", str(fp32), str(tmp), block], None, log, f"quantize ONNX to int4 (block {block})")
-    n_params = count_parameters(ref)
-    size = path_size(target)
-    variant = Variant(
-        id=vid,
-        label=f"{source.model} ONNX {spec.quant}",
-        model=source.model,
-        format="onnx",
-        runtime="onnxruntime",
-        quant=spec.quant,
-        path=str(target.resolve()),
-        size_bytes=size,
-        sha256=path_sha256(target),
-        n_params=n_params,
-        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None,
-        source=source.origin,
-        source_sha256=source.sha256,
-        seconds=round(time.perf_counter() - start, 2),
-        tools=tool_versions(),
-        notes=_notes(source),
+    return record_folder_variant(
+        vid=vid, label=f"{source.model} ONNX {spec.quant}", fmt="onnx", runtime="onnxruntime", quant=spec.quant,
+        target=target, ref=ref, source=source, seconds=time.perf_counter() - start, tools=tool_versions(),
+        notes=dequantized_note(source, "exported"),
     )
-    write_json(folder / "variant.json", variant)
-    return variant
-
-
-def _notes(source: SourceModel) -> list[str]:
-    if source.kind == "gguf":
-        return [f"exported from an HF reference that transformers dequantized from {source.path.name}"]
-    return []
 
 
 def ensure_export(source: SourceModel, ref: Path, workspace: Path) -> Path:

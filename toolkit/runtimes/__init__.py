@@ -34,6 +34,62 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
+def greedy_generate(session, prompt: str, max_tokens: int) -> str:
+    """Greedy continuation of `prompt` (no sampling): a quick functional check of any session."""
+    token, out = session.prefill(session.tokenize(prompt)), []
+    for _ in range(max_tokens):
+        out.append(token)
+        token = session.decode(token)
+    return session.detokenize(out)
+
+
+class KVLoopSession:
+    """Shared loop for runtimes driven token-batch by token-batch with their own KV cache (onnxruntime,
+    PyTorch): subclasses set `tokenizer` and `n_batch` and implement `reset()` and `_run(tokens, all_rows)`,
+    which appends tokens to the cache and returns next-token logits (every row, or the last one)."""
+
+    tokenizer = None
+    n_batch: int = 512
+
+    def _run(self, tokens: list[int], all_rows: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def generate(self, prompt: str, max_tokens: int) -> str:
+        return greedy_generate(self, prompt, max_tokens)
+
+    def _chunks(self, tokens: list[int]) -> list[list[int]]:
+        return [tokens[s:s + self.n_batch] for s in range(0, len(tokens), self.n_batch)]
+
+    def prefill(self, tokens: list[int]) -> int:
+        self.reset()
+        rows = None
+        for chunk in self._chunks(tokens):
+            rows = self._run(chunk, all_rows=False)
+        return int(rows[-1].argmax())
+
+    def decode(self, token: int) -> int:
+        return int(self._run([token], all_rows=False)[-1].argmax())
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        self.reset()
+        return np.concatenate([self._run(c, all_rows=True) for c in self._chunks(tokens)]).astype(np.float32, copy=False)
+
+    def perf(self) -> None:
+        return None  # no per-phase token counters comparable to llama.cpp's
+
+    def reset_perf(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Runtime:
     name: str

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.runtimes import greedy_generate
 
 
 def check_installed() -> None:
@@ -80,12 +81,7 @@ class LlamaCppSession:
         return buf.raw[: max(n, 0)].decode(errors="replace")
 
     def generate(self, prompt: str, max_tokens: int) -> str:
-        """Greedy continuation of `prompt` (no sampling): a quick functional check of a variant."""
-        token, out = self.prefill(self.tokenize(prompt)), []
-        for _ in range(max_tokens):
-            out.append(token)
-            token = self.decode(token)
-        return self.detokenize(out)
+        return greedy_generate(self, prompt, max_tokens)
 
     def reset(self) -> None:
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.runtimes import KVLoopSession
 
 MODEL = "model.onnx"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -30,7 +31,7 @@ def build_flags() -> dict[str, str]:
     return {"onnxruntime_providers": ",".join(onnxruntime.get_available_providers())}
 
 
-class OrtSession:
+class OrtSession(KVLoopSession):
     def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int):
         import onnxruntime as ort
         from transformers import AutoTokenizer
@@ -62,24 +63,11 @@ class OrtSession:
         self.n_batch = n_batch
         self.reset()
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens)
-
-    def generate(self, prompt: str, max_tokens: int) -> str:
-        token, out = self.prefill(self.tokenize(prompt)), []
-        for _ in range(max_tokens):
-            out.append(token)
-            token = self.decode(token)
-        return self.detokenize(out)
-
     def reset(self) -> None:
         self.past = {name: np.zeros(self.kv_shape, dtype=self.kv_dtype) for name in self.past_names}
         self.pos = 0
 
-    def _run(self, tokens: list[int]) -> np.ndarray:
+    def _run(self, tokens: list[int], all_rows: bool = True) -> np.ndarray:
         n = len(tokens)
         feed = {"input_ids": np.asarray([tokens], dtype=np.int64)}
         if "attention_mask" in self.inputs:
@@ -92,21 +80,6 @@ class OrtSession:
         self.pos += n
         return outputs[0][0]
 
-    def prefill(self, tokens: list[int]) -> int:
-        self.reset()
-        logits = None
-        for start in range(0, len(tokens), self.n_batch):
-            logits = self._run(tokens[start:start + self.n_batch])
-        return int(logits[-1].argmax())
-
-    def decode(self, token: int) -> int:
-        return int(self._run([token])[-1].argmax())
-
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        self.reset()
-        parts = [self._run(tokens[s:s + self.n_batch]) for s in range(0, len(tokens), self.n_batch)]
-        return np.concatenate(parts).astype(np.float32, copy=False)
-
     def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
         """Logits predicting each continuation's tokens, evaluating the shared context only once."""
         self.reset()
@@ -118,12 +91,6 @@ class OrtSession:
             rest = self._run(cont[:-1]) if len(cont) > 1 else np.empty((0, self.n_vocab), np.float32)
             out.append(np.concatenate([last[None, :], rest]).astype(np.float32, copy=False))
         return out
-
-    def perf(self) -> None:
-        return None  # onnxruntime has no per-phase token counters comparable to llama.cpp's
-
-    def reset_perf(self) -> None:
-        return None
 
     def close(self) -> None:
         self.session = None

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.runtimes import KVLoopSession
 
 
 def check_installed() -> None:
@@ -53,7 +54,7 @@ def load_model(folder: Path, threads: int):
     return AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32, use_safetensors=True)
 
 
-class TorchSession:
+class TorchSession(KVLoopSession):
     def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int):
         import torch
         from transformers import AutoTokenizer
@@ -70,51 +71,18 @@ class TorchSession:
         self.n_batch = n_batch
         self.reset()
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens)
-
-    def generate(self, prompt: str, max_tokens: int) -> str:
-        token, out = self.prefill(self.tokenize(prompt)), []
-        for _ in range(max_tokens):
-            out.append(token)
-            token = self.decode(token)
-        return self.detokenize(out)
-
     def reset(self) -> None:
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
 
-    def _run(self, tokens: list[int]):
+    def _run(self, tokens: list[int], all_rows: bool = True) -> np.ndarray:
         with self.torch.inference_mode():
             ids = self.torch.tensor([tokens], dtype=self.torch.long)
             out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
-        return out.logits[0]
-
-    def prefill(self, tokens: list[int]) -> int:
-        self.reset()
-        logits = None
-        for start in range(0, len(tokens), self.n_batch):
-            logits = self._run(tokens[start:start + self.n_batch])
-        return int(logits[-1].argmax())
-
-    def decode(self, token: int) -> int:
-        return int(self._run([token])[-1].argmax())
-
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        self.reset()
-        parts = [self._run(tokens[s:s + self.n_batch]).float().numpy() for s in range(0, len(tokens), self.n_batch)]
-        return np.concatenate(parts)
-
-    def perf(self) -> None:
-        return None
-
-    def reset_perf(self) -> None:
-        return None
+        rows = out.logits[0] if all_rows else out.logits[0, -1:]
+        return rows.float().numpy()
 
     def close(self) -> None:
         self.model = None
