@@ -82,3 +82,21 @@ def test_unknown_cloud_provider_in_cluster(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: f\ncandidates: [{model: x}]\ncluster: {cloud: nope}\n"))
     with pytest.raises(UserError, match="cluster.cloud: unknown cloud provider 'nope'"):
         pick_cloud(recipe, CLOUDS, 512, 128)
+
+
+def test_simulation_report_and_busy_port(tmp_path):
+    import socket
+
+    from toolkit.reports import simulation_reports
+    from toolkit.serve import check_port_free
+    from toolkit.simulate import SimCloud, SimDevice, Workload
+
+    results = compare([SimDevice(name="a", ttft_s=0.2, decode_tps=50)], SimCloud(), Workload(duration_s=300))
+    paths = simulation_reports(results, "t", tmp_path)
+    page = paths["html"].read_text()
+    assert page.count("<rect") == 9 and "load_aware" in paths["md"].read_text()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
+            check_port_free("127.0.0.1", port)

@@ -39,7 +39,7 @@ from toolkit.render import (
     simulation_table,
     tasks_table,
 )
-from toolkit.reports import write_reports
+from toolkit.reports import simulation_reports, write_reports
 from toolkit.simulate import compare as compare_policies
 
 app = typer.Typer(
@@ -277,7 +277,9 @@ def simulate(
     console.print(simulation_table(results, r, cloud.id))
     target = r.reports_path() / "simulation.json"
     write_json(target, {"recipe": r.name, "cluster": r.cluster.model_dump(), "cloud": cloud.id, "results": [x.model_dump() for x in results]})
-    console.print(f"simulation: {target}")
+    title = f"{r.name}: {len(results[0].utilisation)} devices, {r.cluster.arrival} arrivals at {r.cluster.rate_per_s:g}/s, overflow to {cloud.id}"
+    for kind, path in {"json": target, **simulation_reports(results, title, r.reports_path())}.items():
+        console.print(f"simulation {kind}: {path}")
 
 
 @app.command()

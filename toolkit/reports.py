@@ -185,3 +185,36 @@ def html_page(rec: Recommendation) -> str:
     )
 
 
+
+
+def simulation_reports(results, title: str, folder: Path) -> dict[str, Path]:
+    """The cluster simulation as Markdown and a self-contained HTML page with a latency bar chart."""
+    rows = [(x.policy, x.requests, x.cloud_share, x.p50_s, x.p95_s, x.p99_s, x.usd_per_1k,
+             ", ".join(f"{k} {v:.0%}" for k, v in x.utilisation.items())) for x in results]
+    md = [f"# {title}", "", "| policy | requests | to cloud | p50 s | p95 s | p99 s | USD/1k | utilisation |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {p} | {n} | {c:.1%} | {a:.2f} | {b:.2f} | {d:.2f} | {u:.4f} | {ut} |" for p, n, c, a, b, d, u, ut in rows]
+    peak = max((x.p99_s for x in results), default=1.0) or 1.0
+    w, h, pad, group = 520, 260, 40, 150
+    bars = []
+    for i, x in enumerate(results):
+        for j, (name, value, color) in enumerate((("p50", x.p50_s, "#8bc"), ("p95", x.p95_s, "#27a"), ("p99", x.p99_s, "#135"))):
+            height = value / peak * (h - 2 * pad)
+            left = pad + i * group + j * 36
+            bars.append(f'<rect x="{left}" y="{h - pad - height:.1f}" width="30" height="{height:.1f}" fill="{color}">'
+                        f"<title>{html.escape(x.policy)} {name}: {value:.2f} s</title></rect>")
+            bars.append(f'<text x="{left + 15}" y="{h - pad - height - 4:.1f}" class="tick">{value:.1f}</text>')
+        bars.append(f'<text x="{pad + i * group + 51}" y="{h - pad + 16}" class="label">{html.escape(x.policy)} '
+                    f"({x.cloud_share:.0%} cloud)</text>")
+    svg = (f'<svg class="plot" viewBox="0 0 {w} {h}" role="img" aria-label="latency by policy">'
+           f'<line x1="{pad}" y1="{h - pad}" x2="{w - 10}" y2="{h - pad}" class="axis"/>{"".join(bars)}'
+           f'<text x="{w / 2}" y="14" class="label">latency p50 / p95 / p99 (s) by selection policy</text></svg>')
+    table = "".join("<tr>" + "".join(f"<td>{html.escape(str(c if not isinstance(c, float) else round(c, 4)))}</td>" for c in row) + "</tr>" for row in rows)
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><div class=\"plots\">{svg}</div>"
+            "<table><tr><th>policy</th><th>requests</th><th>to cloud</th><th>p50 s</th><th>p95 s</th><th>p99 s</th>"
+            f"<th>USD/1k</th><th>utilisation</th></tr>{table}</table></body></html>\n")
+    paths = {"md": folder / "simulation.md", "html": folder / "simulation.html"}
+    write_text(paths["md"], "\n".join(md) + "\n")
+    write_text(paths["html"], page)
+    return paths

@@ -92,9 +92,20 @@ def create_app(config: dict[str, Any], api_key: str | None) -> FastAPI:
     return app
 
 
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port", field="--port") from exc
+
+
 def serve(config_path: Path, host: str, port: int, api_key_env: str) -> None:
     import uvicorn
 
     config = load_router_config(config_path)
+    check_port_free(host, port)
     api_key = os.environ.get(api_key_env) or None
     uvicorn.run(create_app(config, api_key), host=host, port=port, log_level="warning")
