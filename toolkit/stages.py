@@ -296,6 +296,13 @@ def task_dir(name: str) -> str | None:
     return None
 
 
+def _eval_path(recipe: Recipe, variant: Variant, task: str) -> tuple[str, Path]:
+    """Cache key and file of one variant's result on one task under the recipe's accuracy settings."""
+    spec = recipe.accuracy.model_dump(exclude={"tasks"})
+    key = content_hash(variant.id, variant.sha256, task, spec, "lm-eval")
+    return key, recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
+
+
 def evaluate_accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = _quiet) -> list[EvalResult]:
     spec = recipe.accuracy
     results = []
@@ -304,8 +311,7 @@ def evaluate_accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = _
         metric = TASKS[task].metric if task in TASKS else "acc"
         for done, variant in enumerate(manifest.variants):
             progress(f"{task} {variant.label}", done, len(manifest.variants))
-            key = content_hash(variant.id, variant.sha256, task, spec.model_dump(exclude={"tasks"}), "lm-eval")
-            path = recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
+            key, path = _eval_path(recipe, variant, task)
             if path.exists():
                 results.append(EvalResult.load(path))
                 continue
@@ -344,8 +350,7 @@ def load_accuracy(recipe: Recipe, manifest: Manifest) -> list[EvalResult]:
     spec, out = recipe.accuracy, []
     for task in spec.tasks:
         for variant in manifest.variants:
-            key = content_hash(variant.id, variant.sha256, task, spec.model_dump(exclude={"tasks"}), "lm-eval")
-            path = recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
+            path = _eval_path(recipe, variant, task)[1]
             if path.exists():
                 out.append(EvalResult.load(path))
     return out

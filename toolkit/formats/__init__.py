@@ -50,6 +50,13 @@ def get_format(name: str) -> Format:
         raise UserError(f"unknown format {name!r} (known: {', '.join(sorted(FORMATS))})") from exc
 
 
+def make_variant_id(source, spec: VariantSpec, tools: dict[str, str]) -> str:
+    """Readable and content-addressed: model, format, quant, then a hash of source, spec and tool versions."""
+    from toolkit.io import content_hash
+
+    return f"{source.model}-{spec.format}-{spec.quant.lower()}-{content_hash(source.sha256, spec, tools, length=8)}"
+
+
 def variant_dir(workspace: Path, variant_id: str) -> Path:
     return workspace / "variants" / variant_id
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.formats import Format, VariantSpec, cached_variant, register, run_tool, variant_dir
+from toolkit.formats import Format, VariantSpec, cached_variant, make_variant_id, register, run_tool, variant_dir
 from toolkit.formats.llamacpp_vendor import converter_dir, llama_cpp_version
 from toolkit.io import atomic_path, content_hash, ensure_dir, sha256_file, write_json
 from toolkit.records import Variant
@@ -74,7 +74,7 @@ def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int 
 
 
 def variant_id(source: SourceModel, spec: VariantSpec) -> str:
-    return f"{source.model}-gguf-{spec.quant.lower()}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
+    return make_variant_id(source, spec, tool_versions())
 
 
 def _describe(source, spec, path: Path, workspace: Path, seconds: float, copied: bool) -> Variant:

@@ -14,13 +14,14 @@ from toolkit.formats import (
     VariantSpec,
     cached_variant,
     dequantized_note,
+    make_variant_id,
     package_versions,
     record_folder_variant,
     register,
     run_tool,
     variant_dir,
 )
-from toolkit.io import atomic_dir, content_hash, ensure_dir, write_text
+from toolkit.io import atomic_dir, ensure_dir, write_text
 from toolkit.quality.corpus import corpus_path
 from toolkit.records import Variant
 from toolkit.reference import reference_dir
@@ -67,7 +68,7 @@ def _divisor(width: int) -> int:
 
 
 def variant_id(source: SourceModel, spec: VariantSpec) -> str:
-    return f"{source.model}-gptq-{spec.quant}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
+    return make_variant_id(source, spec, tool_versions())
 
 
 def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:

@@ -12,6 +12,7 @@ from toolkit.formats import (
     VariantSpec,
     cached_variant,
     dequantized_note,
+    make_variant_id,
     package_versions,
     record_folder_variant,
     register,
@@ -41,7 +42,7 @@ def specs(spec) -> list[VariantSpec]:
 
 
 def variant_id(source: SourceModel, spec: VariantSpec) -> str:
-    return f"{source.model}-onnx-{spec.quant}-{content_hash(source.sha256, spec, tool_versions(), length=8)}"
+    return make_variant_id(source, spec, tool_versions())
 
 
 def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
