@@ -97,7 +97,7 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
                     "api_key": f"os.environ/{cloud.provider.upper().replace('-', '_')}_API_KEY"}
     if cloud.api_base:
         cloud_params["api_base"] = cloud.api_base
-    models.append({"model_name": "cloud", "litellm_params": cloud_params})
+    models.append({"model_name": "cloud", "litellm_params": cloud_params, "model_info": {"id": "cloud"}})
     config = {
         "model_list": models,
         "router_settings": {"routing_strategy": ROUTING[policy], "num_retries": 1, "allowed_fails": 1, "cooldown_time": 30,
