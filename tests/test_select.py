@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import itertools
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,10 +8,13 @@ from hypothesis import strategies as st
 from toolkit.recommend.select import OBJECTIVES, Limit, Option, dominates, pareto_front, select
 
 OBJ = ["ttft_ms", "decode_tps", "memory_mb", "perplexity"]
+METRICS = [*OBJECTIVES, "kl"]  # every Pareto objective plus a metric that is not one
+PRIORITIES = ["balanced", "pcr", "cost", "quality", "speed", "memory"]
 
 
-def opt(i, ttft, dec, mem, ppl, status="ok"):
-    return Option(id=f"v{i}", label=f"v{i}", metrics={"ttft_ms": ttft, "decode_tps": dec, "memory_mb": mem, "perplexity": ppl}, status=status)
+def opt(i, ttft, dec, mem, ppl, status="ok", **more):
+    metrics = {"ttft_ms": ttft, "decode_tps": dec, "memory_mb": mem, "perplexity": ppl, **more}
+    return Option(id=f"v{i}", label=f"v{i}", metrics=metrics, status=status)
 
 
 def test_dominance_and_front():
@@ -37,39 +40,150 @@ def test_no_feasible_variant_gives_no_pick():
     assert "under by 30.0" in a.verdict
 
 
-metric = st.floats(min_value=1, max_value=1000, allow_nan=False, allow_infinity=False)
-options = st.lists(st.tuples(metric, metric, metric, metric), min_size=1, max_size=9)
+def test_a_variant_over_a_kl_limit_cannot_knock_out_a_feasible_one():
+    """The bug of issue 9: a dominated the only feasible variant b, so the old front-then-budget order gave None."""
+    a = opt(1, 100, 50, 200, 10, kl=0.5)
+    b = opt(2, 110, 45, 210, 11, kl=0.05)
+    pick = select([a, b], [Limit("kl", 0.1, "max")], "balanced", 0.5)
+    assert pick is b and b.on_front and not a.on_front
+    assert a.verdict.startswith("breaks the budget: KL divergence 0.5000 nats > 0.1 nats")
 
 
-@settings(max_examples=200, deadline=None)
-@given(options, st.sampled_from(["balanced", "quality", "speed", "memory"]), st.floats(0, 1), metric, metric)
-def test_front_pick_and_fallback_against_brute_force(rows, priority, alpha, max_mem, min_dec):
-    opts = [opt(i, *r) for i, r in enumerate(rows)]
-    limits = [Limit("memory_mb", max_mem, "max"), Limit("decode_tps", min_dec, "min")]
-    pick = select(opts, limits, priority, alpha)
-    # the front is exactly the set no other option dominates (brute force over all pairs)
-    brute = {o.id for o in opts if not any(
-        all((p.metrics[m] <= o.metrics[m]) if OBJECTIVES[m] == "min" else (p.metrics[m] >= o.metrics[m]) for m in OBJ)
-        and any((p.metrics[m] < o.metrics[m]) if OBJECTIVES[m] == "min" else (p.metrics[m] > o.metrics[m]) for m in OBJ)
-        for p in opts if p is not o)}
-    assert {o.id for o in opts if o.on_front} == brute
-    feasible = [o for o in opts if o.metrics["memory_mb"] <= max_mem and o.metrics["decode_tps"] >= min_dec]
-    if not feasible:
-        assert pick is None
-        return
-    assert pick in feasible and pick.on_front
-    key = {
-        "balanced": lambda o: -o.utility,
-        "quality": lambda o: o.metrics["perplexity"],
-        "speed": lambda o: -o.metrics["decode_tps"],
-        "memory": lambda o: o.metrics["memory_mb"],
+def test_over_budget_variants_do_not_move_the_utility_or_the_pick():
+    # c is far faster but over the memory limit: with normalisation over all variants its speed would shrink
+    # the speed term and hand the pick to the higher-fidelity a; normalised over the feasible, b wins.
+    a, b = opt(1, 100, 10, 200, 10), opt(2, 100, 20, 200, 12)
+    c = opt(3, 100, 1000, 900, 10)
+    limits = [Limit("memory_mb", 500, "max")]
+    assert select([a, b, c], limits, "balanced", 0.5) is b
+    assert math.isclose(b.utility, 0.5 * 10 / 12 + 0.5) and math.isclose(a.utility, 0.5 + 0.5 * (10 / 20 + 1) / 2)
+
+
+# --- property tests against a brute-force reference written here, independent of the selection code ---
+
+VALUES = [None, 0.0, 1.0, 2.0, 2.0, 3.0, 3.0]  # small set: ties are common; None is a missing metric
+option_rows = st.lists(
+    st.tuples(st.fixed_dictionaries({m: st.sampled_from(VALUES) for m in METRICS}),
+              st.sampled_from(["ok", "ok", "ok", "crash"]), st.sampled_from([None, 1.0, 2.0])),
+    min_size=1, max_size=8,
+)
+limit_lists = st.lists(
+    st.builds(Limit, st.sampled_from(METRICS), st.sampled_from([0.5, 1.0, 2.0, 3.0]), st.sampled_from(["max", "min"])),
+    max_size=4,
+)
+alphas = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1))
+
+
+def build(rows) -> list[Option]:
+    return [Option(id=f"v{i}", label=f"v{i}", metrics=dict(m), status=s, size_mb=size) for i, (m, s, size) in enumerate(rows)]
+
+
+def ref_feasible(o: Option, limits: list[Limit]) -> bool:
+    if o.status != "ok":
+        return False
+    for lim in limits:
+        v = o.metrics[lim.metric]
+        if v is None or (v > lim.bound if lim.kind == "max" else v < lim.bound):
+            return False
+    return True
+
+
+def ref_utility(o: Option, feasible: list[Option], alpha: float) -> float:
+    quality, speed = [], []
+    for m, bucket, higher in (("accuracy", quality, True), ("perplexity", quality, False),
+                              ("decode_tps", speed, True), ("ttft_ms", speed, False)):
+        values = [p.metrics[m] for p in feasible]
+        if None in values:
+            continue
+        best = max(values) if higher else min(values)
+        if best <= 0:
+            continue
+        bucket.append(o.metrics[m] / best if higher else best / o.metrics[m])
+    q = sum(quality) / len(quality) if quality else 1.0
+    s = sum(speed) / len(speed) if speed else 1.0
+    return alpha * q + (1 - alpha) * s
+
+
+def ref_score(o: Option, u: float, priority: str) -> tuple[float, ...]:
+    """Lower is better; a missing figure is the worst."""
+    m = o.metrics
+
+    def low(v):
+        return math.inf if v is None else v
+
+    def high(v):
+        return math.inf if v is None else -v
+
+    cost = m["cost_per_1k_usd"]
+    pcr = u / cost if cost else None
+    return {
+        "balanced": (-u,),
+        "pcr": (high(pcr), -u),
+        "cost": (low(cost), high(m["decode_tps"])),
+        "quality": (high(m["accuracy"]), low(m["perplexity"]), high(m["decode_tps"])),
+        "speed": (high(m["decode_tps"]), low(m["ttft_ms"])),
+        "memory": (low(m["memory_mb"]), high(m["decode_tps"])),
     }[priority]
-    assert all(key(pick) <= key(o) + 1e-12 for o in feasible)
 
 
-def test_every_pair_order_is_irrelevant():
-    rows = [opt(i, *r) for i, r in enumerate([(1, 2, 3, 4), (2, 1, 3, 4), (1, 2, 3, 5)])]
-    fronts = set()
-    for perm in itertools.permutations(rows):
-        fronts.add(frozenset(o.id for o in pareto_front(list(perm), OBJ)))
-    assert len(fronts) == 1
+def beats(a: tuple[float, ...], b: tuple[float, ...], tol: float = 1e-9) -> bool:
+    for x, y in zip(a, b, strict=True):
+        if x < y - tol:
+            return True
+        if x > y + tol:
+            return False
+    return False
+
+
+def ref_dominates(p: Option, o: Option, objectives: list[str]) -> bool:
+    at_least = all(p.metrics[m] <= o.metrics[m] if OBJECTIVES[m] == "min" else p.metrics[m] >= o.metrics[m] for m in objectives)
+    strictly = any(p.metrics[m] < o.metrics[m] if OBJECTIVES[m] == "min" else p.metrics[m] > o.metrics[m] for m in objectives)
+    return at_least and strictly
+
+
+@settings(max_examples=600, deadline=None)
+@given(option_rows, limit_lists, st.sampled_from(PRIORITIES), alphas)
+def test_pick_is_the_best_feasible_option_by_brute_force(rows, limits, priority, alpha):
+    opts = build(rows)
+    pick = select(opts, limits, priority, alpha)
+    feasible = [o for o in opts if ref_feasible(o, limits)]
+    assert (pick is not None) == bool(feasible)
+    assert {o.id for o in opts if o.status == "ok" and not o.violations} == {o.id for o in feasible}
+    utility = {o.id: ref_utility(o, feasible, alpha) for o in feasible}
+    for o in feasible:  # the utility the report prints is the one the pick maximises
+        assert math.isclose(o.utility, utility[o.id], rel_tol=1e-9, abs_tol=1e-12)
+    if pick is None:
+        assert all(o.verdict.startswith(("breaks the budget", "not measured")) for o in opts)
+        return
+    assert pick.status == "ok" and ref_feasible(pick, limits)
+    best = ref_score(pick, utility[pick.id], priority)
+    assert not any(beats(ref_score(o, utility[o.id], priority), best) for o in feasible)
+    # the front flag is the Pareto front of the feasible options over the objectives they all have
+    objectives = [m for m in OBJECTIVES if all(o.metrics[m] is not None for o in feasible)]
+    front = {o.id for o in feasible if not any(ref_dominates(p, o, objectives) for p in feasible)}
+    assert {o.id for o in opts if o.on_front} == front
+    for o in opts:
+        if o.status != "ok":
+            assert o.verdict.startswith("not measured")
+        elif o is pick:
+            assert o.verdict.startswith("PICK")
+        elif o not in feasible:
+            assert o.verdict.startswith("breaks the budget: ")
+        elif o.id in front:
+            assert o.verdict.startswith("on the front")
+        else:
+            winner = next(p for p in feasible if p.id == o.dominated_by)
+            assert ref_dominates(winner, o, objectives) and o.verdict.startswith(f"dominated by {winner.label} (")
+
+
+@settings(max_examples=300, deadline=None)
+@given(option_rows, limit_lists, st.sampled_from(PRIORITIES), alphas, st.randoms(use_true_random=False))
+def test_pick_ignores_input_order_and_over_budget_variants(rows, limits, priority, alpha, rnd):
+    pick = select(build(rows), limits, priority, alpha)
+    shuffled = build(rows)
+    rnd.shuffle(shuffled)
+    again = select(shuffled, limits, priority, alpha)
+    assert (pick and pick.id) == (again and again.id)
+    only_feasible = [o for o in build(rows) if ref_feasible(o, limits)]
+    alone = select(only_feasible, limits, priority, alpha)
+    assert (pick and pick.id) == (alone and alone.id)

@@ -36,7 +36,8 @@ def manifest_table(manifest: Manifest) -> Table:
 
 
 def recommendation_table(rec: Recommendation) -> Table:
-    table = Table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False)
+    table = Table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False,
+                  caption="front: on the Pareto front of the variants that meet the budget")
     cols = ["", "variant", "MB", "bpw", "TTFT p90 ms", "prefill tok/s", "decode tok/s p50/p10", "ITL p50/p90 ms",
             "peak RSS MB", "ppl", "KL", "acc", "J/resp", "USD/1k", "front", "why"]
     for col in cols:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from toolkit.io import write_json, write_text
 from toolkit.recommend.engine import Recommendation
+from toolkit.recommend.noise import TIE_THRESHOLD
 
 COLUMNS = [
     ("variant", lambda r: r.label),
@@ -55,6 +56,31 @@ def _budget_lines(rec: Recommendation) -> list[str]:
     return [text.format(value) for value, text in items if value is not None] or ["none"]
 
 
+FRONT_NOTE = "Front: on the Pareto front of the variants that meet the budget"
+
+
+def noise_line(rec: Recommendation) -> str | None:
+    """How sure the pick is: its bootstrap win probability, and the statistical tie, if any (see noise.py)."""
+    if rec.pick is None or not rec.resamples:
+        return None
+    rows = {r.variant_id: r for r in rec.rows}
+    pick = rows[rec.pick]
+    win = pick.win_probability or 0.0
+    if rec.tied_with:
+        names = ", ".join(rows[v].label for v in rec.tied_with)
+        chances = ", ".join(f"{rows[v].win_probability or 0:.2f}" for v in rec.tied_with)
+        line = (f"Noise: {pick.label} (win probability {win:.2f}) is tied with {names} (win probability {chances}) "
+                f"over {rec.resamples} bootstrap resamples of the timing repeats; tie broken by: {rec.tie_rule}")
+    else:
+        line = (f"Noise: {pick.label} is the pick in {win:.0%} of {rec.resamples} bootstrap resamples of the timing "
+                f"repeats; no statistical tie (tied: another in-budget variant wins >= {TIE_THRESHOLD:.0%})")
+    near = [r for r in rec.rows if r.violations and (r.win_probability or 0) >= TIE_THRESHOLD]
+    if near:
+        line += ("; over the budget on the measured figures but the pick in some resamples: "
+                 + ", ".join(f"{r.label} ({r.win_probability:.2f})" for r in near))
+    return line
+
+
 def markdown(rec: Recommendation) -> str:
     lines = [
         f"# Recommendation: {rec.recipe} on {rec.device}",
@@ -65,6 +91,7 @@ def markdown(rec: Recommendation) -> str:
         f"- Response shape: {rec.prompt_tokens} prompt tokens, {rec.output_tokens} output tokens",
         f"- Budget: {'; '.join(_budget_lines(rec))}",
         f"- Energy: {rec.energy_source}; electricity ${rec.costs.electricity_usd_per_kwh:g}/kWh",
+        *[f"- {line}" for line in (noise_line(rec), FRONT_NOTE) if line],
         *[f"- {note}" for note in rec.notes],
         "",
         "| " + " | ".join(name for name, _ in COLUMNS) + " |",
@@ -172,6 +199,7 @@ def html_page(rec: Recommendation) -> str:
             f"Response: {rec.prompt_tokens} prompt tokens, {rec.output_tokens} output tokens",
             "Budget: " + "; ".join(_budget_lines(rec)),
             f"Energy: {rec.energy_source}",
+            *[line for line in (noise_line(rec),) if line],
             *rec.notes,
         ]
     )
@@ -180,7 +208,7 @@ def html_page(rec: Recommendation) -> str:
         f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(rec.recipe)} recommendation</title>"
         f"<style>{STYLE}</style></head><body><h1>{esc(rec.recipe)} on {esc(rec.device)}</h1>"
         f'<p class="{verdict_cls}">{esc(rec.message)}</p><ul>{facts}</ul>'
-        f"<h2>Pareto plots</h2><p>Blue: on the Pareto front (over all objectives, so a 2-D view can show front points above others); grey: dominated; green ring: pick; dashed red: budget.</p><div class=\"plots\">{plots}</div>"
+        f"<h2>Pareto plots</h2><p>Blue: on the Pareto front of the variants that meet the budget (over all objectives, so a 2-D view can show front points above others); grey: dominated or over budget; green ring: pick; dashed red: budget.</p><div class=\"plots\">{plots}</div>"
         f"<h2>All variants</h2><table><tr>{header}</tr>{''.join(body)}</table>{cloud}</body></html>\n"
     )
 

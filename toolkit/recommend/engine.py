@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
 from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
 from toolkit.recipe import Budget, Costs
+from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
-from toolkit.recommend.select import Limit, Option, check, select, shared_objectives
-from toolkit.records import DeviceReport, Profile, Record
+from toolkit.recommend.select import TIE_RULE, Limit, Option, check, choose, explain, select, shared_objectives
+from toolkit.records import DeviceReport, Profile, Record, Stat
 
 LIMITS = {
     "max_ttft_ms": ("ttft_ms", "max"),
@@ -46,6 +49,7 @@ class Row(BaseModel):
     utility: float | None
     pcr: float | None
     verdict: str
+    win_probability: float | None = None
 
 
 class CloudRow(BaseModel):
@@ -78,7 +82,7 @@ class Recommendation(Record):
     budget: Budget
     costs: Costs
     energy_source: str
-    objectives: list[str]
+    objectives: list[str]  # shared by the in-budget variants (all measured ones when none is in budget)
     answer: Literal["edge", "cloud", "mixed", "none"]
     pick: str | None
     pick_label: str | None
@@ -89,6 +93,9 @@ class Recommendation(Record):
     rows: list[Row]
     cloud_rows: list[CloudRow] = []
     notes: list[str] = []
+    resamples: int = 0  # bootstrap resamples behind each row's win_probability (0: not computed)
+    tied_with: list[str] = []  # variants statistically tied with the pick (noise.py), best first
+    tie_rule: str | None = None  # how the tie was broken, when tied_with is not empty
 
 
 def budget_limits(budget: Budget, metrics: set[str] | None = None) -> list[Limit]:
@@ -107,7 +114,14 @@ def recommend(
     if prompt_tokens not in profiled:
         raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="ttft_prompt_tokens")
     options, details = _options(report, prompt_tokens, budget.output_tokens, costs)
-    pick = select(options, budget_limits(budget), budget.priority, budget.alpha)
+    limits = budget_limits(budget)
+    order = choose(options, limits, budget.priority, budget.alpha)
+    pick, tied, win = (order[0] if order else None), [], {}
+    if pick:
+        draws = _draws(report, options, prompt_tokens, budget.output_tokens, costs)
+        win = noise.win_probabilities(draws, limits, budget.priority, budget.alpha)
+        pick, tied = noise.settle(order, win)
+    explain(options, pick, budget.priority, win, tied)
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
     feasible_cloud = sorted((c for c in clouds if not c.violations), key=lambda c: (c.cost_per_1k_usd, c.id))
     rec = dict(
@@ -119,10 +133,13 @@ def recommend(
         budget=budget,
         costs=costs,
         energy_source=_energy_source(report),
-        objectives=shared_objectives(options),
-        rows=_rows(report, options, details),
+        objectives=shared_objectives([o for o in options if o.feasible] or options),
+        rows=_rows(report, options, details, win if pick else None),
         cloud_rows=clouds,
         notes=_notes(report),
+        resamples=noise.RESAMPLES if pick else 0,
+        tied_with=[o.id for o in tied if o is not pick],
+        tie_rule=TIE_RULE if len(tied) > 1 else None,
     )
     cheapest = feasible_cloud[0] if feasible_cloud else None
     if pick:
@@ -168,24 +185,23 @@ def mean_accuracy(report: DeviceReport) -> dict[str, float]:
 def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs: Costs):
     quality = {q.variant_id: q for q in report.quality if q.status == "ok"}
     accuracy = mean_accuracy(report)
+    sizes = {v.id: v.size_bytes / 2**20 for v in report.variants}
     options, details = [], {}
     for prof in report.profiles:
         q = quality.get(prof.variant_id)
         timing = prof.prompt(prompt_tokens) if prof.status == "ok" else None
-        response_s = watts = None
-        if timing and prof.decode_tps:
-            response_s = timing.ttft_ms.median / 1000 + output_tokens / prof.decode_tps.median
-            watts = _watts(report, prof)
-        energy = watts * response_s if watts and response_s else None
+        watts = _watts(report, prof)
+        timed, response_s = _timed(_figures(timing.ttft_ms if timing else None), _figures(prof.decode_tps),
+                                   watts, output_tokens, costs)
         metrics = {
-            "ttft_ms": round(timing.ttft_ms.p90, 2) if timing else None,
-            "decode_tps": round(prof.decode_tps.p10, 2) if prof.decode_tps else None,
+            "ttft_ms": timed["ttft_ms"],
+            "decode_tps": timed["decode_tps"],
             "memory_mb": prof.peak_rss_mb,
             "perplexity": q.perplexity if q else None,
             "accuracy": round(accuracy[prof.variant_id], 5) if prof.variant_id in accuracy else None,
             "kl": q.kl_mean if q else None,
-            "energy_j": round(energy, 3) if energy is not None else None,
-            "cost_per_1k_usd": _edge_cost_per_1k(energy, response_s, costs),
+            "energy_j": timed["energy_j"],
+            "cost_per_1k_usd": timed["cost_per_1k_usd"],
         }
         details[prof.variant_id] = {
             "ttft_ms_median": round(timing.ttft_ms.median, 2) if timing else None,
@@ -195,14 +211,64 @@ def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs
             "itl_ms_p90": round(prof.itl_ms.p90, 3) if prof.itl_ms else None,
             "load_ms": prof.load_ms,
             "response_s": round(response_s, 3) if response_s else None,
-            "watts": round(watts, 2) if watts else None,
+            "watts": round(watts, 2) if watts and response_s else None,
             "top1_agreement": q.top1_agreement if q else None,
             **_predicted(report, prof),
             **{f"acc_{r.task}": r.value for r in report.accuracy if r.variant_id == prof.variant_id and r.status == "ok"},
         }
         status = prof.status if prof.status != "ok" or timing else "skipped"
-        options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status, reason=prof.reason))
+        options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status,
+                              reason=prof.reason, size_mb=sizes.get(prof.variant_id)))
     return options, details
+
+
+Figures = dict[str, float]
+
+
+def _figures(stat: Stat | None) -> Figures | None:
+    return {"median": stat.median, "p10": stat.p10, "p90": stat.p90} if stat else None
+
+
+def _timed(ttft: Figures | None, decode: Figures | None, watts: float | None, output_tokens: int,
+           costs: Costs) -> tuple[dict[str, float | None], float | None]:
+    """The budget figures that come from timings (TTFT p90, decode p10, energy, cost) and the response time."""
+    response_s = ttft["median"] / 1000 + output_tokens / decode["median"] if ttft and decode and decode["median"] else None
+    energy = watts * response_s if watts and response_s else None
+    return {
+        "ttft_ms": round(ttft["p90"], 2) if ttft else None,
+        "decode_tps": round(decode["p10"], 2) if decode else None,
+        "energy_j": round(energy, 3) if energy is not None else None,
+        "cost_per_1k_usd": _edge_cost_per_1k(energy, response_s, costs),
+    }, response_s
+
+
+def _draws(report: DeviceReport, options: list[Option], prompt_tokens: int, output_tokens: int,
+           costs: Costs) -> Iterator[list[Option]]:
+    """noise.RESAMPLES option sets, each with the timing figures of every measured variant recomputed from
+    its repeats redrawn with replacement (see noise.py); everything else as measured."""
+    rng = np.random.default_rng(noise.SEED)
+    n = noise.RESAMPLES
+    measured = {o.id: o for o in options if o.status == "ok"}
+    columns = []
+    for prof in report.profiles:
+        if (o := measured.get(prof.variant_id)) is None:
+            continue
+        timing = prof.prompt(prompt_tokens)
+        ttft = noise.resample(timing.ttft_ms if timing else None, rng, n)
+        decode = noise.resample(prof.decode_tps, rng, n)
+        rapl = noise.resample(prof.rapl_watts, rng, n)
+        watts = rapl["median"] if rapl else [_watts(report, prof)] * n
+        columns.append((o, ttft, decode, watts))
+    for b in range(n):
+        drawn = []
+        for o, ttft, decode, watts in columns:
+            timed, _ = _timed(_at(ttft, b), _at(decode, b), watts[b], output_tokens, costs)
+            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed}, size_mb=o.size_mb))
+        yield drawn
+
+
+def _at(column: dict[str, list[float]] | None, b: int) -> Figures | None:
+    return {k: v[b] for k, v in column.items()} if column else None
 
 
 def _predicted(report: DeviceReport, prof: Profile) -> dict[str, float]:
@@ -264,7 +330,7 @@ def _mixed(report, options, budget, costs, prompt_tokens, cloud) -> Mixed | None
     return None
 
 
-def _rows(report: DeviceReport, options: list[Option], details: dict) -> list[Row]:
+def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[str, float] | None) -> list[Row]:
     variants = {v.id: v for v in report.variants}
     return [
         Row(
@@ -273,6 +339,7 @@ def _rows(report: DeviceReport, options: list[Option], details: dict) -> list[Ro
             status=o.status, metrics=o.metrics, detail=details[o.id], on_front=o.on_front, dominated_by=o.dominated_by,
             violations=o.violations, utility=round(o.utility, 4) if o.utility is not None else None,
             pcr=round(o.pcr, 3) if o.pcr is not None else None, verdict=o.verdict,
+            win_probability=round(win.get(o.id, 0.0), 3) if win is not None and o.status == "ok" else None,
         )
         for o in options
     ]

@@ -1,7 +1,19 @@
-"""Pure selection logic: Pareto front, budget check, pick, and a reason for every variant."""
+"""Pure selection logic: budget check, then Pareto front, utility and pick among what meets the budget.
+
+Order of decisions (right by construction):
+1. feasible = measured (status ok) and every limit met, on the conservative figures (p90 latency, p10 speed);
+   a missing figure that a limit needs breaks the budget;
+2. the front is the Pareto front *of the feasible options* ("in-budget front"): a variant over budget can
+   neither be on it nor push a feasible one off it;
+3. utility is normalised by the best feasible option, and the pick is the best feasible option by the
+   priority (exact ties: undominated first, then TIE_RULE). Over-budget variants do not move the pick.
+"""
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # metric -> direction; every metric is checked against its conservative figure (p90 latency, p10 speed).
@@ -26,6 +38,9 @@ BETTER = {
     "accuracy": "higher accuracy",
     "energy_j": "less energy", "cost_per_1k_usd": "cheaper",
 }
+TIE_RULE = "lower KL, then lower perplexity, then smaller file"
+QUALITY_SIGNALS = ("accuracy", "perplexity")
+SPEED_SIGNALS = ("decode_tps", "ttft_ms")
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class Option:
     metrics: dict[str, float | None]
     status: str = "ok"
     reason: str | None = None
+    size_mb: float | None = None
     on_front: bool = False
     violations: list[str] = field(default_factory=list)
     dominated_by: str | None = None
@@ -54,12 +70,19 @@ class Option:
     pcr: float | None = None
     verdict: str = ""
 
+    @property
+    def feasible(self) -> bool:
+        """Measured and within every limit (valid once `choose` or `select` has checked the limits)."""
+        return self.status == "ok" and not self.violations
 
-def dominates(a: dict[str, float], b: dict[str, float], objectives: list[str]) -> bool:
-    """a is at least as good as b everywhere and strictly better somewhere."""
+
+def dominates(a: dict[str, float | None], b: dict[str, float | None], objectives: list[str]) -> bool:
+    """a is at least as good as b everywhere and strictly better somewhere (objectives both have)."""
     strictly = False
     for m in objectives:
-        x, y = (a[m], b[m]) if OBJECTIVES[m] == "min" else (-a[m], -b[m])
+        x, y = a[m], b[m]
+        assert x is not None and y is not None
+        x, y = (x, y) if OBJECTIVES[m] == "min" else (-x, -y)
         if x > y:
             return False
         strictly = strictly or x < y
@@ -67,7 +90,7 @@ def dominates(a: dict[str, float], b: dict[str, float], objectives: list[str]) -
 
 
 def shared_objectives(options: list[Option]) -> list[str]:
-    """Objectives every measured option has a value for."""
+    """Objectives every measured option in `options` has a value for."""
     ok = [o for o in options if o.status == "ok"]
     return [m for m in OBJECTIVES if ok and all(o.metrics.get(m) is not None for o in ok)]
 
@@ -96,109 +119,164 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
     return out
 
 
-def utilities(options: list[Option], alpha: float) -> dict[str, float]:
-    """U = alpha * quality + (1 - alpha) * responsiveness, each in (0, 1] relative to the best option.
+def utilities(options: list[Option], alpha: float) -> dict[str, float | None]:
+    """U = alpha * quality + (1 - alpha) * responsiveness, relative to the best *feasible* option.
 
-    quality = the mean of accuracy / best accuracy (where every option has accuracy) and best perplexity /
-    perplexity (fidelity: accuracy on a few dozen items is noisy, perplexity is not), 1 when neither is
-    measured; responsiveness = mean of decode / best decode and best TTFT / TTFT.
+    The basis is the feasible options (all measured ones when none is feasible). A signal counts when every
+    basis option has it and its best value is > 0: quality = mean of accuracy / best and best perplexity /
+    perplexity (1 when neither counts), responsiveness = mean of decode / best and best TTFT / TTFT (1 when
+    neither counts). A feasible option's U is <= 1; an option lacking a counted signal gets None.
     """
     ok = [o for o in options if o.status == "ok"]
-    if not ok:
-        return {}
-    best = {m: _best(ok, m) for m in OBJECTIVES}
-    use_accuracy = shared_objectives(options)
-    out = {}
+    basis = [o for o in ok if o.feasible] or ok
+    best = {m: _best(basis, m) for m in QUALITY_SIGNALS + SPEED_SIGNALS}
+    used = [m for m, b in best.items() if b is not None and b > 0 and all(o.metrics.get(m) is not None for o in basis)]
+    out: dict[str, float | None] = {}
     for o in ok:
-        m = o.metrics
-        signals = []
-        if "accuracy" in use_accuracy and best["accuracy"]:
-            signals.append((m["accuracy"] or 0.0) / best["accuracy"])
-        if best["perplexity"] and m.get("perplexity"):
-            signals.append(best["perplexity"] / m["perplexity"])
-        quality = sum(signals) / len(signals) if signals else 1.0
-        speed = m["decode_tps"] / best["decode_tps"] if best["decode_tps"] else 1.0
-        ttft = best["ttft_ms"] / m["ttft_ms"] if best["ttft_ms"] and m.get("ttft_ms") else 1.0
-        out[o.id] = alpha * quality + (1 - alpha) * (speed + ttft) / 2
+        ratios = {m: _ratio(o.metrics.get(m), best[m], OBJECTIVES[m]) for m in used}
+        if any(r is None for r in ratios.values()):
+            out[o.id] = None
+            continue
+        quality = [r for m, r in ratios.items() if m in QUALITY_SIGNALS]
+        speed = [r for m, r in ratios.items() if m in SPEED_SIGNALS]
+        out[o.id] = alpha * _mean(quality) + (1 - alpha) * _mean(speed)
     return out
 
 
+def _ratio(value: float | None, best: float | None, direction: str) -> float | None:
+    if value is None or best is None:
+        return None
+    if direction == "max":
+        return value / best
+    return best / value if value > 0 else None
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else 1.0
+
+
 def _best(options: list[Option], metric: str) -> float | None:
-    values = [o.metrics[metric] for o in options if o.metrics.get(metric) is not None]
+    values = [v for o in options if (v := o.metrics.get(metric)) is not None]
     if not values:
         return None
     return min(values) if OBJECTIVES[metric] == "min" else max(values)
 
 
 def performance_cost_ratio(option: Option) -> float | None:
-    """The Edge-First paper's PCR = U / cost, with cost per 1,000 responses in USD."""
+    """The Edge-First paper's PCR = U / cost, with cost per 1,000 responses in USD (None without a cost > 0)."""
     cost = option.metrics.get("cost_per_1k_usd")
-    if option.utility is None or not cost:
+    if option.utility is None or not cost or cost <= 0:
         return None
     return option.utility / cost
 
 
-def _quality_key(o: Option) -> float:
-    acc = o.metrics.get("accuracy")
-    return -acc if acc is not None else (o.metrics.get("perplexity") or 0.0)
+def _low(value: float | None) -> float:
+    """Sort key for lower-is-better; a missing figure sorts last."""
+    return math.inf if value is None else value
 
 
-PRIORITY_KEY = {
-    "pcr": lambda o: (-(o.pcr or 0.0), -(o.utility or 0.0)),
-    "cost": lambda o: (o.metrics.get("cost_per_1k_usd") or 0.0, -o.metrics["decode_tps"]),
-    "quality": lambda o: (_quality_key(o), o.metrics.get("perplexity") or 0.0, -o.metrics["decode_tps"]),
-    "speed": lambda o: (-o.metrics["decode_tps"], o.metrics["ttft_ms"]),
-    "memory": lambda o: (o.metrics["memory_mb"], -o.metrics["decode_tps"]),
+def _high(value: float | None) -> float:
+    return math.inf if value is None else -value
+
+
+PRIORITY_KEY: dict[str, Callable[[Option], tuple[float, ...]]] = {
+    "balanced": lambda o: (_high(o.utility),),
+    "pcr": lambda o: (_high(o.pcr), _high(o.utility)),
+    "cost": lambda o: (_low(o.metrics.get("cost_per_1k_usd")), _high(o.metrics.get("decode_tps"))),
+    "quality": lambda o: (_high(o.metrics.get("accuracy")), _low(o.metrics.get("perplexity")),
+                          _high(o.metrics.get("decode_tps"))),
+    "speed": lambda o: (_high(o.metrics.get("decode_tps")), _low(o.metrics.get("ttft_ms"))),
+    "memory": lambda o: (_low(o.metrics.get("memory_mb")), _high(o.metrics.get("decode_tps"))),
 }
 
 
-def select(options: list[Option], limits: list[Limit], priority: str, alpha: float) -> Option | None:
-    """Mark front, violations, utility and a verdict on every option; return the pick or None."""
-    objectives = shared_objectives(options)
-    front = {o.id for o in pareto_front(options, objectives)}
+def tiebreak(o: Option) -> tuple:
+    """TIE_RULE as a sort key: better fidelity (KL, then perplexity), then the smaller file, then the id."""
+    return _low(o.metrics.get("kl")), _low(o.metrics.get("perplexity")), _low(o.size_mb), o.id
+
+
+def ranking(options: list[Option], priority: str) -> list[Option]:
+    """Feasible options, best first: by the priority; exact ties go to undominated options, then TIE_RULE."""
+    feasible = [o for o in options if o.feasible]
+    objectives = shared_objectives(feasible)
+    key = PRIORITY_KEY[priority]
+    order: list[Option] = []
+    for _, group in itertools.groupby(sorted(feasible, key=key), key=key):
+        tied = list(group)
+        if len(tied) > 1:
+            tied.sort(key=lambda o: (any(dominates(p.metrics, o.metrics, objectives) for p in feasible), tiebreak(o)))
+        order += tied
+    return order
+
+
+def choose(options: list[Option], limits: list[Limit], priority: str, alpha: float) -> list[Option]:
+    """Check limits, set utility and PCR on every measured option; return the feasible ones, best first.
+
+    The bootstrap in `noise.py` calls this on every resample, so it does no more than the pick needs.
+    """
+    for o in options:
+        o.violations = check(o, limits) if o.status == "ok" else []
     scores = utilities(options, alpha)
     for o in options:
-        o.on_front = o.id in front
         o.utility = scores.get(o.id)
         o.pcr = performance_cost_ratio(o)
-        if o.status == "ok":
-            o.violations = check(o, limits)
-            o.dominated_by = None if o.on_front else _dominator(o, options, objectives)
-    # Only front members can be picked: a dominated option always has a feasible, better twin.
-    feasible = [o for o in options if o.status == "ok" and not o.violations and o.on_front]
-    if priority == "balanced":
-        pick = max(feasible, key=lambda o: (o.utility, o.id), default=None)
-    else:
-        pick = min(feasible, key=lambda o: (PRIORITY_KEY[priority](o), o.id), default=None)
-    for o in options:
-        o.verdict = _verdict(o, pick, options, objectives, priority)
+    return ranking(options, priority)
+
+
+def select(options: list[Option], limits: list[Limit], priority: str, alpha: float) -> Option | None:
+    """Mark violations, utility, in-budget front and a verdict on every option; return the pick or None."""
+    order = choose(options, limits, priority, alpha)
+    pick = order[0] if order else None
+    explain(options, pick, priority)
     return pick
 
 
-def _dominator(o: Option, options: list[Option], objectives: list[str]) -> str | None:
-    better = [p for p in options if p.status == "ok" and p is not o and dominates(p.metrics, o.metrics, objectives)]
+def explain(options: list[Option], pick: Option | None, priority: str,
+            win: dict[str, float] | None = None, tied: list[Option] | None = None) -> None:
+    """Front flags, dominators and verdicts relative to `pick` (which may come from a broken tie)."""
+    feasible = [o for o in options if o.feasible]
+    objectives = shared_objectives(feasible)
+    front = {o.id for o in pareto_front(feasible, objectives)}
+    for o in options:
+        o.on_front = o.id in front
+        o.dominated_by = _dominator(o, feasible, objectives) if o.feasible and not o.on_front else None
+    for o in options:
+        o.verdict = _verdict(o, pick, options, objectives, priority, win or {}, tied or [])
+
+
+def _dominator(o: Option, feasible: list[Option], objectives: list[str]) -> str | None:
+    better = [p for p in feasible if p is not o and dominates(p.metrics, o.metrics, objectives)]
     if not better:
         return None
-    return max(better, key=lambda p: (p.on_front, p.utility or 0)).id
+    return max(better, key=lambda p: (p.on_front, p.utility or 0, p.id)).id
 
 
-def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: list[str], priority: str) -> str:
+def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: list[str], priority: str,
+             win: dict[str, float], tied: list[Option]) -> str:
     if o.status != "ok":
         return f"not measured: {o.status}" + (f" ({o.reason})" if o.reason else "")
+    if o.violations:
+        return "breaks the budget: " + "; ".join(o.violations)
+    chance = f"win probability {win[o.id]:.2f}" if o.id in win else ""
     if pick is not None and o.id == pick.id:
         how = {
             "balanced": f"highest utility U={o.utility:.3f}",
             "pcr": f"highest performance-cost ratio PCR={o.pcr or 0:.1f} (U={o.utility:.3f})",
         }.get(priority, f"best {priority} in budget")
-        return f"PICK: {how}"
-    if o.violations:
-        return "breaks the budget: " + "; ".join(o.violations)
+        if len(tied) > 1:
+            others = ", ".join(t.label for t in tied if t is not o)
+            return f"PICK: statistically tied with {others}; tie broken by {TIE_RULE} ({chance}, U={o.utility:.3f})"
+        return f"PICK: {how}" + (f" ({chance})" if chance else "")
+    if pick is not None and any(t is o for t in tied):
+        return f"statistically tied with the pick ({chance}); tie broken by {TIE_RULE}"
     if o.dominated_by:
         winner = next(p for p in options if p.id == o.dominated_by)
         edges = [BETTER[m] for m in objectives if _strictly_better(winner.metrics, o.metrics, m)]
         return f"dominated by {winner.label} ({', '.join(edges)})"
-    if pick is not None and priority == "balanced":
-        return f"on the front, lower utility U={o.utility:.3f} < {pick.utility:.3f}"
+    if pick is not None and priority == "balanced" and o.utility is not None and pick.utility is not None:
+        if o.utility < pick.utility:
+            return f"on the front, lower utility U={o.utility:.3f} < {pick.utility:.3f}"
+        return f"on the front, same utility U={o.utility:.3f}, ranked after the pick by {TIE_RULE}"
     if pick is not None and priority == "pcr" and o.pcr is not None and pick.pcr is not None:
         return f"on the front, lower PCR {o.pcr:.1f} < {pick.pcr:.1f}"
     return f"on the front, not the best for priority '{priority}'"

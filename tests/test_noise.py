@@ -1,0 +1,129 @@
+"""Noise-aware comparison: bootstrap win probability, the tie set and its tie-break, p90/p10 budgets."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolkit.recipe import Budget, Costs
+from toolkit.recommend.engine import recommend
+from toolkit.recommend.noise import TIE_THRESHOLD
+from toolkit.records import DeviceFingerprint, DevicePower, DeviceReport, Profile, PromptTiming, Quality, Stat, Variant
+from toolkit.reports import markdown, noise_line
+
+FP = DeviceFingerprint(id="dev1", hostname="h", cpu_model="cpu", physical_cores=2, logical_cpus=2, threads_used=2,
+                       ram_mb=1000, os="Linux", python="3.11", runtimes={})
+
+
+def report(*variants: dict) -> DeviceReport:
+    """Each variant: ttft and decode repeats, and fixed memory, perplexity, KL and file size."""
+    vs, profiles, quality = [], [], []
+    for i, v in enumerate(variants):
+        vid = f"v{i}"
+        vs.append(Variant(id=vid, label=f"m Q{i}", model="m", format="gguf", runtime="llama.cpp", quant=f"Q{i}", path="/x",
+                          size_bytes=int(v.get("mb", 100) * 2**20), sha256="0", source="s", source_sha256="0", seconds=0,
+                          tools={}))
+        profiles.append(Profile(
+            key=vid, variant_id=vid, variant_name=f"m Q{i}", format="gguf", runtime="llama.cpp", device=FP, status="ok",
+            settings={}, file_size_mb=1,
+            prompts=[PromptTiming(prompt_tokens=512, ttft_ms=Stat.of(v["ttft"]), prefill_tps=Stat.of([512 / t * 1000 for t in v["ttft"]]))],
+            decode_tokens=128, decode_tps=Stat.of(v["decode"]), itl_ms=Stat.of([1000 / d for d in v["decode"]]),
+            peak_rss_mb=v.get("mem", 300),
+        ))
+        quality.append(Quality(key=vid, variant_id=vid, status="ok", corpus="c", corpus_sha256="0", ctx=512, chunks=1,
+                               perplexity=v.get("ppl", 30), kl_mean=v.get("kl", 0.01)))
+    return DeviceReport(recipe="r", created="now", toolkit_version="0", device=FP, power=DevicePower(idle_w=5, busy_w=20),
+                        variants=vs, profiles=profiles, quality=quality)
+
+
+def row(rec, vid):
+    return next(r for r in rec.rows if r.variant_id == vid)
+
+
+TTFT = [800, 820, 790, 810, 805]
+
+
+def test_overlapping_repeats_are_a_tie_broken_by_lower_kl_whichever_is_faster_in_this_run():
+    a = [100, 120, 90, 110, 105]
+    b = [104, 95, 118, 108, 101]
+    for first, second in ((a, b), (b, a)):  # two runs: the faster variant swaps, the pick must not
+        rec = recommend(report({"ttft": TTFT, "decode": first, "kl": 0.02}, {"ttft": TTFT, "decode": second, "kl": 0.01}),
+                        Budget(), Costs(), [])
+        assert rec.pick == "v1" and rec.tied_with == ["v0"]
+        assert rec.tie_rule == "lower KL, then lower perplexity, then smaller file"
+        w0, w1 = row(rec, "v0").win_probability, row(rec, "v1").win_probability
+        assert w0 >= TIE_THRESHOLD and w1 >= TIE_THRESHOLD and abs(w0 + w1 - 1) < 1e-9
+        line = noise_line(rec)
+        assert f"m Q1 (win probability {w1:.2f}) is tied with m Q0 (win probability {w0:.2f})" in line
+        assert line.endswith("tie broken by: lower KL, then lower perplexity, then smaller file")
+        assert line in markdown(rec)
+        assert row(rec, "v1").verdict.startswith("PICK: statistically tied with m Q0; tie broken by lower KL")
+        assert row(rec, "v0").verdict.startswith("statistically tied with the pick (win probability")
+
+
+def test_equal_fidelity_ties_go_to_the_smaller_file_and_results_repeat_exactly():
+    a = [100, 120, 90, 110, 105]
+    b = [104, 95, 118, 108, 101]
+    rep = report({"ttft": TTFT, "decode": a, "mb": 140}, {"ttft": TTFT, "decode": b, "mb": 90})
+    first, second = recommend(rep, Budget(), Costs(), []), recommend(rep, Budget(), Costs(), [])
+    assert first.pick == "v1" and first.tied_with == ["v0"]
+    assert first.model_dump() == second.model_dump()  # seeded bootstrap: same report, same record
+
+
+def test_clearly_separated_repeats_win_with_probability_one_and_no_tie():
+    rec = recommend(report({"ttft": TTFT, "decode": [100, 105, 110], "kl": 0.0},
+                           {"ttft": TTFT, "decode": [200, 205, 210], "kl": 0.05}), Budget(), Costs(), [])
+    assert rec.pick == "v1" and rec.tied_with == [] and rec.tie_rule is None
+    assert row(rec, "v1").win_probability >= 0.99 and row(rec, "v0").win_probability <= 0.01
+    assert row(rec, "v1").verdict.startswith("PICK: highest utility") and "(win probability 1.00)" in row(rec, "v1").verdict
+    assert "no statistical tie" in noise_line(rec) and "of 1000 bootstrap resamples" in noise_line(rec)
+
+
+def test_budgets_are_checked_on_p90_ttft_and_p10_decode_not_medians():
+    # v0: median TTFT 100 ms but p90 580 ms; v1: median decode 50 tok/s but p10 23 tok/s; v2 is steady and slower
+    rec = recommend(report({"ttft": [100, 100, 100, 100, 900], "decode": [60] * 5},
+                           {"ttft": [300] * 5, "decode": [50, 50, 50, 50, 5]},
+                           {"ttft": [450] * 5, "decode": [45] * 5}),
+                    Budget(max_ttft_ms=500, min_decode_tps=40), Costs(), [])
+    assert row(rec, "v0").detail["ttft_ms_median"] == 100 and row(rec, "v1").detail["decode_tps_median"] == 50
+    assert "TTFT p90 580.0 ms > 500 ms" in row(rec, "v0").verdict
+    assert "decode (p10) 23.0 tok/s < 40 tok/s" in row(rec, "v1").verdict
+    assert rec.pick == "v2"
+    # the pick meets the budget on the measured figures even when others win some resamples
+    assert rec.tied_with == [] and row(rec, "v2").win_probability < 1
+    assert "over the budget on the measured figures but the pick in some resamples: m Q0 (0." in noise_line(rec)
+
+
+def test_no_edge_pick_has_no_noise_line():
+    rec = recommend(report({"ttft": TTFT, "decode": [10, 11, 12]}), Budget(min_decode_tps=100), Costs(), [])
+    assert rec.pick is None and rec.resamples == 0 and noise_line(rec) is None
+    assert all(r.win_probability is None for r in rec.rows)
+
+
+repeats = st.lists(st.sampled_from([80.0, 90.0, 100.0, 110.0]), min_size=1, max_size=5)
+variant = st.fixed_dictionaries({"ttft": st.lists(st.sampled_from([400.0, 500.0, 600.0]), min_size=1, max_size=5),
+                                 "decode": repeats, "kl": st.sampled_from([0.0, 0.01, 0.2]),
+                                 "mb": st.sampled_from([90, 140]), "mem": st.sampled_from([200, 400])})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(variant, min_size=1, max_size=4), st.sampled_from(["balanced", "speed", "memory", "pcr"]),
+       st.sampled_from([None, 500.0]), st.sampled_from([None, 0.1]))
+def test_final_pick_meets_the_budget_and_wins_its_tie_by_the_stated_rule(variants, priority, max_ttft, max_kl):
+    budget = Budget(priority=priority, max_ttft_ms=max_ttft, max_kl=max_kl)
+    rec = recommend(report(*variants), budget, Costs(), [])
+    feasible = [r for r in rec.rows if not r.violations]
+    assert (rec.pick is not None) == bool(feasible)
+    if rec.pick is None:
+        return
+    pick = row(rec, rec.pick)
+    assert not pick.violations and all(not row(rec, v).violations for v in rec.tied_with)
+    assert abs(sum(r.win_probability for r in rec.rows) - 1) < 1e-9 or any(r.violations for r in rec.rows)
+    tied = [pick, *(row(rec, v) for v in rec.tied_with)]
+    if len(tied) > 1:
+        def rule(r):
+            return r.metrics["kl"], r.metrics["perplexity"], r.size_mb, r.variant_id
+        assert min(tied, key=rule) is pick and rec.tie_rule
+    # every in-budget variant that wins at least TIE_THRESHOLD of the resamples is in the tie set
+    assert {r.variant_id for r in feasible if r.win_probability >= TIE_THRESHOLD} <= {r.variant_id for r in tied}
+    assert recommend(report(*variants), budget, Costs(), []).model_dump() == rec.model_dump()
