@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.io import atomic_path, ensure_dir, write_json
+from toolkit.io import atomic_path, ensure_dir, sweep_stale, write_json
 from toolkit.records import Manifest, Stat, Variant
 
 
@@ -67,3 +67,30 @@ def test_unwritable_workspace_is_a_user_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot create folder"):
         ensure_dir(blocker / "ws")
+
+
+def test_temporaries_of_dead_writers_are_swept_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getpid()
+    stale = tmp_path / f".model.gguf.{dead_pid}.k2j_9x0a.part"
+    stale.write_bytes(b"half")
+    (tmp_path / "sub").mkdir()
+    stale_dir = tmp_path / "sub" / f".onnx-int8.{dead_pid}.abcd1234.part"
+    (stale_dir / "inner").mkdir(parents=True)
+    live = tmp_path / f".profile.json.{live_pid}.q1w2e3r4.part"
+    live.write_text("{")
+    foreign = tmp_path / ".notes.part"  # not a temporary of ours: no pid in the name
+    foreign.write_text("x")
+    assert sweep_stale(tmp_path) == 1
+    assert not stale.exists() and stale_dir.exists() and live.exists() and foreign.exists()
+    assert sweep_stale(tmp_path, recursive=True) == 1
+    assert not stale_dir.exists() and live.exists() and foreign.exists()
+    stale.write_bytes(b"half")
+    with atomic_path(tmp_path / "model.gguf") as tmp:  # every atomic write sweeps its folder first
+        assert tmp.name.startswith(f".model.gguf.{live_pid}.") and tmp.name.endswith(".part")
+        tmp.write_bytes(b"whole")
+    assert not stale.exists() and live.exists()

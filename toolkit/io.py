@@ -1,4 +1,8 @@
-"""Atomic writes and content hashes: a file or folder either exists complete or not at all."""
+"""Atomic writes and content hashes: a file or folder either exists complete or not at all.
+
+Temporaries are named `.NAME.PID.XXXX.part` after the process writing them, so that when a run is killed
+(SIGKILL: its `finally` never runs) the next run can tell them apart from a live writer's and remove them.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import BaseModel
 
 from toolkit.errors import UserError
@@ -36,11 +42,48 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_TEMP = re.compile(r"\.(\d+)\.[a-z0-9_]+\.part$")  # tempfile's random part has no dots
+
+
+def temp_prefix(name: str) -> str:
+    """`NAME.PID.`: with tempfile's random part and a `.part` suffix, a temporary that says who writes it."""
+    return f"{name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # exists but cannot be inspected: assume it still writes
+
+
+def sweep_stale(folder: Path, prefix: str = ".", recursive: bool = False) -> int:
+    """Remove the temporaries (files or folders) that dead processes left in `folder`; return how many."""
+    try:
+        found = sorted((folder.rglob if recursive else folder.glob)(f"{prefix}*.part"))
+    except OSError:
+        return 0
+    removed = 0
+    for path in found:
+        match = _TEMP.search(path.name)
+        if match is None or _alive(int(match[1])) or not os.path.lexists(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it over `target`, else delete it."""
     ensure_dir(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    sweep_stale(target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{temp_prefix(target.name)}", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -57,7 +100,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it becomes `target`."""
     ensure_dir(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    sweep_stale(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{temp_prefix(target.name)}", suffix=".part", dir=target.parent))
     try:
         yield tmp
         if target.exists():

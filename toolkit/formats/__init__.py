@@ -12,6 +12,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.io import ensure_dir, sha256_file
+from toolkit.procs import die_with_parent
 from toolkit.records import Variant
 
 
@@ -135,7 +136,9 @@ def run_tool(cmd: list[str], env: dict | None, log: Path, what: str, cwd: Path |
     if env is None and cwd is not None:  # the child must still import this package from its new folder
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
     with open(log, "w", encoding="utf-8") as handle:
-        done = subprocess.run(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        done = subprocess.run(
+            cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent()
+        )
     if done.returncode != 0:
         lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
         reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")

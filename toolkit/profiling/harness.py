@@ -13,6 +13,10 @@ from pathlib import Path
 
 import psutil
 
+from toolkit.io import sweep_stale, temp_prefix
+from toolkit.procs import die_with_parent
+
+JOB_PREFIX = "edgefirst-job"
 POLL_S = 0.05
 
 
@@ -25,7 +29,8 @@ class ChildResult:
 
 
 def run_child(job: dict, timeout_s: float, memory_cap_mb: float | None, log_path: Path) -> ChildResult:
-    with tempfile.TemporaryDirectory(prefix="edgefirst-job-") as tmp:
+    sweep_stale(Path(tempfile.gettempdir()), prefix=f"{JOB_PREFIX}.")  # job folders of killed runs
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(JOB_PREFIX), suffix=".part") as tmp:
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_file.write_text(json.dumps(job), encoding="utf-8")
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +40,7 @@ def run_child(job: dict, timeout_s: float, memory_cap_mb: float | None, log_path
                 [sys.executable, "-m", "toolkit.profiling.worker", str(job_file), str(out_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),
             )
             verdict = _watch(child, timeout_s, memory_cap_mb)
         wall = time.perf_counter() - start
