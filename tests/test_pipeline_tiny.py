@@ -83,9 +83,11 @@ def test_perplexity_then_profile_then_recommend(manifest, recipe):
     for p in report.profiles:
         assert p.load_ms > 0 and p.peak_rss_mb > 50
         assert [t.prompt_tokens for t in p.prompts] == [16, 64]
-        assert all(t.ttft_ms.n == 3 and t.ttft_ms.median > 0 for t in p.prompts)
-        assert p.decode_tps.n == 3 and p.decode_tps.median > 0
-        assert p.itl_ms.n == 3 * 16 and p.itl_ms.p90 >= p.itl_ms.median
+        assert 1 <= p.rounds <= recipe.device.max_rounds and len(p.peak_rss_mb_runs) == p.rounds
+        assert all(t.ttft_ms.n == 3 * p.rounds and t.ttft_ms.median > 0 for t in p.prompts)
+        assert p.decode_tps.n == 3 * p.rounds and p.decode_tps.median > 0
+        assert p.decode_tps.runs == ([3] * p.rounds if p.rounds > 1 else [])
+        assert p.itl_ms.p90 >= p.itl_ms.median
         assert p.runtime_decode_tps is not None and p.runtime_decode_tps.median > 0
     assert report.device.threads_used == 2 and report.device.cpu_model
     assert report.device.runtimes["llama_cpp_python"]
@@ -93,6 +95,10 @@ def test_perplexity_then_profile_then_recommend(manifest, recipe):
     rec = recommend(report, recipe.budget)
     assert rec.pick in {v.id for v in manifest.variants}
     assert all(r.verdict for r in rec.rows)
+    assert max(p.rounds for p in report.profiles) >= recipe.device.rounds  # the pick is a contender: fresh processes
+    assert rec.certification is not None and [r.status for r in rec.certification.runs] == ["ok"] * 3
+    assert "Certified: meets the budget in 3/3 fresh runs" in rec.message
+    assert {r.variant_id: r.rounds for r in rec.rows} == {p.variant_id: p.rounds for p in report.profiles}
     impossible = recipe.budget.model_copy(update={"min_decode_tps": 1e9})
     rec = recommend(report, impossible)
     assert rec.pick is None and "No variant meets the budget" in rec.message

@@ -39,7 +39,7 @@ from toolkit.render import (
     simulation_table,
     tasks_table,
 )
-from toolkit.reports import noise_line, simulation_reports, write_reports
+from toolkit.reports import certification_line, noise_line, simulation_reports, write_reports
 from toolkit.simulate import compare as compare_policies
 
 app = typer.Typer(
@@ -209,8 +209,9 @@ def show_recommendation(r: Recipe, budget: Budget, report_paths: list[Path] | Pa
         if rec.cloud_rows:
             console.print(cloud_table(rec))
         console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message)
-        if line := noise_line(rec):
-            console.print(line, highlight=False)
+        for line in (noise_line(rec), certification_line(rec)):
+            if line:
+                console.print(line, highlight=False)
         for kind, path in write_reports(rec, r.reports_path()).items():
             console.print(f"{kind}: {path}")
         recs.append(rec)

@@ -100,6 +100,12 @@ class Device(Strict):
     timeout_s: float = Field(900, gt=0)
     memory_cap_mb: float | None = Field(None, gt=0)
     power: Power | None = None
+    rounds: int = Field(2, ge=1, le=50, description="fresh processes per variant that can still win")
+    max_rounds: int = Field(6, ge=1, le=50, description="fresh processes at most, for contenders whose order is uncertain")
+    target_win_probability: float = Field(0.9, gt=0, le=1, description="stop adding rounds once the pick wins this often")
+    extra_time_s: float = Field(600, ge=0, description="measuring time allowed beyond the first round of each variant")
+    noise_margin: float = Field(0.25, ge=0, le=1, description="run-to-run timing swing a variant may still win by")
+    certify_runs: int = Field(3, ge=0, le=20, description="fresh-process re-measurements of the pick (0: none)")
 
     @field_validator("prompt_lengths")
     @classmethod
@@ -107,6 +113,12 @@ class Device(Strict):
         if any(n < 1 or n > 32768 for n in lengths):
             raise ValueError("prompt lengths must be between 1 and 32768 tokens")
         return sorted(set(lengths))
+
+    @model_validator(mode="after")
+    def _rounds_in_order(self) -> Device:
+        if self.max_rounds < self.rounds:
+            raise ValueError(f"max_rounds {self.max_rounds} is below rounds {self.rounds}")
+        return self
 
 
 class QualitySpec(Strict):

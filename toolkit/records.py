@@ -47,7 +47,11 @@ def _first_error(exc: ValueError) -> str:
 
 
 class Stat(BaseModel):
-    """A summary of repeated measurements; latency constraints are checked against p90."""
+    """A summary of repeated measurements; latency constraints are checked against p90.
+
+    `values` keeps every repeat; `runs` says how many of them each fresh process gave, in order (empty: one
+    process), so the noise model can resample processes as well as repeats.
+    """
 
     n: int
     median: float
@@ -55,9 +59,10 @@ class Stat(BaseModel):
     p90: float
     mean: float
     values: list[float] = Field(default_factory=list)
+    runs: list[int] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, values: list[float], keep_values: bool = True) -> Stat:
+    def of(cls, values: list[float], keep_values: bool = True, runs: list[int] | None = None) -> Stat:
         if not values:
             raise ValueError("no values to summarise")
         ordered = sorted(values)
@@ -68,7 +73,28 @@ class Stat(BaseModel):
             p90=percentile(ordered, 90),
             mean=statistics.fmean(ordered),
             values=[round(v, 4) for v in values] if keep_values else [],
+            runs=runs if runs and len(runs) > 1 and keep_values else [],
         )
+
+    @classmethod
+    def merge(cls, stats: list[Stat]) -> Stat:
+        """One stat over the repeats of several fresh processes, each process remembered in `runs`."""
+        if len(stats) == 1:
+            return stats[0]
+        if not all(s.values for s in stats):  # summaries without repeats: the median of medians is all we have
+            return cls.of([s.median for s in stats], keep_values=False)
+        runs = [n for s in stats for n in (s.runs or [len(s.values)])]
+        return cls.of([v for s in stats for v in s.values], runs=runs)
+
+    def groups(self) -> list[list[float]]:
+        """The repeats of each process, in order (one group when the stat came from one process)."""
+        if not self.runs:
+            return [self.values]
+        out, start = [], 0
+        for n in self.runs:
+            out.append(self.values[start:start + n])
+            start += n
+        return out
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -152,7 +178,9 @@ class Profile(Record):
     itl_ms: Stat | None = None
     runtime_decode_tps: Stat | None = None
     peak_rss_mb: float | None = None
+    peak_rss_mb_runs: list[float] = Field(default_factory=list)  # one per fresh process; peak_rss_mb is their max
     rapl_watts: Stat | None = None
+    rounds: int = 1  # fresh processes whose repeats are merged here
     wall_s: float = 0.0
 
     def prompt(self, tokens: int) -> PromptTiming | None:
@@ -206,6 +234,41 @@ class DevicePower(BaseModel):
     note: str = ""
 
 
+class CertRun(BaseModel):
+    """One fresh-process re-measurement of a pick at the budget's response shape."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: RunStatus
+    ttft_p90_ms: float | None = None
+    decode_p10_tps: float | None = None
+    peak_rss_mb: float | None = None
+    energy_j: float | None = None
+    violations: list[str] = Field(default_factory=list)
+
+    @property
+    def meets(self) -> bool:
+        return self.status == "ok" and not self.violations
+
+
+class Certification(BaseModel):
+    """A pick re-measured in `len(runs)` fresh processes against one budget (`budget_key`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    variant_id: str
+    budget_key: str
+    prompt_tokens: int
+    output_tokens: int
+    runs: list[CertRun]
+
+    @property
+    def passed(self) -> int:
+        return sum(r.meets for r in self.runs)
+
+    @property
+    def certified(self) -> bool:
+        return bool(self.runs) and self.passed == len(self.runs)
+
+
 class DeviceReport(Record):
     """What `toolkit profile` writes: copy it off the device and feed it to `toolkit recommend`."""
 
@@ -219,3 +282,4 @@ class DeviceReport(Record):
     profiles: list[Profile]
     quality: list[Quality] = Field(default_factory=list)
     accuracy: list[EvalResult] = Field(default_factory=list)
+    certifications: list[Certification] = Field(default_factory=list)

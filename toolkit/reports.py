@@ -23,6 +23,8 @@ COLUMNS = [
     ("J/response", lambda r: _f(r.metrics.get("energy_j"), 1)),
     ("USD/1k", lambda r: _f(r.metrics.get("cost_per_1k_usd"), 5)),
     ("PCR", lambda r: _f(r.pcr, 1)),
+    ("runs", lambda r: str(r.rounds) if r.rounds else "-"),
+    ("win p", lambda r: _f(r.win_probability, 2)),
     ("front", lambda r: "yes" if r.on_front else ""),
     ("why", lambda r: r.verdict),
 ]
@@ -81,6 +83,26 @@ def noise_line(rec: Recommendation) -> str | None:
     return line
 
 
+RUNS_NOTE = ("Runs: fresh processes behind each variant's timings (more only for variants that can still win); "
+             "win p: how often it is the pick when processes and repeats are resampled")
+
+
+def certification_line(rec: Recommendation) -> str | None:
+    """The pick re-measured in fresh processes at the budget's response shape, run by run."""
+    cert = rec.certification
+    if rec.pick is None:
+        return None
+    if cert is None:
+        return "Certification: none for this budget (`toolkit profile` certifies the recipe's budget)"
+    runs = "; ".join(
+        f"run {i}: " + (f"TTFT p90 {_f(r.ttft_p90_ms)} ms, decode p10 {_f(r.decode_p10_tps)} tok/s, peak {_f(r.peak_rss_mb, 0)} MB"
+                        if r.status == "ok" else r.status)
+        + ("" if r.meets else " (misses: " + "; ".join(r.violations) + ")")
+        for i, r in enumerate(cert.runs, 1))
+    return (f"Certification: meets the budget in {cert.passed}/{len(cert.runs)} fresh runs at {cert.prompt_tokens} "
+            f"prompt + {cert.output_tokens} output tokens ({runs})")
+
+
 def markdown(rec: Recommendation) -> str:
     lines = [
         f"# Recommendation: {rec.recipe} on {rec.device}",
@@ -91,7 +113,7 @@ def markdown(rec: Recommendation) -> str:
         f"- Response shape: {rec.prompt_tokens} prompt tokens, {rec.output_tokens} output tokens",
         f"- Budget: {'; '.join(_budget_lines(rec))}",
         f"- Energy: {rec.energy_source}; electricity ${rec.costs.electricity_usd_per_kwh:g}/kWh",
-        *[f"- {line}" for line in (noise_line(rec), FRONT_NOTE) if line],
+        *[f"- {line}" for line in (noise_line(rec), certification_line(rec), FRONT_NOTE, RUNS_NOTE) if line],
         *[f"- {note}" for note in rec.notes],
         "",
         "| " + " | ".join(name for name, _ in COLUMNS) + " |",

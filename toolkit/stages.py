@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 from toolkit import __version__
 from toolkit.errors import UserError
 from toolkit.formats import VariantSpec, get_format
-from toolkit.io import content_hash, ensure_dir, sha256_file, write_json
+from toolkit.io import content_hash, ensure_dir, sha256_file, sweep_stale, write_json
 from toolkit.profiling.device import fingerprint, usable_cpus
 from toolkit.profiling.harness import run_child
 from toolkit.profiling.roofline import Roofline
@@ -35,6 +36,8 @@ from toolkit.tasks import prepare as prepare_task
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 PROFILER_VERSION = 2  # bump when the measurement method changes, so cached profiles are re-measured
+FIDELITY_VERSION = 2  # the same for perplexity / KL scoring
+ACCURACY_VERSION = 1  # and for the lm-eval job
 
 
 def _quiet(description: str, done: int, total: int) -> None:
@@ -42,7 +45,10 @@ def _quiet(description: str, done: int, total: int) -> None:
 
 
 def workspace(recipe: Recipe) -> Path:
-    return ensure_dir(recipe.workspace_dir())
+    """The recipe's workspace, rid of the temporaries a killed run left (its finished files are kept)."""
+    ws = ensure_dir(recipe.workspace_dir())
+    sweep_stale(ws, recursive=True)
+    return ws
 
 
 def variant_specs(recipe: Recipe) -> list[VariantSpec]:
@@ -119,9 +125,16 @@ def _job(recipe: Recipe, variant: Variant, kind: str, corpus: Path) -> dict:
     }
 
 
+ROUND_SETTINGS = {"power", "rounds", "max_rounds", "target_win_probability", "extra_time_s", "noise_margin", "certify_runs"}
+
+
 def profile(
     recipe: Recipe, progress: Progress = _quiet, out: Path | None = None, formats: list[str] | None = None
 ) -> tuple[DeviceReport, Path]:
+    """Measure every variant on this device in rounds of fresh processes (profiling/rounds.py), certify the
+    pick, and write the device report."""
+    from toolkit.profiling.rounds import Rounds, run_rounds
+
     ws = workspace(recipe)
     manifest = load_manifest(recipe)
     if formats:
@@ -130,35 +143,108 @@ def profile(
             raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
     device = device_fingerprint(recipe)
     corpus = corpus_path(recipe.quality.corpus)
-    settings = recipe.device.model_dump(mode="json", exclude={"power"})
-    profiles = []
-    for done, variant in enumerate(manifest.variants):
-        progress(f"profile {variant.label}", done, len(manifest.variants))
-        key = content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION)
-        cached = ws / "profiles" / f"{variant.id}-{key}.json"
-        if cached.exists():
-            profiles.append(Profile.load(cached))
-            continue
-        result = measure(recipe, variant, device, key, corpus, ws)
-        if result.status != "skipped":
-            write_json(cached, result)
-        profiles.append(result)
-    progress("done", len(manifest.variants), len(manifest.variants))
-    report = DeviceReport(
-        roofline=device_roofline(ws, device),
-        recipe=recipe.name,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        toolkit_version=__version__,
-        device=device,
+    variants = {v.id: v for v in manifest.variants}
+    count = {"done": 0}
+
+    def one_round(vid: str, index: int) -> Profile:
+        progress(f"profile {variants[vid].label} (round {index + 1})", count["done"], len(variants) * recipe.device.rounds)
+        count["done"] += 1
+        return _round(recipe, variants[vid], device, corpus, ws, index)
+
+    base = DeviceReport(
+        roofline=device_roofline(ws, device), recipe=recipe.name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        toolkit_version=__version__, device=device,
         power=DevicePower(**recipe.device.power.model_dump()) if recipe.device.power else None,
-        variants=manifest.variants,
-        profiles=profiles,
-        quality=load_quality(recipe, manifest, sha256_file(corpus)),
+        variants=manifest.variants, profiles=[], quality=load_quality(recipe, manifest, sha256_file(corpus)),
         accuracy=load_accuracy(recipe, manifest),
     )
+    dev = recipe.device
+    report = run_rounds(
+        Rounds(list(variants), one_round), lambda profiles: base.model_copy(update={"profiles": profiles}),
+        lambda rep: _contenders(recipe, rep), lambda rep: _standing(recipe, rep),
+        dev.rounds, dev.max_rounds, dev.target_win_probability, dev.extra_time_s,
+    )
+    report = certify(recipe, report, corpus, ws, progress)
+    progress("done", count["done"], count["done"])
     target = out or ws / "reports" / f"device-{device.hostname}-{device.id}.json"
     write_json(target, report)
     return report, target
+
+
+def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:
+    from toolkit.recommend.engine import contenders
+
+    if not any(p.status == "ok" for p in report.profiles):
+        return set()
+    return contenders(report, recipe.budget, recipe.costs, recipe.device.noise_margin)
+
+
+def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, list[str]]:
+    """The pick for the recipe's budget, its win probability and the variants tied with it."""
+    from toolkit.recommend.engine import recommend
+
+    if not any(p.status == "ok" for p in report.profiles):
+        return None, 0.0, []
+    rec = recommend(report, recipe.budget, recipe.costs)
+    win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
+    return rec.pick, win, rec.tied_with
+
+
+def _profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *extra) -> str:
+    settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS)
+    return content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION, *extra)
+
+
+def _round(recipe: Recipe, variant: Variant, device: DeviceFingerprint, corpus: Path, ws: Path, index: int,
+           *extra) -> Profile:
+    """One fresh-process measurement, cached on its own; a failure is kept with its reason and retried next run."""
+    key = _profile_key(recipe, variant, device, *extra)
+    suffix = "".join(f"-{e}" for e in extra) + (f"-r{index}" if index else "")
+    cached = ws / "profiles" / f"{variant.id}-{key}{suffix}.json"
+    if cached.exists():
+        result = Profile.load(cached)
+        if result.status == "ok":
+            return result
+    result = measure(recipe, variant, device, key, corpus, ws, log_suffix=suffix)
+    if result.status != "skipped":
+        write_json(cached, result)
+    return result
+
+
+def certify(recipe: Recipe, report: DeviceReport, corpus: Path, ws: Path, progress: Progress = _quiet) -> DeviceReport:
+    """Re-measure the pick in fresh processes at the budget's response shape; a pick that misses the budget in
+    any run is vetoed and the next one certified (profiling/rounds.py, step 4)."""
+    from toolkit.profiling.rounds import CERTIFY_ATTEMPTS, certify_runs
+    from toolkit.recommend.engine import budget_key, check_run, recommend
+
+    n, budget = recipe.device.certify_runs, recipe.budget
+    if n == 0 or not any(p.status == "ok" for p in report.profiles):
+        return report
+    key = budget_key(budget, recipe.costs)
+    for _ in range(CERTIFY_ATTEMPTS):
+        rec = recommend(report, budget, recipe.costs)
+        if rec.pick is None or rec.certification is not None:
+            break
+        variant = next(v for v in report.variants if v.id == rec.pick)
+        shape = recipe.device.model_copy(update={"prompt_lengths": [rec.prompt_tokens], "decode_tokens": rec.output_tokens})
+        at_shape = recipe.model_copy(update={"device": shape})
+        runs = []
+        for i in range(n):
+            progress(f"certify {variant.label} ({i + 1}/{n})", i, n)
+            runs.append(_round(at_shape, variant, report.device, corpus, ws, i, "certify"))
+        check = functools.partial(_check_certify_run, check_run, report, recipe, rec.prompt_tokens)
+        cert = certify_runs(runs, check, variant.id, key, rec.prompt_tokens, rec.output_tokens)
+        report = report.model_copy(update={"certifications": [*report.certifications, cert]})
+    return report
+
+
+def _check_certify_run(check_run, report: DeviceReport, recipe: Recipe, prompt_tokens: int,
+                       run: Profile) -> tuple[list[str], dict]:
+    option = check_run(report, run, recipe.budget, recipe.costs, prompt_tokens)
+    m = option.metrics
+    figures = {"ttft_p90_ms": m["ttft_ms"], "decode_p10_tps": m["decode_tps"], "peak_rss_mb": m["memory_mb"],
+               "energy_j": m["energy_j"]}
+    return option.violations, figures
 
 
 def device_roofline(ws: Path, device: DeviceFingerprint) -> Roofline:
@@ -171,7 +257,8 @@ def device_roofline(ws: Path, device: DeviceFingerprint) -> Roofline:
     return result
 
 
-def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str, corpus: Path, ws: Path) -> Profile:
+def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str, corpus: Path, ws: Path,
+            log_suffix: str = "") -> Profile:
     base = dict(
         key=key,
         variant_id=variant.id,
@@ -187,7 +274,7 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
         return Profile(status="skipped", reason=missing, **base)
     dev = recipe.device
     child = run_child(
-        _job(recipe, variant, "profile", corpus), dev.timeout_s, dev.memory_cap_mb, ws / "logs" / f"profile-{variant.id}.log"
+        _job(recipe, variant, "profile", corpus), dev.timeout_s, dev.memory_cap_mb, ws / "logs" / f"profile-{variant.id}{log_suffix}.log"
     )
     if child.status != "ok":
         return Profile(status=child.status, reason=child.reason, peak_rss_mb=child.data.get("peak_rss_mb"), wall_s=child.wall_s, **base)
@@ -230,16 +317,19 @@ def evaluate(recipe: Recipe, progress: Progress = _quiet) -> tuple[list[Quality]
     corpus = corpus_path(recipe.quality.corpus)
     digest = sha256_file(corpus)
     reference = reference_variant(manifest)
-    ref_dir = ensure_dir(ws / "fidelity" / f"{reference.id}-{content_hash(digest, recipe.quality.model_dump())}")
+    ref_key = content_hash(digest, recipe.quality.model_dump(), reference.sha256, _versions(reference), FIDELITY_VERSION)
+    ref_dir = ensure_dir(ws / "fidelity" / f"{reference.id}-{ref_key}")
     ordered = [reference] + [v for v in manifest.variants if v.id != reference.id]
     results = []
     for done, variant in enumerate(ordered):
         progress(f"fidelity {variant.label}", done, len(ordered))
-        path = _quality_path(recipe, variant, digest)
+        path = _quality_path(recipe, variant, digest, reference)
         is_ref = variant.id == reference.id
         if path.exists() and (not is_ref or (ref_dir / "tokens.npy").exists()):
-            results.append(Quality.load(path))
-            continue
+            stored = Quality.load(path)
+            if stored.status == "ok":  # a failure is kept with its reason and retried on the next run
+                results.append(stored)
+                continue
         results.append(_score(recipe, variant, corpus, digest, path, {"dir": str(ref_dir), "write": is_ref}, reference.id))
     order = {v.id: i for i, v in enumerate(manifest.variants)}
     results.sort(key=lambda q: order[q.variant_id])
@@ -248,8 +338,20 @@ def evaluate(recipe: Recipe, progress: Progress = _quiet) -> tuple[list[Quality]
     return results, accuracy
 
 
-def _quality_path(recipe: Recipe, variant: Variant, corpus_sha: str) -> Path:
-    key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "fidelity")
+@functools.cache
+def _runtime_versions(runtime: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(get_runtime(runtime).versions().items()))
+
+
+def _versions(variant: Variant) -> tuple[tuple[str, str], ...]:
+    return _runtime_versions(variant.runtime)
+
+
+def _quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant) -> Path:
+    """Everything a fidelity result depends on: the variant's and the reference's bytes, the corpus, the
+    settings, both runtimes' versions and the scoring method."""
+    key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "fidelity", reference.id,
+                       reference.sha256, _versions(variant), _versions(reference), FIDELITY_VERSION)
     return recipe.workspace_dir() / "quality" / f"{variant.id}-{key}.json"
 
 
@@ -296,10 +398,23 @@ def task_dir(name: str) -> str | None:
     return None
 
 
+@functools.cache
+def _lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def _eval_path(recipe: Recipe, variant: Variant, task: str) -> tuple[str, Path]:
     """Cache key and file of one variant's result on one task under the recipe's accuracy settings."""
     spec = recipe.accuracy.model_dump(exclude={"tasks"})
-    key = content_hash(variant.id, variant.sha256, task, spec, "lm-eval")
+    offline = TASKS.get(task)
+    definition = (offline.source, offline.config, offline.metric) if offline else None
+    key = content_hash(variant.id, variant.sha256, task, spec, "lm-eval", definition, _versions(variant),
+                       _lm_eval_version(), ACCURACY_VERSION)
     return key, recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
 
 
@@ -313,8 +428,10 @@ def evaluate_accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = _
             progress(f"{task} {variant.label}", done, len(manifest.variants))
             key, path = _eval_path(recipe, variant, task)
             if path.exists():
-                results.append(EvalResult.load(path))
-                continue
+                stored = EvalResult.load(path)
+                if stored.status == "ok":  # a failure is kept with its reason and retried on the next run
+                    results.append(stored)
+                    continue
             results.append(_eval_task(recipe, variant, task, folder, metric, key, path))
     return results
 
@@ -358,5 +475,6 @@ def load_accuracy(recipe: Recipe, manifest: Manifest) -> list[EvalResult]:
 
 def load_quality(recipe: Recipe, manifest: Manifest, corpus_sha: str) -> list[Quality]:
     """Stored quality results for the manifest's variants under the recipe's current settings."""
-    paths = (_quality_path(recipe, variant, corpus_sha) for variant in manifest.variants)
+    reference = reference_variant(manifest)
+    paths = (_quality_path(recipe, variant, corpus_sha, reference) for variant in manifest.variants)
     return [Quality.load(path) for path in paths if path.exists()]

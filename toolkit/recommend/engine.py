@@ -9,12 +9,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
+from toolkit.io import content_hash
 from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.select import TIE_RULE, Limit, Option, check, choose, explain, select, shared_objectives
-from toolkit.records import DeviceReport, Profile, Record, Stat
+from toolkit.records import Certification, DeviceReport, Profile, Record, Stat
 
 LIMITS = {
     "max_ttft_ms": ("ttft_ms", "max"),
@@ -50,6 +51,7 @@ class Row(BaseModel):
     pcr: float | None
     verdict: str
     win_probability: float | None = None
+    rounds: int = 0  # fresh processes behind the timings
 
 
 class CloudRow(BaseModel):
@@ -96,6 +98,23 @@ class Recommendation(Record):
     resamples: int = 0  # bootstrap resamples behind each row's win_probability (0: not computed)
     tied_with: list[str] = []  # variants statistically tied with the pick (noise.py), best first
     tie_rule: str | None = None  # how the tie was broken, when tied_with is not empty
+    certification: Certification | None = None  # the pick re-measured in fresh processes against this budget
+
+
+def budget_key(budget: Budget, costs: Costs) -> str:
+    """What a certification is valid for: the limits, the response shape and the prices (not the priority)."""
+    return content_hash(budget.model_dump(mode="json", exclude={"priority", "alpha"}), costs.model_dump(mode="json"))
+
+
+def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
+    """Variants whose re-measurement missed this budget in some fresh process: never the pick."""
+    out = {}
+    for cert in report.certifications:
+        if cert.budget_key == key and not cert.certified:
+            failed = next(r for r in cert.runs if not r.meets)
+            why = "; ".join(failed.violations) or failed.status
+            out[cert.variant_id] = f"failed certification: met the budget in {cert.passed}/{len(cert.runs)} fresh runs ({why})"
+    return out
 
 
 def budget_limits(budget: Budget, metrics: set[str] | None = None) -> list[Limit]:
@@ -115,11 +134,13 @@ def recommend(
         raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="ttft_prompt_tokens")
     options, details = _options(report, prompt_tokens, budget.output_tokens, costs)
     limits = budget_limits(budget)
-    order = choose(options, limits, budget.priority, budget.alpha)
+    key = budget_key(budget, costs)
+    vetoes = certification_vetoes(report, key)
+    order = choose(options, limits, budget.priority, budget.alpha, vetoes)
     pick, tied, win = (order[0] if order else None), [], {}
     if pick:
         draws = _draws(report, options, prompt_tokens, budget.output_tokens, costs)
-        win = noise.win_probabilities(draws, limits, budget.priority, budget.alpha)
+        win = noise.win_probabilities(draws, limits, budget.priority, budget.alpha, vetoes)
         pick, tied = noise.settle(order, win)
     explain(options, pick, budget.priority, win, tied)
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
@@ -143,11 +164,12 @@ def recommend(
     )
     cheapest = feasible_cloud[0] if feasible_cloud else None
     if pick:
+        cert = next((c for c in report.certifications if c.variant_id == pick.id and c.budget_key == key), None)
         extra = f" Cheapest cloud meeting the budget: {_cloud_name(cheapest)}." if cheapest else ""
         return Recommendation(
-            answer="edge", pick=pick.id, pick_label=pick.label, cloud_pick=None,
+            answer="edge", pick=pick.id, pick_label=pick.label, cloud_pick=None, certification=cert,
             message=f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads): "
-            f"{_edge_cost(pick)}.{extra}",
+            f"{_edge_cost(pick)}. {certified_line(cert)}{extra}",
             **rec,
         )
     ruled = _closest(options)
@@ -170,6 +192,30 @@ def recommend(
         answer="mixed" if mixed else "cloud", pick=None, pick_label=None, cloud_pick=cheapest.id, mixed=mixed,
         ruled_out_by=ruled[1], message=message, **rec,
     )
+
+
+def certified_line(cert: Certification | None) -> str:
+    if cert is None:
+        return "Not certified for this budget (`toolkit profile` re-measures the pick for the recipe's budget)."
+    return f"Certified: meets the budget in {cert.passed}/{len(cert.runs)} fresh runs."
+
+
+def contenders(report: DeviceReport, budget: Budget, costs: Costs, margin: float) -> set[str]:
+    """Variants that could still be the pick if run-to-run noise moved every timing by `margin` (noise.py)."""
+    profiled = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts})
+    if not profiled:
+        return set()
+    options, _ = _options(report, budget.ttft_prompt_tokens or max(profiled), budget.output_tokens, costs)
+    vetoes = certification_vetoes(report, budget_key(budget, costs))
+    return noise.can_still_win(options, budget_limits(budget), budget.priority, budget.alpha, margin, vetoes)
+
+
+def check_run(report: DeviceReport, run: Profile, budget: Budget, costs: Costs, prompt_tokens: int) -> Option:
+    """One fresh-process measurement of a variant, with its fidelity and accuracy, checked against the budget."""
+    options, _ = _options(report.model_copy(update={"profiles": [run]}), prompt_tokens, budget.output_tokens, costs)
+    option = options[0]
+    option.violations = check(option, budget_limits(budget)) if option.status == "ok" else []
+    return option
 
 
 def mean_accuracy(report: DeviceReport) -> dict[str, float]:
@@ -332,6 +378,7 @@ def _mixed(report, options, budget, costs, prompt_tokens, cloud) -> Mixed | None
 
 def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[str, float] | None) -> list[Row]:
     variants = {v.id: v for v in report.variants}
+    rounds = {p.variant_id: p.rounds for p in report.profiles if p.status == "ok"}
     return [
         Row(
             variant_id=o.id, label=o.label, format=variants[o.id].format, quant=variants[o.id].quant,
@@ -340,6 +387,7 @@ def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[
             violations=o.violations, utility=round(o.utility, 4) if o.utility is not None else None,
             pcr=round(o.pcr, 3) if o.pcr is not None else None, verdict=o.verdict,
             win_probability=round(win.get(o.id, 0.0), 3) if win is not None and o.status == "ok" else None,
+            rounds=rounds.get(o.id, 0),
         )
         for o in options
     ]

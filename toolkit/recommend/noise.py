@@ -34,25 +34,41 @@ TIE_THRESHOLD = 0.05
 def resample(stat: Stat | None, rng: np.random.Generator, n: int = RESAMPLES) -> dict[str, list[float]] | None:
     """Median, p10 and p90 of the stat's repeats redrawn with replacement, once per resample.
 
-    A stat stored without its repeats keeps its measured figures in every resample.
+    Repeats from several fresh processes (`stat.runs`) are redrawn in two stages, processes first and then
+    repeats within each drawn process, so the spread between processes (a slow minute on a shared machine,
+    a different memory layout) is part of the noise and not only the spread within one. A stat stored
+    without its repeats keeps its measured figures in every resample.
     """
     if stat is None:
         return None
     if not stat.values:
         return {"median": [stat.median] * n, "p10": [stat.p10] * n, "p90": [stat.p90] * n}
-    draws = rng.choice(np.asarray(stat.values), size=(n, len(stat.values)))
-    p10, median, p90 = np.percentile(draws, [10, 50, 90], axis=1)  # linear, as records.percentile
+    groups = [np.asarray(g) for g in stat.groups()]
+    sizes = np.array([len(g) for g in groups])
+    padded = np.zeros((len(groups), sizes.max()))
+    for i, g in enumerate(groups):
+        padded[i, : len(g)] = g
+    picked = rng.integers(0, len(groups), size=(n, len(groups)))  # which process each slot redraws
+    width = sizes.max()
+    within = (rng.random((n, len(groups), width)) * sizes[picked][..., None]).astype(int)
+    draws = padded[picked[..., None], within]
+    keep = np.arange(width)[None, None, :] < sizes[picked][..., None]  # a process gives as many repeats as it had
+    if keep.all():
+        p10, median, p90 = np.percentile(draws.reshape(n, -1), [10, 50, 90], axis=1)  # linear, as records.percentile
+    else:  # processes with unequal repeat counts (nanpercentile is slower, so only here)
+        p10, median, p90 = np.nanpercentile(np.where(keep, draws, np.nan).reshape(n, -1), [10, 50, 90], axis=1)
     return {"median": median.tolist(), "p10": p10.tolist(), "p90": p90.tolist()}
 
 
-def win_probabilities(draws: Iterable[list[Option]], limits: list[Limit], priority: str, alpha: float) -> dict[str, float]:
+def win_probabilities(draws: Iterable[list[Option]], limits: list[Limit], priority: str, alpha: float,
+                      vetoes: dict[str, str] | None = None) -> dict[str, float]:
     """Share of the resampled option sets in which each variant is the pick (resamples without a pick count
     for nobody, so the shares can sum to less than 1)."""
     wins: Counter[str] = Counter()
     total = 0
     for options in draws:
         total += 1
-        order = choose(options, limits, priority, alpha)
+        order = choose(options, limits, priority, alpha, vetoes)
         if order:
             wins[order[0].id] += 1
     return {vid: count / total for vid, count in wins.items()} if total else {}
@@ -63,3 +79,31 @@ def settle(order: list[Option], win: dict[str, float], threshold: float = TIE_TH
     last = max((i for i, o in enumerate(order) if win.get(o.id, 0.0) >= threshold), default=0)
     tied = order[: last + 1]
     return min(tied, key=tiebreak), tied
+
+
+TIMED = {"ttft_ms": "min", "decode_tps": "max", "energy_j": "min", "cost_per_1k_usd": "min"}  # figures timings move
+
+
+def shifted(o: Option, factor: float) -> Option:
+    """A copy of `o` with every timing-derived figure better by `factor` (> 1) or worse (< 1)."""
+    metrics = dict(o.metrics)
+    for metric, direction in TIMED.items():
+        if metrics.get(metric) is not None:
+            metrics[metric] = metrics[metric] * factor if direction == "max" else metrics[metric] / factor
+    return Option(id=o.id, label=o.label, metrics=metrics, status=o.status, reason=o.reason, size_mb=o.size_mb)
+
+
+def can_still_win(options: list[Option], limits: list[Limit], priority: str, alpha: float, margin: float,
+                  vetoes: dict[str, str] | None = None) -> set[str]:
+    """Variants that would be the pick if their timings were `margin` better and everyone else's `margin`
+    worse (a run-to-run swing on a shared machine). The others cannot win whatever more repeats show, so
+    they get no more measuring: a limit they break on memory or fidelity, or a gap wider than the noise."""
+    out = set()
+    for o in options:
+        if o.status != "ok":
+            continue
+        trial = [shifted(p, 1 + margin if p is o else 1 / (1 + margin)) for p in options]
+        order = choose(trial, limits, priority, alpha, vetoes)
+        if order and order[0].id == o.id:
+            out.add(o.id)
+    return out

@@ -209,13 +209,18 @@ def ranking(options: list[Option], priority: str) -> list[Option]:
     return order
 
 
-def choose(options: list[Option], limits: list[Limit], priority: str, alpha: float) -> list[Option]:
+def choose(options: list[Option], limits: list[Limit], priority: str, alpha: float,
+           vetoes: dict[str, str] | None = None) -> list[Option]:
     """Check limits, set utility and PCR on every measured option; return the feasible ones, best first.
 
-    The bootstrap in `noise.py` calls this on every resample, so it does no more than the pick needs.
+    `vetoes` rule options out with a reason that is not a limit (a failed certification). The bootstrap in
+    `noise.py` calls this on every resample, so it does no more than the pick needs.
     """
+    vetoes = vetoes or {}
     for o in options:
         o.violations = check(o, limits) if o.status == "ok" else []
+        if o.status == "ok" and o.id in vetoes:
+            o.violations.append(vetoes[o.id])
     scores = utilities(options, alpha)
     for o in options:
         o.utility = scores.get(o.id)
@@ -223,9 +228,10 @@ def choose(options: list[Option], limits: list[Limit], priority: str, alpha: flo
     return ranking(options, priority)
 
 
-def select(options: list[Option], limits: list[Limit], priority: str, alpha: float) -> Option | None:
+def select(options: list[Option], limits: list[Limit], priority: str, alpha: float,
+           vetoes: dict[str, str] | None = None) -> Option | None:
     """Mark violations, utility, in-budget front and a verdict on every option; return the pick or None."""
-    order = choose(options, limits, priority, alpha)
+    order = choose(options, limits, priority, alpha, vetoes)
     pick = order[0] if order else None
     explain(options, pick, priority)
     return pick

@@ -99,6 +99,13 @@ class Runtime:
     def load(self):
         return importlib.import_module(self.module)
 
+    def versions(self) -> dict[str, str]:
+        """The installed runtime's package versions ({} when it is not installed): results depend on them."""
+        try:
+            return dict(self.load().versions())
+        except ImportError:
+            return {}
+
     def available(self) -> str | None:
         """None when installed, else why not."""
         try:

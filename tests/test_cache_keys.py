@@ -1,0 +1,159 @@
+"""Honest caching, with a fake child worker (no model): every input a result depends on is in its cache key
+(changing it recomputes exactly what depends on it), and a failed result is kept with its reason and
+retried on the next run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_recipe
+from toolkit import stages
+from toolkit.io import write_json
+from toolkit.profiling.harness import ChildResult
+from toolkit.recipe import load_recipe
+from toolkit.records import Manifest, Variant
+
+
+class FakeWorker:
+    """Answers profile, perplexity and lm-eval jobs like the real worker, and counts them by kind and path."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail: set[str] = set()
+
+    def __call__(self, job: dict, timeout_s: float, memory_cap_mb: float | None, log_path: Path) -> ChildResult:
+        self.calls.append((job["kind"], Path(job["path"]).name))
+        if Path(job["path"]).name in self.fail:
+            return ChildResult("crash", {}, "exit code 1: boom", 0.1)
+        if job["kind"] == "profile":
+            n = job["repeats"]
+            data = {"prompts": [{"prompt_tokens": p, "ttft_ms": [10.0 + i for i in range(n)], "runtime_prefill_tps": []}
+                                for p in job["prompt_lengths"]],
+                    "decode_tps": [50.0 + i for i in range(n)], "itl_ms": [20.0] * n, "runtime_decode_tps": [],
+                    "rapl_watts": [], "load_ms": 3.0, "peak_rss_mb": 100.0}
+        elif job["kind"] == "perplexity":
+            ref = job["reference"]
+            if ref["write"]:
+                np.save(Path(ref["dir"]) / "tokens.npy", np.zeros(4, dtype=np.int32))
+            data = {"chunks": job["chunks"], "tokens_scored": 64, "perplexity": 12.0, "nll_stderr": 0.1}
+            if not ref["write"]:
+                data |= {"kl_mean": 0.01, "kl_p99": 0.05, "top1_agreement": 0.9}
+        else:
+            data = {"metric": "acc", "filter": "none", "value": 0.5, "stderr": 0.05, "n": 10, "lm_eval_version": "x"}
+        return ChildResult("ok", data, None, 0.1)
+
+    def count(self, kind: str) -> list[str]:
+        out = [name for k, name in self.calls if k == kind]
+        self.calls.clear()
+        return sorted(out)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    worker = FakeWorker()
+    monkeypatch.setattr(stages, "run_child", worker)
+    monkeypatch.setattr(stages, "device_roofline", lambda ws, device: None)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text " * 100)
+    monkeypatch.setattr(stages, "corpus_path", lambda name: corpus)
+    monkeypatch.setattr(stages, "task_dir", lambda name: str(tmp_path))
+    path = write_recipe(tmp_path / "r.yaml", f"""
+        name: keys
+        workspace: {tmp_path / 'ws'}
+        candidates: [{{model: x}}]
+        device: {{prompt_lengths: [16], decode_tokens: 4, repeats: 3, rounds: 1, max_rounds: 1, certify_runs: 0}}
+        quality: {{ctx: 64, chunks: 2}}
+        accuracy: {{tasks: [mmlu_offline], limit: 10}}
+        """)
+    recipe = load_recipe(path)
+    variants = []
+    for quant in ("F16", "Q8_0"):
+        file = tmp_path / f"{quant}.gguf"
+        file.write_bytes(quant.encode())
+        variants.append(Variant(id=f"x-gguf-{quant.lower()}", label=f"x {quant}", model="x", format="gguf", runtime="llama.cpp",
+                                quant=quant, path=str(file), size_bytes=1, sha256=quant * 8, source="s", source_sha256="0",
+                                seconds=0, tools={}))
+    write_json(recipe.workspace_dir() / "manifest.json", Manifest(recipe="keys", variants=variants))
+    return recipe, worker, variants, corpus
+
+
+def _set_manifest(recipe, variants):
+    write_json(recipe.workspace_dir() / "manifest.json", Manifest(recipe="keys", variants=variants))
+
+
+def _recipe_with(recipe, section: str, **changes):
+    return recipe.model_copy(update={section: getattr(recipe, section).model_copy(update=changes)})
+
+
+def test_fidelity_key_names_the_variant_reference_corpus_settings_and_runtime(setup, monkeypatch):
+    recipe, worker, (f16, q8), corpus = setup
+    stages.evaluate(recipe)
+    assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
+    stages.evaluate(recipe)
+    assert worker.count("perplexity") == []  # nothing changed: nothing recomputed
+    _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
+    stages.evaluate(recipe)
+    assert worker.count("perplexity") == ["Q8_0.gguf"]  # only the variant whose bytes changed
+    _set_manifest(recipe, [f16.model_copy(update={"sha256": "new-ref"}), q8.model_copy(update={"sha256": "new"})])
+    stages.evaluate(recipe)
+    assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]  # a new reference: every KL is stale
+    stages.evaluate(_recipe_with(recipe, "quality", chunks=3))
+    assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
+    corpus.write_text("other text " * 100)
+    stages.evaluate(recipe)
+    assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
+    monkeypatch.setattr(stages, "_versions", lambda v: (("llama_cpp_python", "9.9.9"),))
+    stages.evaluate(recipe)
+    assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
+
+
+def test_accuracy_key_names_variant_task_settings_and_lm_eval(setup, monkeypatch):
+    recipe, worker, (f16, q8), _ = setup
+    stages.evaluate(recipe)
+    assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
+    stages.evaluate(recipe)
+    assert worker.count("lm_eval") == []
+    stages.evaluate(_recipe_with(recipe, "accuracy", limit=20))
+    assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
+    _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
+    stages.evaluate(recipe)
+    assert worker.count("lm_eval") == ["Q8_0.gguf"]
+    monkeypatch.setattr(stages, "_lm_eval_version", lambda: "0.0.1")
+    stages.evaluate(recipe)
+    assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
+
+
+def test_profile_key_names_variant_settings_and_device(setup):
+    recipe, worker, (f16, q8), _ = setup
+    stages.profile(recipe)
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
+    stages.profile(recipe)
+    assert worker.count("profile") == []
+    stages.profile(_recipe_with(recipe, "device", repeats=4))
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
+    stages.profile(_recipe_with(recipe, "device", threads=1))  # another thread count is another device
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
+    _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
+    stages.profile(recipe)
+    assert worker.count("profile") == ["Q8_0.gguf"]
+
+
+def test_a_failure_is_kept_with_its_reason_and_retried(setup):
+    recipe, worker, _, _ = setup
+    worker.fail = {"Q8_0.gguf"}
+    report, _ = stages.profile(recipe)
+    quality, accuracy = stages.evaluate(recipe)
+    assert [p.status for p in report.profiles] == ["ok", "crash"] and "boom" in report.profiles[1].reason
+    assert [q.status for q in quality] == ["ok", "crash"] and [a.status for a in accuracy] == ["ok", "crash"]
+    failed = [p for p in (recipe.workspace_dir() / "profiles").glob("x-gguf-q8_0-*.json")]
+    assert len(failed) == 1 and '"crash"' in failed[0].read_text()  # kept on disk, with its reason
+    worker.calls.clear()
+    worker.fail = set()
+    report, _ = stages.profile(recipe)
+    quality, accuracy = stages.evaluate(recipe)
+    assert [p.status for p in report.profiles] == ["ok", "ok"]
+    assert [q.status for q in quality] == ["ok", "ok"] and [a.status for a in accuracy] == ["ok", "ok"]
+    assert worker.calls == [("profile", "Q8_0.gguf"), ("perplexity", "Q8_0.gguf"), ("lm_eval", "Q8_0.gguf")]

@@ -1,0 +1,128 @@
+"""Rounds of fresh processes: merging, the two-stage bootstrap, which variants get more rounds, certification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_noise import FP, report
+from toolkit.profiling.rounds import Rounds, merge_rounds, run_rounds
+from toolkit.recipe import Budget, Costs
+from toolkit.recommend.engine import budget_key, contenders, recommend
+from toolkit.recommend.noise import resample
+from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
+from toolkit.reports import certification_line, markdown
+
+
+def _profile(vid: str, ttft: list[float], decode: list[float], mem: float, status: str = "ok", wall: float = 1.0) -> Profile:
+    if status != "ok":
+        return Profile(key=vid, variant_id=vid, variant_name=vid, format="gguf", runtime="llama.cpp", device=FP,
+                       status=status, reason="boom", settings={}, file_size_mb=1, wall_s=wall)
+    return Profile(
+        key=vid, variant_id=vid, variant_name=vid, format="gguf", runtime="llama.cpp", device=FP, status="ok", settings={},
+        file_size_mb=1, load_ms=5, decode_tokens=128, peak_rss_mb=mem, wall_s=wall,
+        prompts=[PromptTiming(prompt_tokens=512, ttft_ms=Stat.of(ttft), prefill_tps=Stat.of([512e3 / t for t in ttft]))],
+        decode_tps=Stat.of(decode), itl_ms=Stat.of([1000 / d for d in decode], keep_values=False),
+    )
+
+
+def test_merge_keeps_every_repeat_and_each_process():
+    a = _profile("v", [100, 101, 102], [50, 51, 52], 300)
+    b = _profile("v", [130, 131, 132], [40, 41, 42], 310)
+    failed = _profile("v", [], [], 0, status="crash")
+    merged = merge_rounds([a, failed, b])
+    assert merged.rounds == 2
+    assert merged.decode_tps.values == [50, 51, 52, 40, 41, 42] and merged.decode_tps.runs == [3, 3]
+    assert merged.decode_tps.groups() == [[50, 51, 52], [40, 41, 42]]
+    assert merged.prompt(512).ttft_ms.n == 6 and merged.prompt(512).ttft_ms.p90 > 130
+    assert merged.peak_rss_mb == 310 and merged.peak_rss_mb_runs == [300, 310]  # the budget sees the worst process
+    assert merged.itl_ms.p90 >= merged.itl_ms.median  # summaries without repeats merge conservatively
+    assert merge_rounds([failed]).status == "crash"
+
+
+def test_two_stage_bootstrap_sees_the_spread_between_processes():
+    """Tight repeats in two processes that disagree: resampling processes widens the interval, and a stat
+    from one process resamples exactly as a plain bootstrap."""
+    two = Stat.of([100, 101, 102, 130, 131, 132], runs=[3, 3])
+    flat = Stat.of([100, 101, 102, 130, 131, 132])
+    rng = np.random.default_rng(0)
+    spread_two = np.ptp(resample(two, rng, 2000)["median"])
+    assert spread_two >= 29  # some resamples draw one process twice: its median alone
+    single = resample(Stat.of([100, 101, 102]), np.random.default_rng(0), 2000)
+    assert min(single["median"]) >= 100 and max(single["median"]) <= 102
+    assert set(np.round(resample(flat, np.random.default_rng(1), 50)["median"])) <= set(range(100, 133))
+
+
+def test_contenders_leave_out_what_cannot_win():
+    rep = report(
+        {"ttft": [100] * 3, "decode": [50] * 3, "kl": 0.01},                   # the pick
+        {"ttft": [105] * 3, "decode": [48] * 3, "kl": 0.005},                  # close behind: a contender
+        {"ttft": [100] * 3, "decode": [60] * 3, "kl": 0.5},                    # breaks the KL limit: out
+        {"ttft": [400] * 3, "decode": [12] * 3, "kl": 0.001},                  # far behind the noise: out
+        {"ttft": [90] * 3, "decode": [55] * 3, "kl": 0.01, "mem": 5000},       # breaks memory: out
+    )
+    budget = Budget(ttft_prompt_tokens=512, max_kl=0.1, max_memory_mb=1000, priority="speed")
+    assert contenders(rep, budget, Costs(), 0.25) == {"v0", "v1"}
+    assert contenders(rep, budget, Costs(), 0.0) == {"v0"}
+
+
+def test_rounds_go_to_contenders_until_the_pick_is_sure():
+    """A fake measure: v0 and v1 are close and noisy, v2 is far behind. v2 gets one round; the others get the
+    minimum, then more only while the pick's win probability is below the target, never past max_rounds."""
+    rng = np.random.default_rng(3)
+    levels = {"v0": 50.0, "v1": 49.0, "v2": 10.0}
+    calls: list[tuple[str, int]] = []
+
+    def measure(vid: str, index: int) -> Profile:
+        calls.append((vid, index))
+        level = levels[vid] * rng.uniform(0.85, 1.15)  # run-to-run swing
+        return _profile(vid, [100.0] * 3, list(level + rng.normal(0, 0.2, 3)), 300, wall=2.0)
+
+    base = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [49] * 3},
+                  {"ttft": [100] * 3, "decode": [10] * 3})
+    budget, costs = Budget(ttft_prompt_tokens=512, priority="speed"), Costs()
+
+    def standing(rep):
+        rec = recommend(rep, budget, costs)
+        win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
+        return rec.pick, win, rec.tied_with
+
+    rounds = Rounds(["v0", "v1", "v2"], measure)
+    rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
+                     standing, min_rounds=2, max_rounds=5, target=0.9, extra_time_s=1000)
+    counts = {vid: len(done) for vid, done in rounds.done.items()}
+    assert counts["v2"] == 1  # cannot win: measured once
+    assert 2 <= counts["v0"] <= 5 and 2 <= counts["v1"] <= 5
+    assert [p.rounds for p in rep.profiles] == [counts["v0"], counts["v1"], 1]
+    pick, win, tied = standing(rep)
+    assert win >= 0.9 or counts["v0"] == 5 or counts[pick] == 5  # sure enough, or out of rounds
+    assert rounds.extra_s == pytest.approx(2.0 * (sum(counts.values()) - 3))
+    # the time cap stops it: no round after the first once extra_time_s is spent
+    capped = Rounds(["v0", "v1", "v2"], measure)
+    run_rounds(capped, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
+               standing, min_rounds=5, max_rounds=5, target=1.0, extra_time_s=3.0)
+    assert sum(len(d) for d in capped.done.values()) - 3 == 2  # 2 s + 2 s passes the 3 s cap
+
+
+def test_a_failed_certification_vetoes_the_pick_and_the_next_is_named():
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3, "kl": 0.01}, {"ttft": [110] * 3, "decode": [45] * 3, "kl": 0.02})
+    budget, costs = Budget(ttft_prompt_tokens=512, max_ttft_ms=200, priority="speed"), Costs()
+    key = budget_key(budget, costs)
+    assert recommend(rep, budget, costs).pick == "v0"
+    failed = Certification(variant_id="v0", budget_key=key, prompt_tokens=512, output_tokens=128, runs=[
+        CertRun(status="ok", ttft_p90_ms=150, decode_p10_tps=50, peak_rss_mb=300),
+        CertRun(status="ok", ttft_p90_ms=250, decode_p10_tps=50, peak_rss_mb=300,
+                violations=["TTFT p90 250.0 ms > 200 ms (over by 50.0 ms)"]),
+        CertRun(status="ok", ttft_p90_ms=150, decode_p10_tps=50, peak_rss_mb=300)])
+    passed = Certification(variant_id="v1", budget_key=key, prompt_tokens=512, output_tokens=128,
+                           runs=[CertRun(status="ok", ttft_p90_ms=120, decode_p10_tps=44, peak_rss_mb=300)] * 3)
+    rec = recommend(rep.model_copy(update={"certifications": [failed, passed]}), budget, costs)
+    assert rec.pick == "v1" and rec.certification == passed
+    assert "Certified: meets the budget in 3/3 fresh runs" in rec.message
+    v0 = next(r for r in rec.rows if r.variant_id == "v0")
+    assert "failed certification: met the budget in 2/3 fresh runs (TTFT p90 250.0 ms > 200 ms" in v0.verdict
+    assert "meets the budget in 3/3 fresh runs at 512 prompt + 128 output tokens (run 1: TTFT p90 120.0 ms" in markdown(rec)
+    # another budget: the certifications do not apply, and the report says so
+    other = recommend(rep.model_copy(update={"certifications": [failed, passed]}), budget.model_copy(update={"max_ttft_ms": 300}), costs)
+    assert other.pick == "v0" and other.certification is None and "Not certified for this budget" in other.message
+    assert "none for this budget" in certification_line(other)

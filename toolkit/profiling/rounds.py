@@ -1,0 +1,130 @@
+"""Measuring in rounds: every variant in fresh processes, more rounds only where the pick is still in doubt.
+
+1. Round 0 measures every variant once (one child process, `device.repeats` repeats).
+2. Variants that could still be the pick under a run-to-run swing of `device.noise_margin` get fresh
+   processes up to `device.rounds`; the rest cannot win and are not measured again. Rounds are
+   interleaved (round r of every variant before round r + 1 of any), so a slow minute hits all alike.
+3. While the pick's bootstrap win probability (noise.py, which resamples processes and repeats) is below
+   `device.target_win_probability`, the pick and the variants tied with it get one more round each, up to
+   `device.max_rounds`, within `device.extra_time_s` of measuring (rounds after the first count, cached
+   or not, so a rerun makes the same decisions).
+4. Certification: the pick is re-measured in `device.certify_runs` fresh processes at the budget's
+   response shape; if any run misses the budget it is vetoed and the next pick is certified (up to
+   CERTIFY_ATTEMPTS variants).
+
+Every round and certification run is cached on its own (by variant, settings, device and index), so a
+killed run loses at most the process in flight.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+from toolkit.records import Certification, CertRun, DeviceReport, Profile, PromptTiming, Stat
+
+CERTIFY_ATTEMPTS = 3
+Measure = Callable[[str, int], Profile]  # (variant id, round index) -> that round's profile, cached or measured
+
+
+def merge_rounds(rounds: list[Profile]) -> Profile:
+    """One profile over the successful rounds of a variant; a variant with none keeps its first failure."""
+    ok = [p for p in rounds if p.status == "ok"]
+    if not ok:
+        return rounds[0]
+    if len(ok) == 1:
+        return ok[0].model_copy(update={"peak_rss_mb_runs": [ok[0].peak_rss_mb] if ok[0].peak_rss_mb else []})
+    first = ok[0]
+    prompts = [
+        PromptTiming(
+            prompt_tokens=p.prompt_tokens,
+            ttft_ms=Stat.merge([r.prompt(p.prompt_tokens).ttft_ms for r in ok]),
+            prefill_tps=Stat.merge([r.prompt(p.prompt_tokens).prefill_tps for r in ok]),
+            runtime_prefill_tps=_merge_optional([r.prompt(p.prompt_tokens).runtime_prefill_tps for r in ok]),
+        )
+        for p in first.prompts
+    ]
+    peaks = [r.peak_rss_mb for r in ok if r.peak_rss_mb is not None]
+    return first.model_copy(update={
+        "prompts": prompts,
+        "load_ms": round(statistics.median(r.load_ms for r in ok if r.load_ms is not None), 2),
+        "decode_tps": _merge_optional([r.decode_tps for r in ok]),
+        "itl_ms": _merge_optional([r.itl_ms for r in ok]),
+        "runtime_decode_tps": _merge_optional([r.runtime_decode_tps for r in ok]),
+        "rapl_watts": _merge_optional([r.rapl_watts for r in ok]),
+        "peak_rss_mb": max(peaks) if peaks else None,  # the budget sees the worst process
+        "peak_rss_mb_runs": peaks,
+        "rounds": len(ok),
+        "wall_s": round(sum(r.wall_s for r in ok), 2),
+    })
+
+
+def _merge_optional(stats: list[Stat | None]) -> Stat | None:
+    present = [s for s in stats if s is not None]
+    return Stat.merge(present) if len(present) == len(stats) and present else None
+
+
+class Rounds:
+    """The rounds measured so far for each variant, and the decisions about which to measure next."""
+
+    def __init__(self, variant_ids: list[str], measure: Measure):
+        self.ids, self.measure = variant_ids, measure
+        self.done: dict[str, list[Profile]] = {vid: [] for vid in variant_ids}
+        self.extra_s = 0.0  # measuring time spent on rounds after the first
+
+    def add_round(self, vid: str) -> None:
+        index = len(self.done[vid])
+        result = self.measure(vid, index)
+        self.done[vid].append(result)
+        if index > 0:
+            self.extra_s += result.wall_s
+
+    def profiles(self) -> list[Profile]:
+        return [merge_rounds(self.done[vid]) for vid in self.ids if self.done[vid]]
+
+    def measured_ok(self, vid: str) -> bool:
+        return bool(self.done[vid]) and self.done[vid][0].status == "ok"
+
+
+def run_rounds(rounds: Rounds, report_of: Callable[[list[Profile]], DeviceReport],
+               contenders: Callable[[DeviceReport], set[str]], standing: Callable[[DeviceReport], tuple[str | None, float, list[str]]],
+               min_rounds: int, max_rounds: int, target: float, extra_time_s: float,
+               progress: Callable[[str], None] = lambda _: None) -> DeviceReport:
+    """Steps 1-3 of the module docstring; returns the device report over all rounds measured."""
+    for vid in rounds.ids:
+        progress(f"round 1: {vid}")
+        rounds.add_round(vid)
+    report = report_of(rounds.profiles())
+    hopeful = {vid for vid in contenders(report) if rounds.measured_ok(vid)}
+    for r in range(1, min_rounds):
+        for vid in rounds.ids:
+            if vid in hopeful and len(rounds.done[vid]) <= r and rounds.extra_s < extra_time_s:
+                progress(f"round {r + 1}: {vid}")
+                rounds.add_round(vid)
+    report = report_of(rounds.profiles())
+    while rounds.extra_s < extra_time_s:
+        pick, win, tied = standing(report)
+        if pick is None or win >= target:
+            break
+        todo = [vid for vid in [pick, *tied] if len(rounds.done[vid]) < max_rounds]
+        if not todo:
+            break
+        for vid in todo:
+            progress(f"round {len(rounds.done[vid]) + 1}: {vid} (win probability {win:.2f} < {target:g})")
+            rounds.add_round(vid)
+        report = report_of(rounds.profiles())
+    return report
+
+
+def certify_runs(runs: list[Profile], check: Callable[[Profile], tuple[list[str], dict]], variant_id: str,
+                 key: str, prompt_tokens: int, output_tokens: int) -> Certification:
+    """A certification record from fresh-process runs; `check` gives a run's violations and its figures."""
+    out = []
+    for run in runs:
+        if run.status != "ok":
+            out.append(CertRun(status=run.status, violations=[f"{run.status}: {run.reason}"]))
+            continue
+        violations, figures = check(run)
+        out.append(CertRun(status="ok", violations=violations, **figures))
+    return Certification(variant_id=variant_id, budget_key=key, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                         runs=out)
