@@ -188,7 +188,7 @@ def report(
 
 
 def _providers(r: Recipe):
-    return load_providers(r.cloud.providers, r.base_dir) if r.cloud.enabled else []
+    return load_providers(r.cloud.providers, r.base_dir, r.cloud, r.path) if r.cloud.enabled else []
 
 
 def _reports(r: Recipe, paths: list[Path] | None) -> list[DeviceReport]:
@@ -314,6 +314,25 @@ def serve(
     from toolkit.serve import serve as run_server
 
     run_server(config, host, port, api_key_env)
+
+
+@app.command()
+def paper() -> None:
+    """Table I of the Edge-First paper (cost per response, edge vs cloud) recomputed from the paper's inputs."""
+    from rich.table import Table
+
+    from toolkit.paper import NOTE, SOURCE, table_one
+
+    rows = table_one()
+    table = Table(title=f"{SOURCE}: cost per response")
+    for col in ("platform", "model", "paper's inputs", "USD per response", "computed cents", "paper cents", "match"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row.platform, row.model, row.inputs, row.formula, f"{row.computed_cents:.4g}", f"{row.published_cents:g}",
+                      "yes" if row.matches else "[bold red]no[/]")
+    table.caption = "; ".join(dict.fromkeys(row.source for row in rows))
+    console.print(table)
+    console.print(NOTE)
 
 
 @app.command()

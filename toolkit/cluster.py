@@ -26,7 +26,7 @@ def pick_cloud(recipe: Recipe, providers: list[CloudModel], prompt_tokens: int, 
     if not providers:
         raise UserError("no cloud provider to overflow to", file=recipe.path, field="cloud.providers")
     if recipe.cluster.cloud:
-        found = next((p for p in providers if p.id == recipe.cluster.cloud), None)
+        found = next((p for p in providers if recipe.cluster.cloud in (p.id, p.litellm_model)), None)
         if found is None:
             raise UserError(f"unknown cloud provider {recipe.cluster.cloud!r}", file=recipe.path, field="cluster.cloud")
         return found
@@ -94,7 +94,7 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
     if not models:
         raise UserError("no device has a GGUF pick to serve; nothing to deploy", field="budget")
     cloud_params = {"model": cloud.litellm_model or f"{cloud.provider.lower()}/{cloud.model}",
-                    "api_key": f"os.environ/{cloud.provider.upper().replace('-', '_')}_API_KEY"}
+                    "api_key": f"os.environ/{(cloud.litellm_provider or cloud.provider).upper().replace('-', '_')}_API_KEY"}
     if cloud.api_base:
         cloud_params["api_base"] = cloud.api_base
     models.append({"model_name": "cloud", "litellm_params": cloud_params, "model_info": {"id": "cloud"}})

@@ -167,8 +167,22 @@ class Budget(Strict):
 
 
 class Cloud(Strict):
-    providers: str = Field("models/cloud/providers.yaml", description="cloud provider catalogue (YAML)")
+    models: list[str] = Field(default_factory=list, description="LiteLLM model names, priced from LiteLLM's offline "
+                              "price map (default: every model in the catalogue)")
+    providers: str = Field("models/cloud/providers.yaml", description="catalogue of what the map lacks: latency "
+                           "priors, accuracy, negotiated prices")
+    cached_prompt_fraction: float = Field(0, ge=0, le=1, description="share of prompt tokens read from the provider's "
+                                          "prompt cache (priced at its cached-input price, where it has one)")
+    web_search: Literal["low", "medium", "high"] | None = Field(None, description="search context size when every "
+                                                                 "request uses the provider's web search (per-query fee)")
     enabled: bool = True
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models):
+            raise ValueError("model names repeat")
+        return models
 
 
 class Cluster(Strict):
@@ -178,7 +192,7 @@ class Cluster(Strict):
     window_s: float = Field(60, gt=0)
     slots: int = Field(1, ge=1, description="requests a device serves at once")
     max_queue: int = Field(4, ge=0, description="requests waiting per device before overflow")
-    cloud: str | None = Field(None, description="provider id from the cloud catalogue (default: cheapest)")
+    cloud: str | None = Field(None, description="one of the cloud options, by id or LiteLLM name (default: cheapest)")
     arrival: Literal["poisson", "onoff", "pareto"] = "onoff"
     rate_per_s: float = Field(0.5, gt=0)
     burst_factor: float = Field(4.0, ge=1)

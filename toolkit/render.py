@@ -74,6 +74,7 @@ def cloud_table(rec: Recommendation) -> Table:
         mark = "[bold yellow]*[/]" if c.id == rec.cloud_pick else ""
         table.add_row(mark, c.provider, c.model, _f(c.ttft_ms, 0), _f(c.decode_tps, 0), f"{c.cost_per_1k_usd:.4f}",
                       "meets" if not c.violations else "; ".join(c.violations))
+    table.caption = "; ".join(sorted({c.price_source for c in rec.cloud_rows if c.price_source}))
     return table
 
 

@@ -103,6 +103,14 @@ def certification_line(rec: Recommendation) -> str | None:
             f"prompt + {cert.output_tokens} output tokens ({runs})")
 
 
+CLOUD_FORMULA = ("Cloud cost per response = (uncached prompt tokens x input price + cached prompt tokens x cached-input "
+                 "price + output tokens x output price) / 1M + per-request fees; prices in USD per 1M tokens.")
+
+
+def price_sources(rec: Recommendation) -> list[str]:
+    return sorted({c.price_source for c in rec.cloud_rows if c.price_source})
+
+
 def markdown(rec: Recommendation) -> str:
     lines = [
         f"# Recommendation: {rec.recipe} on {rec.device}",
@@ -125,11 +133,14 @@ def markdown(rec: Recommendation) -> str:
             cells[0] = f"**{cells[0]} (pick)**"
         lines.append("| " + " | ".join(cells) + " |")
     if rec.cloud_rows:
-        lines += ["", "## Cloud options", "", "| provider | model | TTFT ms | tok/s | USD/1k responses | meets budget |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Cloud options", "", CLOUD_FORMULA, *[f"- Prices: {s}" for s in price_sources(rec)], "",
+                  "| provider | model | TTFT ms | tok/s | USD/1k responses | USD per response = | meets budget |",
+                  "|---|---|---|---|---|---|---|"]
         for c in rec.cloud_rows:
             ok = "yes" if not c.violations else "no: " + "; ".join(c.violations)
             mark = " (fallback)" if c.id == rec.cloud_pick else ""
-            lines.append(f"| {c.provider} | {c.model}{mark} | {c.ttft_ms:g} | {c.decode_tps:g} | {c.cost_per_1k_usd:.4f} | {ok} |")
+            lines.append(f"| {c.provider} | {c.model}{mark} | {c.ttft_ms:g} | {c.decode_tps:g} | {c.cost_per_1k_usd:.4f} | "
+                         f"{c.formula or '-'} | {ok} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +224,8 @@ def html_page(rec: Recommendation) -> str:
             f"<td>{c.decode_tps:g}</td><td>{c.cost_per_1k_usd:.4f}</td><td>{esc('yes' if not c.violations else '; '.join(c.violations))}</td></tr>"
             for c in rec.cloud_rows
         )
-        cloud = f"<h2>Cloud options</h2><table><tr><th>model</th><th>TTFT ms</th><th>tok/s</th><th>USD/1k</th><th>meets budget</th></tr>{cells}</table>"
+        sources = "".join(f"<li>Prices: {esc(s)}</li>" for s in price_sources(rec))
+        cloud = f"<h2>Cloud options</h2><p>{esc(CLOUD_FORMULA)}</p><ul>{sources}</ul><table><tr><th>model</th><th>TTFT ms</th><th>tok/s</th><th>USD/1k</th><th>meets budget</th></tr>{cells}</table>"
     facts = "".join(
         f"<li>{esc(t)}</li>"
         for t in [

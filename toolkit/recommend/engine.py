@@ -64,6 +64,8 @@ class CloudRow(BaseModel):
     response_s: float
     cost_per_1k_usd: float
     violations: list[str]
+    formula: str = ""  # USD per response, as arithmetic on the prices used
+    price_source: str = ""  # e.g. LiteLLM's price map with its version, or the catalogue's source
 
 
 class Mixed(BaseModel):
@@ -359,6 +361,7 @@ def _cloud_row(cloud: CloudModel, prompt_tokens: int, budget: Budget) -> CloudRo
         id=cloud.id, provider=cloud.provider, model=cloud.model, ttft_ms=cloud.first_token_ms(),
         decode_tps=cloud.tokens_per_s, response_s=round(cloud.response_s(budget.output_tokens), 3),
         cost_per_1k_usd=round(cost, 6), violations=check(option, budget_limits(budget, CLOUD_LIMITS)),
+        formula=cloud.formula(prompt_tokens, budget.output_tokens), price_source=cloud.price_source,
     )
 
 
