@@ -34,12 +34,14 @@ from toolkit.render import (
     fleet_table,
     manifest_table,
     models_table,
+    new_table,
     prediction_table,
     recommendation_table,
+    show,
     simulation_table,
     tasks_table,
 )
-from toolkit.reports import certification_line, noise_line, simulation_reports, write_reports
+from toolkit.reports import certification_line, fleet_reports, noise_line, simulation_reports, write_reports
 from toolkit.simulate import compare as compare_policies
 
 app = typer.Typer(
@@ -51,6 +53,8 @@ app = typer.Typer(
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/demo.yaml")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="every column (default: variant, the budget's metrics, verdict)")]
+ImagesOpt = Annotated[bool, typer.Option("--images/--no-images", help="static PNG plots for the Markdown reports (kaleido + Chromium)")]
 
 
 @contextmanager
@@ -84,7 +88,7 @@ def main(
 @app.command()
 def models() -> None:
     """List the model catalogue (models/*.yaml)."""
-    console.print(models_table(list(catalogue().values())))
+    show(models_table(list(catalogue().values())), wide=True)
 
 
 @app.command()
@@ -93,7 +97,7 @@ def compress(recipe: RecipeArg) -> None:
     r = load_recipe(recipe)
     with progress_bar() as update:
         manifest = stages.compress(r, update)
-    console.print(manifest_table(manifest))
+    show(manifest_table(manifest), wide=True)
 
 
 @app.command()
@@ -103,13 +107,13 @@ def evaluate(recipe: RecipeArg) -> None:
     with progress_bar() as update:
         quality, accuracy = stages.evaluate(r, update)
     manifest = stages.load_manifest(r)
-    console.print(evaluation_table(manifest, quality, accuracy))
+    show(evaluation_table(manifest, quality, accuracy), wide=True)
 
 
 @app.command()
 def tasks() -> None:
     """List the offline accuracy tasks (lm-eval YAML over data from PyPI packages)."""
-    console.print(tasks_table())
+    show(tasks_table(), wide=True)
 
 
 @app.command()
@@ -157,6 +161,8 @@ def recommend(
     max_cost_per_1k_usd: Annotated[float | None, typer.Option(help="cost of 1,000 responses, USD")] = None,
     output_tokens: Annotated[int | None, typer.Option(help="response length for energy and cost")] = None,
     priority: Annotated[str | None, typer.Option(help="balanced | pcr | quality | speed | memory | cost")] = None,
+    wide: WideOpt = False,
+    images: ImagesOpt = True,
 ) -> None:
     """Pareto front, budget, pick (or cloud fallback), and why every other variant lost; writes reports."""
     r = load_recipe(recipe)
@@ -172,18 +178,19 @@ def recommend(
         output_tokens=output_tokens,
         priority=priority,
     )
-    show_recommendation(r, budget, report)
+    show_recommendation(r, budget, report, wide, images)
 
 
 @app.command()
 def report(
     recipe: RecipeArg,
     report: Annotated[Path | None, typer.Option(help="device report JSON (default: this device's latest)")] = None,
+    images: ImagesOpt = True,
 ) -> None:
     """Rebuild the JSON, Markdown and HTML reports from stored results, without measuring anything."""
     r = load_recipe(recipe)
     rec = build_recommendation(r, r.budget, report)
-    for kind, path in write_reports(rec, r.reports_path()).items():
+    for kind, path in write_reports(rec, r.reports_path(), images).items():
         console.print(f"{kind}: {path}")
 
 
@@ -200,23 +207,26 @@ def build_recommendation(r: Recipe, budget: Budget, report_path: Path | None) ->
     return make_recommendation(DeviceReport.load(path), budget, r.costs, _providers(r))
 
 
-def show_recommendation(r: Recipe, budget: Budget, report_paths: list[Path] | Path | None) -> list[Recommendation]:
+def show_recommendation(r: Recipe, budget: Budget, report_paths: list[Path] | Path | None, wide: bool = False,
+                        images: bool = True) -> list[Recommendation]:
     paths = [report_paths] if isinstance(report_paths, Path) else report_paths
     recs = []
     for device_report in _reports(r, paths):
         rec = make_recommendation(device_report, budget, r.costs, _providers(r))
-        console.print(recommendation_table(rec))
+        show(recommendation_table(rec, wide), wide)
         if rec.cloud_rows:
-            console.print(cloud_table(rec))
-        console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message)
+            show(cloud_table(rec), wide=True)
+        console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message, soft_wrap=True)
         for line in (noise_line(rec), certification_line(rec)):
             if line:
-                console.print(line, highlight=False)
-        for kind, path in write_reports(rec, r.reports_path()).items():
+                console.print(line, highlight=False, soft_wrap=True)
+        for kind, path in write_reports(rec, r.reports_path(), images).items():
             console.print(f"{kind}: {path}")
         recs.append(rec)
     if len(recs) > 1:
-        console.print(fleet_table(fleet_summary(recs)))
+        show(fleet_table(fleet_summary(recs)), wide=True)
+        for kind, path in fleet_reports(recs, r.reports_path(), images).items():
+            console.print(f"fleet {kind}: {path}")
     return recs
 
 
@@ -245,13 +255,13 @@ def predict(
         if not (bandwidth_gbs and gflops):
             raise UserError("give both --bandwidth-gbs and --gflops to describe a device", field="predict")
         preds = predict_variants(stages.load_manifest(r).variants, Roofline(bandwidth_gbs=bandwidth_gbs, gflops=gflops, threads=0), ram_mb)
-        console.print(prediction_table(preds, f"Predicted for a device with {bandwidth_gbs:g} GB/s, {gflops:g} GFLOP/s"))
+        show(prediction_table(preds, f"Predicted for a device with {bandwidth_gbs:g} GB/s, {gflops:g} GFLOP/s"), wide=True)
         return
     for device_report in _reports(r, report):
         prompt = r.budget.ttft_prompt_tokens or max(r.device.prompt_lengths)
         rows, summary = predicted_vs_measured(device_report, prompt)
         title = f"{device_report.device.hostname}: roofline {device_report.roofline.bandwidth_gbs:g} GB/s, {device_report.roofline.gflops:g} GFLOP/s"
-        console.print(prediction_table(rows, title))
+        show(prediction_table(rows, title), wide=True)
         console.print(f"measured / predicted, median: decode {summary['decode_measured_over_predicted_median']}, "
                       f"prefill at {prompt} tokens {summary['prefill_measured_over_predicted_median']}")
 
@@ -277,7 +287,7 @@ def simulate(
     prompt = recs[0].prompt_tokens
     cloud = pick_cloud(r, _providers(r), prompt, r.budget.output_tokens)
     results = compare_policies(sim_devices(r, reports, recs), sim_cloud(cloud, prompt, r.budget.output_tokens), cluster_workload(r), r.cluster.max_queue)
-    console.print(simulation_table(results, r, cloud.id))
+    show(simulation_table(results, r, cloud.id), wide=True)
     target = r.reports_path() / "simulation.json"
     write_json(target, {"recipe": r.name, "cluster": r.cluster.model_dump(), "cloud": cloud.id, "results": [x.model_dump() for x in results]})
     title = f"{r.name}: {len(results[0].utilisation)} devices, {r.cluster.arrival} arrivals at {r.cluster.rate_per_s:g}/s, overflow to {cloud.id}"
@@ -319,20 +329,64 @@ def serve(
 @app.command()
 def paper() -> None:
     """Table I of the Edge-First paper (cost per response, edge vs cloud) recomputed from the paper's inputs."""
-    from rich.table import Table
-
     from toolkit.paper import NOTE, SOURCE, table_one
 
     rows = table_one()
-    table = Table(title=f"{SOURCE}: cost per response")
+    table = new_table(title=f"{SOURCE}: cost per response")
     for col in ("platform", "model", "paper's inputs", "USD per response", "computed cents", "paper cents", "match"):
         table.add_column(col)
     for row in rows:
         table.add_row(row.platform, row.model, row.inputs, row.formula, f"{row.computed_cents:.4g}", f"{row.published_cents:g}",
                       "yes" if row.matches else "[bold red]no[/]")
     table.caption = "; ".join(dict.fromkeys(row.source for row in rows))
-    console.print(table)
+    show(table, wide=True)
     console.print(NOTE)
+
+
+@app.command()
+def doctor(
+    recipe: Annotated[Path | None, typer.Argument(help="recipe whose workspace and offline data to check")] = None,
+) -> None:
+    """Check this machine before a run: one line per check, a fix for each problem; exit 1 when something needed is missing."""
+    from toolkit.doctor import run_checks
+
+    checks = run_checks(load_recipe(recipe) if recipe else None)
+    for check in checks:
+        colour = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}[check.status]
+        console.print(f"[{colour}]{check.status:<4}[/]" + check.line()[4:], highlight=False, soft_wrap=True)
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    counts = ", ".join(f"{sum(c.status == s for c in checks)} {s}" for s in ("ok", "warn", "FAIL"))
+    console.print(f"{len(checks)} checks: {counts}" + (f" (needed: {', '.join(failed)})" if failed else ""), highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    recipe: RecipeArg,
+    report: ReportsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="folder (default: the reports folder's export/<device id>/)")] = None,
+    variant: Annotated[str | None, typer.Option(help="export this variant id instead of the pick")] = None,
+) -> None:
+    """Hand the pick to a runner: Ollama Modelfile and llama-server command (GGUF), ONNX Runtime or GPTQModel snippet."""
+    from toolkit.export import export_pick
+
+    r = load_recipe(recipe)
+    reports = _reports(r, report)
+    for device_report in reports:
+        rec = make_recommendation(device_report, r.budget, r.costs, _providers(r))
+        folder = out / device_report.device.id if out and len(reports) > 1 else out or r.reports_path() / "export" / device_report.device.id
+        for kind, path in export_pick(rec, device_report, folder, variant).items():
+            console.print(f"{rec.device_id} {kind}: {path}", highlight=False)
+
+
+@app.command()
+def schemas(out: Annotated[Path | None, typer.Option(help="folder (default: schemas/ in the repository)")] = None) -> None:
+    """Regenerate the JSON Schemas of the recommendation and device-report records (schemas/)."""
+    from toolkit.schemas import SCHEMA_DIR, write
+
+    for path in write(out or SCHEMA_DIR):
+        console.print(str(path), highlight=False)
 
 
 @app.command()
@@ -341,7 +395,7 @@ def run(recipe: RecipeArg) -> None:
     r = load_recipe(recipe)
     with progress_bar() as update:
         manifest = stages.compress(r, update)
-    console.print(manifest_table(manifest))
+    show(manifest_table(manifest), wide=True)
     with progress_bar() as update:
         stages.evaluate(r, update)
     with progress_bar() as update:

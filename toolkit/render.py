@@ -1,23 +1,64 @@
-"""Rich tables for the terminal; no logic beyond formatting."""
+"""Rich tables for the terminal; no logic beyond formatting.
+
+In a terminal the tables have light box art; when output goes to a file or a pipe (rich knows) they are
+plain columns without box characters, and cells wrap at word boundaries, never letter by letter.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
 
 from toolkit.catalogue import ModelCard
-from toolkit.recommend.engine import Recommendation
+from toolkit.recommend.engine import Recommendation, Row, budget_limits
 from toolkit.records import EvalResult, Manifest, Quality
 
 console = Console()
+COMPACT_WIDTH = 100
+
+
+def plain() -> bool:
+    return not console.is_terminal
+
+
+def new_table(*args: Any, plain_text: bool | None = None, **kwargs: Any) -> RichTable:
+    """rich's Table with box art in a terminal and none in a file or pipe."""
+    is_plain = plain() if plain_text is None else plain_text
+    kwargs.setdefault("box", None if is_plain else box.SIMPLE_HEAD)
+    kwargs.setdefault("show_edge", False)
+    kwargs.setdefault("pad_edge", False)
+    kwargs.setdefault("collapse_padding", not is_plain)
+    if is_plain:
+        kwargs.setdefault("title_justify", "left")
+        kwargs.setdefault("caption_justify", "left")
+    return RichTable(*args, **kwargs)
+
+
+def show(table: RichTable, wide: bool = False) -> None:
+    """Print a table: compact ones within 100 columns; wide ones, in a file or pipe, as wide as they need."""
+    if console.is_terminal:
+        console.print(table, width=None if wide else min(console.width, COMPACT_WIDTH))
+        return
+    saved = console.width
+    console.width = 400 if wide else COMPACT_WIDTH  # a file or pipe has no width of its own
+    try:
+        with console.capture() as captured:
+            console.print(table)
+    finally:
+        console.width = saved
+    console.file.write("\n".join(line.rstrip() for line in captured.get().splitlines()) + "\n")
 
 
 def _f(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def models_table(cards: list[ModelCard]) -> Table:
-    table = Table(title="Model catalogue (models/*.yaml)")
+def models_table(cards: list[ModelCard]) -> RichTable:
+    table = new_table(title="Model catalogue (models/*.yaml)")
     for col in ("id", "name", "params", "arch", "licence", "hub id", "source"):
         table.add_column(col)
     for c in cards:
@@ -26,8 +67,8 @@ def models_table(cards: list[ModelCard]) -> Table:
     return table
 
 
-def manifest_table(manifest: Manifest) -> Table:
-    table = Table(title=f"Variants of {manifest.recipe}")
+def manifest_table(manifest: Manifest) -> RichTable:
+    table = new_table(title=f"Variants of {manifest.recipe}")
     for col in ("variant", "format", "quant", "size MB", "bits/weight", "seconds", "sha256"):
         table.add_column(col, justify="right" if col in ("size MB", "bits/weight", "seconds") else "left")
     for v in manifest.variants:
@@ -35,13 +76,51 @@ def manifest_table(manifest: Manifest) -> Table:
     return table
 
 
-def recommendation_table(rec: Recommendation) -> Table:
-    table = Table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False,
-                  caption="front: on the Pareto front of the variants that meet the budget")
+# metric -> (compact header, formatter) for the budget's metrics
+BUDGET_COLUMNS: dict[str, tuple[str, Callable[[float | None], str]]] = {
+    "ttft_ms": ("TTFT p90 ms", lambda v: _f(v, 0)),
+    "decode_tps": ("decode p10", lambda v: _f(v)),
+    "memory_mb": ("peak MB", lambda v: _f(v, 0)),
+    "perplexity": ("ppl", lambda v: _f(v, 2)),
+    "kl": ("KL", lambda v: _f(v, 4)),
+    "accuracy": ("acc", lambda v: _f(v, 3)),
+    "energy_j": ("J/resp", lambda v: _f(v, 1)),
+    "cost_per_1k_usd": ("USD/1k", lambda v: _f(v, 5)),
+}
+
+
+def _short(row: Row, prefix: str) -> str:
+    return row.label.removeprefix(prefix) or row.label
+
+
+def recommendation_table(rec: Recommendation, wide: bool = False, plain_text: bool | None = None) -> RichTable:
+    """Compact (variant, the budget's metrics, verdict; fits 100 columns) or wide (every column)."""
+    if wide:
+        return _wide_table(rec, plain_text)
+    models = {r.label.split(" ", 1)[0] for r in rec.rows}
+    prefix = f"{next(iter(models))} " if len(models) == 1 else ""
+    metrics = list(dict.fromkeys(lim.metric for lim in budget_limits(rec.budget))) or ["ttft_ms", "decode_tps", "memory_mb", "perplexity"]
+    title = f"{prefix.strip() or rec.recipe} on {rec.device}"
+    table = new_table(title=title, caption=f"TTFT at {rec.prompt_tokens} prompt tokens; * pick; --wide for every column",
+                  plain_text=plain_text)
+    table.add_column("", no_wrap=True, min_width=1)
+    table.add_column("variant", no_wrap=True, max_width=26, overflow="ellipsis")
+    for m in metrics:
+        table.add_column(BUDGET_COLUMNS[m][0], justify="right")
+    table.add_column("verdict", ratio=1, min_width=16)
+    for r in rec.rows:
+        mark = "[bold green]*[/]" if r.variant_id == rec.pick else ("~" if r.variant_id in rec.tied_with else "")
+        table.add_row(mark, _short(r, prefix), *(BUDGET_COLUMNS[m][1](r.metrics.get(m)) for m in metrics), r.verdict)
+    return table
+
+
+def _wide_table(rec: Recommendation, plain_text: bool | None) -> RichTable:
+    table = new_table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False,
+                  caption="front: on the Pareto front of the variants that meet the budget", plain_text=plain_text)
     cols = ["", "variant", "MB", "bpw", "TTFT p90 ms", "prefill tok/s", "decode tok/s p50/p10", "ITL p50/p90 ms",
             "peak RSS MB", "ppl", "KL", "acc", "J/resp", "USD/1k", "front", "why"]
     for col in cols:
-        table.add_column(col, overflow="fold", justify="left" if col in ("variant", "why", "") else "right")
+        table.add_column(col, no_wrap=col != "why", justify="left" if col in ("variant", "why", "") else "right")
     for r in rec.rows:
         m, d = r.metrics, r.detail
         mark = "[bold green]*[/]" if r.variant_id == rec.pick else ""
@@ -66,8 +145,8 @@ def recommendation_table(rec: Recommendation) -> Table:
     return table
 
 
-def cloud_table(rec: Recommendation) -> Table:
-    table = Table(title=f"Cloud options for {rec.prompt_tokens} in / {rec.output_tokens} out tokens")
+def cloud_table(rec: Recommendation) -> RichTable:
+    table = new_table(title=f"Cloud options for {rec.prompt_tokens} in / {rec.output_tokens} out tokens")
     for col in ("", "provider", "model", "TTFT ms", "tok/s", "USD/1k responses", "budget"):
         table.add_column(col)
     for c in sorted(rec.cloud_rows, key=lambda c: c.cost_per_1k_usd):
@@ -78,9 +157,9 @@ def cloud_table(rec: Recommendation) -> Table:
     return table
 
 
-def evaluation_table(manifest: Manifest, quality: list[Quality], accuracy: list[EvalResult]) -> Table:
+def evaluation_table(manifest: Manifest, quality: list[Quality], accuracy: list[EvalResult]) -> RichTable:
     tasks = sorted({a.task for a in accuracy})
-    table = Table(title="Fidelity to the base model, and accuracy through each variant's runtime")
+    table = new_table(title="Fidelity to the base model, and accuracy through each variant's runtime")
     for col in ("variant", "runtime", "ppl", "KL mean", "KL p99", "top-1 agree", *tasks):
         table.add_column(col, justify="left" if col in ("variant", "runtime") else "right")
     q_by = {q.variant_id: q for q in quality}
@@ -99,10 +178,10 @@ def evaluation_table(manifest: Manifest, quality: list[Quality], accuracy: list[
     return table
 
 
-def tasks_table() -> Table:
+def tasks_table() -> RichTable:
     from toolkit.tasks import TASKS, size
 
-    table = Table(title="Offline tasks (data from PyPI packages; stock lm-eval names also work with the hub)")
+    table = new_table(title="Offline tasks (data from PyPI packages; stock lm-eval names also work with the hub)")
     for col in ("task", "what", "items", "metric", "licence", "data from"):
         table.add_column(col)
     for t in TASKS.values():
@@ -111,8 +190,8 @@ def tasks_table() -> Table:
     return table
 
 
-def fleet_table(rows) -> Table:
-    table = Table(title="Fleet summary")
+def fleet_table(rows) -> RichTable:
+    table = new_table(title="Fleet summary")
     for col in ("device", "cpu", "answer", "pick", "decode tok/s", "TTFT p90 ms", "USD/1k"):
         table.add_column(col)
     for row in rows:
@@ -120,8 +199,8 @@ def fleet_table(rows) -> Table:
     return table
 
 
-def prediction_table(rows, title: str) -> Table:
-    table = Table(title=title)
+def prediction_table(rows, title: str) -> RichTable:
+    table = new_table(title=title)
     for col in ("variant", "MB", "decode tok/s predicted", "measured", "prefill tok/s predicted", "measured", "fits"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for p in rows:
@@ -130,9 +209,9 @@ def prediction_table(rows, title: str) -> Table:
     return table
 
 
-def simulation_table(results, recipe, cloud: str) -> Table:
+def simulation_table(results, recipe, cloud: str) -> RichTable:
     c = recipe.cluster
-    table = Table(title=f"Cluster simulation: {c.arrival} arrivals at {c.rate_per_s:g}/s for {c.duration_s:g} s, "
+    table = new_table(title=f"Cluster simulation: {c.arrival} arrivals at {c.rate_per_s:g}/s for {c.duration_s:g} s, "
                         f"{c.rpm} req per {c.window_s:g} s per device, overflow to {cloud}")
     for col in ("policy", "requests", "to cloud", "p50 s", "p95 s", "p99 s", "USD/1k", "utilisation"):
         table.add_column(col, justify="left" if col in ("policy", "utilisation") else "right")

@@ -1,11 +1,22 @@
-"""Reports people read: Markdown for pull requests, one self-contained HTML page with Pareto plots."""
+"""Reports people read: Markdown for pull requests, HTML pages with interactive Plotly figures (see plots.py)."""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
+from toolkit.fleet import fleet_summary
 from toolkit.io import write_json, write_text
+from toolkit.plots import (
+    DEFAULT_AXES,
+    METRICS,
+    figure_html,
+    latency_figure,
+    page_head,
+    pareto_figure,
+    write_images,
+    write_plotly_js,
+)
 from toolkit.recommend.engine import Recommendation
 from toolkit.recommend.noise import TIE_THRESHOLD
 
@@ -34,13 +45,16 @@ def _f(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def write_reports(rec: Recommendation, folder: Path) -> dict[str, Path]:
+def write_reports(rec: Recommendation, folder: Path, images: bool = True) -> dict[str, Path]:
+    """JSON, Markdown (with a static plot when kaleido can draw one) and HTML, plus plotly.min.js beside them."""
     stem = f"recommendation-{rec.device_id}"
     paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md", "html": folder / f"{stem}.html"}
     write_json(paths["json"], rec)
-    write_text(paths["md"], markdown(rec))
+    image = write_images({folder / f"{stem}.png": pareto_figure([rec])}) if images else []
+    write_text(paths["md"], markdown(rec, image[0].name if image else None))
     write_text(paths["html"], html_page(rec))
-    return paths
+    paths["plotly"] = write_plotly_js(folder)
+    return paths | ({"png": image[0]} if image else {})
 
 
 def _budget_lines(rec: Recommendation) -> list[str]:
@@ -111,12 +125,13 @@ def price_sources(rec: Recommendation) -> list[str]:
     return sorted({c.price_source for c in rec.cloud_rows if c.price_source})
 
 
-def markdown(rec: Recommendation) -> str:
+def markdown(rec: Recommendation, image: str | None = None) -> str:
     lines = [
         f"# Recommendation: {rec.recipe} on {rec.device}",
         "",
         f"**{rec.message}**",
         "",
+        *([f"![Pareto plot: {METRICS[DEFAULT_AXES[0]][0]} vs {METRICS[DEFAULT_AXES[1]][0]}]({image})", ""] if image else []),
         f"- Answer: {rec.answer}; priority: {rec.budget.priority} (alpha {rec.budget.alpha:g})",
         f"- Response shape: {rec.prompt_tokens} prompt tokens, {rec.output_tokens} output tokens",
         f"- Budget: {'; '.join(_budget_lines(rec))}",
@@ -144,79 +159,41 @@ def markdown(rec: Recommendation) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- HTML with inline SVG scatter plots (no JavaScript, no external files) ---
-
-PLOTS = [("ttft_ms", "TTFT p90 (ms)", "max_ttft_ms"), ("memory_mb", "peak memory (MB)", "max_memory_mb"), ("energy_j", "energy per response (J)", "max_energy_j")]
-
-
-def _scatter(rec: Recommendation, x_metric: str, x_name: str, x_budget: str) -> str:
-    rows = [r for r in rec.rows if r.metrics.get(x_metric) is not None and r.metrics.get("perplexity") is not None]
-    if not rows:
-        return f'<div class="plot empty">{html.escape(x_name)}: not measured</div>'
-    w, h, pad = 420, 300, 50
-    xs, ys = [r.metrics[x_metric] for r in rows], [r.metrics["perplexity"] for r in rows]
-    xb, yb = getattr(rec.budget, x_budget), rec.budget.max_perplexity
-    x0, x1 = _span(xs + ([xb] if xb else []))
-    y0, y1 = _span(ys + ([yb] if yb else []))
-
-    def px(v: float) -> float:
-        return pad + (v - x0) / (x1 - x0) * (w - 1.5 * pad)
-
-    def py(v: float) -> float:
-        return h - pad - (v - y0) / (y1 - y0) * (h - 1.5 * pad)
-
-    parts = [
-        f'<svg class="plot" viewBox="0 0 {w} {h}" role="img" aria-label="perplexity vs {html.escape(x_name)}">',
-        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad / 2}" y2="{h - pad}" class="axis"/>',
-        f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{h - pad}" class="axis"/>',
-        f'<text x="{w / 2}" y="{h - 12}" class="label">{html.escape(x_name)}</text>',
-        f'<text x="14" y="{h / 2}" class="label" transform="rotate(-90 14 {h / 2})">perplexity (lower is better)</text>',
-    ]
-    for v in (x0, (x0 + x1) / 2, x1):
-        parts.append(f'<text x="{px(v):.1f}" y="{h - pad + 16}" class="tick">{v:,.3g}</text>')
-    for v in (y0, (y0 + y1) / 2, y1):
-        parts.append(f'<text x="{pad - 6}" y="{py(v) + 4:.1f}" class="tick end">{v:,.3g}</text>')
-    if xb:
-        parts.append(f'<line x1="{px(xb):.1f}" y1="{pad / 2}" x2="{px(xb):.1f}" y2="{h - pad}" class="budget"/>')
-    if yb:
-        parts.append(f'<line x1="{pad}" y1="{py(yb):.1f}" x2="{w - pad / 2}" y2="{py(yb):.1f}" class="budget"/>')
-    for r in rows:
-        cls = "pick" if r.variant_id == rec.pick else ("front" if r.on_front else "other")
-        x, y = px(r.metrics[x_metric]), py(r.metrics["perplexity"])
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{7 if cls == "pick" else 4.5}" class="{cls}"><title>{html.escape(r.label)}</title></circle>')
-        parts.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" class="point">{html.escape(r.quant)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _span(values: list[float]) -> tuple[float, float]:
-    lo, hi = min(values), max(values)
-    margin = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
-    return lo - margin, hi + margin
-
-
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}
 .verdict{font-size:16px;padding:10px;background:#eef7ee;border-left:4px solid #2a7}
-.verdict.fallback{background:#fdf1e6;border-color:#d80}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plot{width:420px;height:300px;border:1px solid #ddd;background:#fff}
-.axis{stroke:#444}.budget{stroke:#d33;stroke-dasharray:5 4}
-circle.other{fill:#bbb}circle.front{fill:#27a}circle.pick{fill:#2a7;stroke:#000;stroke-width:2}
-.label{font-size:12px;text-anchor:middle}.tick{font-size:10px;text-anchor:middle;fill:#555}.tick.end{text-anchor:end}
-.point{font-size:10px;fill:#333}table{border-collapse:collapse;font-size:12px;margin-top:16px}
+.verdict.fallback{background:#fdf1e6;border-color:#d80}.fig{max-width:1100px;border:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin-top:16px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,td:last-child,th{text-align:left}
 tr.pick{background:#e4f6e4;font-weight:bold}tr.front td:first-child{color:#27a}
 """
+PLOT_HELP = ("Pick the axes above the plot. Colour: model; symbol: format (circle GGUF, square ONNX, diamond GPTQ); "
+             "faded: over the budget; shaded: over a budget limit; dotted line: the front of the in-budget variants on "
+             "the two axes shown; black ring: the pick; orange ring: statistically tied with it. Hover a point for every "
+             "metric and its verdict.")
+NO_PLOTLY = ("<script>if(!window.Plotly)document.querySelectorAll('.fig').forEach(function(e){e.textContent="
+             "'The plots need plotly.min.js beside this page (toolkit report writes it).'})</script>")
 
 
-def html_page(rec: Recommendation) -> str:
+def _page(title: str, body: str) -> str:
     esc = html.escape
-    plots = "".join(_scatter(rec, *p) for p in PLOTS)
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>{page_head()}"
+            f"<style>{STYLE}</style></head><body>{body}{NO_PLOTLY}</body></html>\n")
+
+
+def _variants_table(rec: Recommendation) -> str:
+    esc = html.escape
     header = "".join(f"<th>{esc(name)}</th>" for name, _ in COLUMNS)
     body = []
     for row in rec.rows:
         cls = "pick" if row.variant_id == rec.pick else ("front" if row.on_front else "")
         body.append(f'<tr class="{cls}">' + "".join(f"<td>{esc(get(row))}</td>" for _, get in COLUMNS) + "</tr>")
+    return f"<table><tr>{header}</tr>{''.join(body)}</table>"
+
+
+def html_page(rec: Recommendation) -> str:
+    """One page: verdict, the interactive Pareto plot, facts, every variant and the cloud options."""
+    esc = html.escape
     cloud = ""
     if rec.cloud_rows:
         cells = "".join(
@@ -233,50 +210,53 @@ def html_page(rec: Recommendation) -> str:
             f"Response: {rec.prompt_tokens} prompt tokens, {rec.output_tokens} output tokens",
             "Budget: " + "; ".join(_budget_lines(rec)),
             f"Energy: {rec.energy_source}",
-            *[line for line in (noise_line(rec),) if line],
+            *[line for line in (noise_line(rec), certification_line(rec), FRONT_NOTE) if line],
             *rec.notes,
         ]
     )
     verdict_cls = "verdict" if rec.answer == "edge" else "verdict fallback"
-    return (
-        f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(rec.recipe)} recommendation</title>"
-        f"<style>{STYLE}</style></head><body><h1>{esc(rec.recipe)} on {esc(rec.device)}</h1>"
-        f'<p class="{verdict_cls}">{esc(rec.message)}</p><ul>{facts}</ul>'
-        f"<h2>Pareto plots</h2><p>Blue: on the Pareto front of the variants that meet the budget (over all objectives, so a 2-D view can show front points above others); grey: dominated or over budget; green ring: pick; dashed red: budget.</p><div class=\"plots\">{plots}</div>"
-        f"<h2>All variants</h2><table><tr>{header}</tr>{''.join(body)}</table>{cloud}</body></html>\n"
+    return _page(
+        f"{rec.recipe} recommendation",
+        f"<h1>{esc(rec.recipe)} on {esc(rec.device)}</h1><p class=\"{verdict_cls}\">{esc(rec.message)}</p>"
+        f"<div class=\"fig\">{figure_html(pareto_figure([rec]), 'pareto')}</div><p>{esc(PLOT_HELP)}</p><ul>{facts}</ul>"
+        f"<h2>All variants</h2>{_variants_table(rec)}{cloud}",
     )
 
 
+def fleet_reports(recs: list[Recommendation], folder: Path, images: bool = True) -> dict[str, Path]:
+    """Several devices at once: a summary table and one Pareto panel per device (fleet.md, fleet.html)."""
+    rows = fleet_summary(recs)
+    fig = pareto_figure(recs, [f"{r.device_id[:10]}: {r.device.split(': ', 1)[-1]}"[:60] for r in recs])
+    paths = {"md": folder / "fleet.md", "html": folder / "fleet.html", "plotly": write_plotly_js(folder)}
+    image = write_images({folder / "fleet.png": fig}) if images else []
+    md = [f"# Fleet: {recs[0].recipe}, {len(recs)} devices", "", *(["![Pareto plots, one panel per device](fleet.png)", ""] if image else []),
+          "| device | cpu | answer | pick | decode tok/s | TTFT p90 ms | USD/1k |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r.device} | {r.cpu} | {r.answer} | {r.pick or '-'} | {_f(r.decode_tps)} | {_f(r.ttft_ms)} | {_f(r.usd_per_1k, 5)} |" for r in rows]
+    esc = html.escape
+    table = "".join(f"<tr><td>{esc(r.device)}</td><td>{esc(r.cpu)}</td><td>{esc(r.answer)}</td><td>{esc(r.pick or '-')}</td>"
+                    f"<td>{_f(r.decode_tps)}</td><td>{_f(r.ttft_ms)}</td><td>{_f(r.usd_per_1k, 5)}</td></tr>" for r in rows)
+    body = (f"<h1>Fleet: {esc(recs[0].recipe)}, {len(recs)} devices</h1><div class=\"fig\">{figure_html(fig, 'fleet')}</div>"
+            f"<p>{esc(PLOT_HELP)}</p><table><tr><th>device</th><th>cpu</th><th>answer</th><th>pick</th><th>decode tok/s</th>"
+            f"<th>TTFT p90 ms</th><th>USD/1k</th></tr>{table}</table>")
+    write_text(paths["md"], "\n".join(md) + "\n")
+    write_text(paths["html"], _page(f"{recs[0].recipe} fleet", body))
+    return paths | ({"png": image[0]} if image else {})
 
 
-def simulation_reports(results, title: str, folder: Path) -> dict[str, Path]:
-    """The cluster simulation as Markdown and a self-contained HTML page with a latency bar chart."""
+def simulation_reports(results, title: str, folder: Path, images: bool = True) -> dict[str, Path]:
+    """The cluster simulation as Markdown and an HTML page with an interactive latency chart."""
     rows = [(x.policy, x.requests, x.cloud_share, x.p50_s, x.p95_s, x.p99_s, x.usd_per_1k,
              ", ".join(f"{k} {v:.0%}" for k, v in x.utilisation.items())) for x in results]
-    md = [f"# {title}", "", "| policy | requests | to cloud | p50 s | p95 s | p99 s | USD/1k | utilisation |",
-          "|---|---|---|---|---|---|---|---|"]
+    fig = latency_figure(results)
+    image = write_images({folder / "simulation.png": fig}) if images else []
+    md = [f"# {title}", "", *(["![latency by policy](simulation.png)", ""] if image else []),
+          "| policy | requests | to cloud | p50 s | p95 s | p99 s | USD/1k | utilisation |", "|---|---|---|---|---|---|---|---|"]
     md += [f"| {p} | {n} | {c:.1%} | {a:.2f} | {b:.2f} | {d:.2f} | {u:.4f} | {ut} |" for p, n, c, a, b, d, u, ut in rows]
-    peak = max((x.p99_s for x in results), default=1.0) or 1.0
-    w, h, pad, group = 520, 260, 40, 150
-    bars = []
-    for i, x in enumerate(results):
-        for j, (name, value, color) in enumerate((("p50", x.p50_s, "#8bc"), ("p95", x.p95_s, "#27a"), ("p99", x.p99_s, "#135"))):
-            height = value / peak * (h - 2 * pad)
-            left = pad + i * group + j * 36
-            bars.append(f'<rect x="{left}" y="{h - pad - height:.1f}" width="30" height="{height:.1f}" fill="{color}">'
-                        f"<title>{html.escape(x.policy)} {name}: {value:.2f} s</title></rect>")
-            bars.append(f'<text x="{left + 15}" y="{h - pad - height - 4:.1f}" class="tick">{value:.1f}</text>')
-        bars.append(f'<text x="{pad + i * group + 51}" y="{h - pad + 16}" class="label">{html.escape(x.policy)} '
-                    f"({x.cloud_share:.0%} cloud)</text>")
-    svg = (f'<svg class="plot" viewBox="0 0 {w} {h}" role="img" aria-label="latency by policy">'
-           f'<line x1="{pad}" y1="{h - pad}" x2="{w - 10}" y2="{h - pad}" class="axis"/>{"".join(bars)}'
-           f'<text x="{w / 2}" y="14" class="label">latency p50 / p95 / p99 (s) by selection policy</text></svg>')
     table = "".join("<tr>" + "".join(f"<td>{html.escape(str(c if not isinstance(c, float) else round(c, 4)))}</td>" for c in row) + "</tr>" for row in rows)
-    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><div class=\"plots\">{svg}</div>"
+    body = (f"<h1>{html.escape(title)}</h1><div class=\"fig\">{figure_html(fig, 'latency')}</div>"
             "<table><tr><th>policy</th><th>requests</th><th>to cloud</th><th>p50 s</th><th>p95 s</th><th>p99 s</th>"
-            f"<th>USD/1k</th><th>utilisation</th></tr>{table}</table></body></html>\n")
-    paths = {"md": folder / "simulation.md", "html": folder / "simulation.html"}
+            f"<th>USD/1k</th><th>utilisation</th></tr>{table}</table>")
+    paths = {"md": folder / "simulation.md", "html": folder / "simulation.html", "plotly": write_plotly_js(folder)}
     write_text(paths["md"], "\n".join(md) + "\n")
-    write_text(paths["html"], page)
-    return paths
+    write_text(paths["html"], _page(title, body))
+    return paths | ({"png": image[0]} if image else {})

