@@ -30,7 +30,8 @@ def _recipe(tmp_path, tiny_llama, variants: str):
         variants:
           gguf: null
         {variants}
-        device: {{threads: 2, prompt_lengths: [16, 32], decode_tokens: 8, warmup: 1, repeats: 3}}
+        device: {{threads: 2, prompt_lengths: [16, 32], decode_tokens: 8, warmup: 1, repeats: 3, rounds: 1, max_rounds: 1,
+                  certify_runs: 0}}
         quality: {{ctx: 32, chunks: 2}}
         """))
 

@@ -66,3 +66,8 @@ def test_fidelity_accuracy_profile_recommend(manifest, recipe):
     assert {p.runtime for p in report.profiles} == {"llama.cpp", "onnxruntime", "torch"}
     rec = recommend(report, recipe.budget)
     assert rec.pick is not None and all(r.metrics["accuracy"] is not None for r in rec.rows)
+    # the pick was measured in fresh processes and re-measured at the budget's shape: 3 runs, each checked
+    assert next(r.rounds for r in rec.rows if r.variant_id == rec.pick) >= recipe.device.rounds
+    assert rec.certification is not None and len(rec.certification.runs) == recipe.device.certify_runs
+    assert rec.certification.certified and "Certified: meets the budget in 3/3 fresh runs" in rec.message
+    assert all(r.peak_rss_mb <= 4096 and r.ttft_p90_ms > 0 and r.decode_p10_tps > 0 for r in rec.certification.runs)
