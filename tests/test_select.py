@@ -30,7 +30,7 @@ def test_reasons_name_the_winner_and_the_broken_limit():
     pick = select([a, b, c, crashed], [Limit("memory_mb", 500, "max")], "balanced", 0.5)
     assert pick is a
     assert b.verdict.startswith("dominated by v1")
-    assert "peak memory 900.0 MB > 500 MB (over by 400.0 MB)" in c.verdict
+    assert "deploy memory 900.0 MB > 500 MB (over by 400.0 MB)" in c.verdict
     assert crashed.verdict.startswith("not measured: oom")
 
 

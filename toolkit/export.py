@@ -120,7 +120,7 @@ def modelfile(variant: Variant, rec: Recommendation, info: GgufInfo, origin: str
     lines = [
         f"# Ollama Modelfile for {variant.label}, the pick of `toolkit recommend` on {rec.device}",
         f"# measured there: TTFT p90 {row.metrics.get('ttft_ms')} ms at {rec.prompt_tokens} prompt tokens, decode p10 "
-        f"{row.metrics.get('decode_tps')} tok/s, peak memory {row.metrics.get('memory_mb')} MB",
+        f"{row.metrics.get('decode_tps')} tok/s, deploy memory {row.metrics.get('memory_mb')} MB",
         f"# chat template: {fmt.name}, recognised in the tokenizer.chat_template of {origin}"
         if fmt is not GENERIC else f"# chat template: none recognised in {origin}; GENERIC 'role: content' transcript, check the model card",
         f"#   ollama create {ollama_name(variant)} -f Modelfile && ollama run {ollama_name(variant)}",

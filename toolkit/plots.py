@@ -26,7 +26,7 @@ PLOTLY_JS = "plotly.min.js"
 METRICS: dict[str, tuple[str, int]] = {
     "ttft_ms": ("TTFT p90 (ms)", -1),
     "decode_tps": ("decode p10 (tok/s)", 1),
-    "memory_mb": ("peak memory (MB)", -1),
+    "memory_mb": ("deploy memory (MB)", -1),
     "perplexity": ("perplexity", -1),
     "kl": ("KL divergence (nats)", -1),
     "accuracy": ("mean accuracy", 1),

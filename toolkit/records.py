@@ -177,8 +177,10 @@ class Profile(Record):
     decode_tps: Stat | None = None
     itl_ms: Stat | None = None
     runtime_decode_tps: Stat | None = None
-    peak_rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # the whole worker process (VmHWM)
     peak_rss_mb_runs: list[float] = Field(default_factory=list)  # one per fresh process; peak_rss_mb is their max
+    deploy_rss_mb: float | None = None  # a process holding only the runtime and the model (profiling/worker.py)
+    deploy_rss_mb_runs: list[float] = Field(default_factory=list)
     rapl_watts: Stat | None = None
     rounds: int = 1  # fresh processes whose repeats are merged here
     wall_s: float = 0.0

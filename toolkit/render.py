@@ -80,7 +80,7 @@ def manifest_table(manifest: Manifest) -> RichTable:
 BUDGET_COLUMNS: dict[str, tuple[str, Callable[[float | None], str]]] = {
     "ttft_ms": ("TTFT p90 ms", lambda v: _f(v, 0)),
     "decode_tps": ("decode p10", lambda v: _f(v)),
-    "memory_mb": ("peak MB", lambda v: _f(v, 0)),
+    "memory_mb": ("deploy MB", lambda v: _f(v, 0)),
     "perplexity": ("ppl", lambda v: _f(v, 2)),
     "kl": ("KL", lambda v: _f(v, 4)),
     "accuracy": ("acc", lambda v: _f(v, 3)),
@@ -118,7 +118,7 @@ def _wide_table(rec: Recommendation, plain_text: bool | None) -> RichTable:
     table = new_table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False,
                   caption="front: on the Pareto front of the variants that meet the budget", plain_text=plain_text)
     cols = ["", "variant", "MB", "bpw", "TTFT p90 ms", "prefill tok/s", "decode tok/s p50/p10", "ITL p50/p90 ms",
-            "peak RSS MB", "ppl", "KL", "acc", "J/resp", "USD/1k", "front", "why"]
+            "deploy MB", "process MB", "ppl", "KL", "acc", "J/resp", "USD/1k", "front", "why"]
     for col in cols:
         table.add_column(col, no_wrap=col != "why", justify="left" if col in ("variant", "why", "") else "right")
     for r in rec.rows:
@@ -134,6 +134,7 @@ def _wide_table(rec: Recommendation, plain_text: bool | None) -> RichTable:
             f"{_f(d['decode_tps_median'])}/{_f(m['decode_tps'])}",
             f"{_f(d['itl_ms_p50'], 2)}/{_f(d['itl_ms_p90'], 2)}",
             _f(m["memory_mb"], 0),
+            _f(d.get("process_peak_mb"), 0),
             _f(m["perplexity"], 2),
             _f(m.get("kl"), 4),
             _f(m.get("accuracy"), 3),

@@ -27,7 +27,8 @@ COLUMNS = [
     ("TTFT p90 ms", lambda r: _f(r.metrics["ttft_ms"])),
     ("decode tok/s p50/p10", lambda r: f"{_f(r.detail['decode_tps_median'])}/{_f(r.metrics['decode_tps'])}"),
     ("ITL p50/p90 ms", lambda r: f"{_f(r.detail['itl_ms_p50'], 2)}/{_f(r.detail['itl_ms_p90'], 2)}"),
-    ("peak RSS MB", lambda r: _f(r.metrics["memory_mb"], 0)),
+    ("deploy MB", lambda r: _f(r.metrics["memory_mb"], 0)),
+    ("process peak MB", lambda r: _f(r.detail.get("process_peak_mb"), 0)),
     ("ppl", lambda r: _f(r.metrics["perplexity"], 2)),
     ("KL", lambda r: _f(r.metrics.get("kl"), 4)),
     ("acc", lambda r: _f(r.metrics.get("accuracy"), 3)),
@@ -62,7 +63,7 @@ def _budget_lines(rec: Recommendation) -> list[str]:
     items = [
         (b.max_ttft_ms, "TTFT p90 <= {:g} ms at " + f"{rec.prompt_tokens} prompt tokens"),
         (b.min_decode_tps, "decode >= {:g} tok/s (p10)"),
-        (b.max_memory_mb, "peak memory <= {:g} MB"),
+        (b.max_memory_mb, "deploy memory <= {:g} MB"),
         (b.max_perplexity, "perplexity <= {:g}"),
         (b.max_kl, "KL divergence <= {:g}"),
         (b.min_accuracy, "mean accuracy >= {:g}"),

@@ -35,7 +35,7 @@ from toolkit.tasks import TASKS
 from toolkit.tasks import prepare as prepare_task
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
-PROFILER_VERSION = 2  # bump when the measurement method changes, so cached profiles are re-measured
+PROFILER_VERSION = 3  # bump when the measurement method changes, so cached profiles are re-measured
 FIDELITY_VERSION = 2  # the same for perplexity / KL scoring
 ACCURACY_VERSION = 1  # and for the lm-eval job
 
@@ -298,6 +298,7 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
         runtime_decode_tps=Stat.of(data["runtime_decode_tps"]) if data["runtime_decode_tps"] else None,
         rapl_watts=Stat.of(data["rapl_watts"]) if data.get("rapl_watts") else None,
         peak_rss_mb=round(data["peak_rss_mb"], 1),
+        deploy_rss_mb=round(data["deploy_rss_mb"], 1) if data.get("deploy_rss_mb") is not None else None,
         wall_s=round(child.wall_s, 2),
         **base,
     )

@@ -33,7 +33,9 @@ def merge_rounds(rounds: list[Profile]) -> Profile:
     if not ok:
         return rounds[0]
     if len(ok) == 1:
-        return ok[0].model_copy(update={"peak_rss_mb_runs": [ok[0].peak_rss_mb] if ok[0].peak_rss_mb else []})
+        one = ok[0]
+        return one.model_copy(update={"peak_rss_mb_runs": [one.peak_rss_mb] if one.peak_rss_mb else [],
+                                      "deploy_rss_mb_runs": [one.deploy_rss_mb] if one.deploy_rss_mb else []})
     first = ok[0]
     prompts = [
         PromptTiming(
@@ -45,6 +47,7 @@ def merge_rounds(rounds: list[Profile]) -> Profile:
         for p in first.prompts
     ]
     peaks = [r.peak_rss_mb for r in ok if r.peak_rss_mb is not None]
+    deploys = [r.deploy_rss_mb for r in ok if r.deploy_rss_mb is not None]
     return first.model_copy(update={
         "prompts": prompts,
         "load_ms": round(statistics.median(r.load_ms for r in ok if r.load_ms is not None), 2),
@@ -54,6 +57,8 @@ def merge_rounds(rounds: list[Profile]) -> Profile:
         "rapl_watts": _merge_optional([r.rapl_watts for r in ok]),
         "peak_rss_mb": max(peaks) if peaks else None,  # the budget sees the worst process
         "peak_rss_mb_runs": peaks,
+        "deploy_rss_mb": max(deploys) if len(deploys) == len(ok) else None,
+        "deploy_rss_mb_runs": deploys,
         "rounds": len(ok),
         "wall_s": round(sum(r.wall_s for r in ok), 2),
     })

@@ -244,7 +244,7 @@ def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs
         metrics = {
             "ttft_ms": timed["ttft_ms"],
             "decode_tps": timed["decode_tps"],
-            "memory_mb": prof.peak_rss_mb,
+            "memory_mb": prof.deploy_rss_mb if prof.deploy_rss_mb is not None else prof.peak_rss_mb,
             "perplexity": q.perplexity if q else None,
             "accuracy": round(accuracy[prof.variant_id], 5) if prof.variant_id in accuracy else None,
             "kl": q.kl_mean if q else None,
@@ -258,6 +258,7 @@ def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs
             "itl_ms_p50": round(prof.itl_ms.median, 3) if prof.itl_ms else None,
             "itl_ms_p90": round(prof.itl_ms.p90, 3) if prof.itl_ms else None,
             "load_ms": prof.load_ms,
+            "process_peak_mb": prof.peak_rss_mb,
             "response_s": round(response_s, 3) if response_s else None,
             "watts": round(watts, 2) if watts and response_s else None,
             "top1_agreement": q.top1_agreement if q else None,

@@ -29,7 +29,7 @@ OBJECTIVES: dict[str, str] = {
 UNITS = {"ttft_ms": "ms", "decode_tps": "tok/s", "memory_mb": "MB", "perplexity": "", "accuracy": "", "kl": "nats",
          "energy_j": "J", "cost_per_1k_usd": "USD"}
 NAMES = {
-    "ttft_ms": "TTFT p90", "decode_tps": "decode (p10)", "memory_mb": "peak memory", "perplexity": "perplexity",
+    "ttft_ms": "TTFT p90", "decode_tps": "decode (p10)", "memory_mb": "deploy memory", "perplexity": "perplexity",
     "accuracy": "mean accuracy", "kl": "KL divergence",
     "energy_j": "energy per response", "cost_per_1k_usd": "cost per 1,000 responses",
 }

@@ -93,7 +93,8 @@ class KVLoopSession:
 @dataclass(frozen=True)
 class Runtime:
     name: str
-    module: str  # imported in the child process only
+    module: str  # imported in the child process only; defines IMPORTS (the libraries a deployment loads),
+    # check_installed, versions, build_flags and open_session
     formats: tuple[str, ...]
 
     def load(self):

@@ -10,6 +10,8 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.runtimes import greedy_generate
 
+IMPORTS = ("llama_cpp",)  # what a deployment of a variant loads
+
 
 def check_installed() -> None:
     import llama_cpp  # noqa: F401

@@ -1,4 +1,8 @@
-"""onnxruntime (CPU) over an optimum export with KV cache: our own loop, so timings are the runtime's."""
+"""onnxruntime (CPU) over an optimum export with KV cache: our own loop, so timings are the runtime's.
+
+Only onnxruntime, numpy and the `tokenizers` library are loaded (the optimum export writes tokenizer.json), so a
+profile measures what a deployment would hold: no torch, no transformers.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,19 @@ MODEL = "model.onnx"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+IMPORTS = ("onnxruntime", "tokenizers")  # what a deployment of a variant loads
+
+
 def check_installed() -> None:
     import onnxruntime  # noqa: F401
-    import transformers  # noqa: F401
+    import tokenizers  # noqa: F401
 
 
 def versions() -> dict[str, str]:
     import onnxruntime
+    import tokenizers
 
-    return {"onnxruntime": onnxruntime.__version__}
+    return {"onnxruntime": onnxruntime.__version__, "tokenizers": tokenizers.__version__}
 
 
 def build_flags() -> dict[str, str]:
@@ -31,10 +39,45 @@ def build_flags() -> dict[str, str]:
     return {"onnxruntime_providers": ",".join(onnxruntime.get_available_providers())}
 
 
+class FastTokenizer:
+    """tokenizer.json through the `tokenizers` library: the backend transformers' fast tokenizers run, read with
+    the rules transformers takes from tokenizer_config.json (BOS token, whether to add it, decode clean-up)."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        if not (folder / "tokenizer.json").exists():
+            raise UserError("no tokenizer.json in the variant folder (export it again with optimum)", file=folder)
+        self.backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+        bos = config.get("bos_token")
+        bos = bos.get("content") if isinstance(bos, dict) else bos
+        self.bos_token_id: int | None = self.backend.token_to_id(bos) if bos else None
+        if "add_bos_token" in config:
+            self.add_bos_token = bool(config["add_bos_token"])
+        else:  # no rule written: whether the post-processor puts BOS first
+            first = self.backend.encode("a", add_special_tokens=True).ids[:1]
+            self.add_bos_token = self.bos_token_id is not None and first == [self.bos_token_id]
+        self.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self.backend.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def decode(self, tokens: list[int]) -> str:
+        text = self.backend.decode(tokens, skip_special_tokens=False)
+        if self.clean_up:  # transformers' clean_up_tokenization
+            for old, new in _CLEAN_UP:
+                text = text.replace(old, new)
+        return text
+
+
+_CLEAN_UP = [(f" {p}", p) for p in (".", "?", "!", ",")] + [(" ' ", "'")] + [(f" {s}", s) for s in ("n't", "'m", "'s", "'ve", "'re")]
+
+
 class OrtSession(KVLoopSession):
     def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         folder = Path(path)
         if not (folder / MODEL).exists():
@@ -48,7 +91,7 @@ class OrtSession(KVLoopSession):
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise UserError(f"onnxruntime cannot load this model ({type(exc).__name__}: {str(exc)[:200]})", file=folder / MODEL) from exc
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = FastTokenizer(folder)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = sorted((n for n in self.inputs if n.startswith("past_key_values")), key=_layer_order)
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
@@ -58,7 +101,7 @@ class OrtSession(KVLoopSession):
         self.kv_dtype = _DTYPES.get(first.type, np.float32) if first else np.float32
         self.kv_shape = (1, heads, 0, head_dim)
         self.n_vocab = int(config["vocab_size"])
-        self.add_bos = bool(getattr(self.tokenizer, "add_bos_token", False))
+        self.add_bos = self.tokenizer.add_bos_token
         self.bos = self.tokenizer.bos_token_id
         self.n_batch = n_batch
         self.reset()

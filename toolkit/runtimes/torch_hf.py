@@ -10,6 +10,8 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.runtimes import KVLoopSession
 
+IMPORTS = ("torch", "transformers")  # what a deployment of a variant loads
+
 
 def check_installed() -> None:
     import torch  # noqa: F401
