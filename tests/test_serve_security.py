@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +23,7 @@ from hypothesis import strategies as st
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("litellm")
 
+from tests.loopback import free_port, wait_http  # noqa: E402
 from toolkit.serve import ChatRequest, RequestRefused, is_loopback, key_matches, parse_request  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,21 +36,8 @@ ALLOWED = set(ChatRequest.model_fields)
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up within {timeout} s")
 
 
 def _post(url: str, body: dict | bytes, key: str | None = CLIENT_KEY) -> tuple[int, dict, dict]:
@@ -74,7 +60,7 @@ def _count(port: int) -> dict:
 @pytest.fixture(scope="module")
 def router(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    ports = {"provider": _free_port(), "attacker": _free_port(), "router": _free_port()}
+    ports = {"provider": free_port(), "attacker": free_port(), "router": free_port()}
     config = {
         "model_list": [
             {"model_name": "edge", "litellm_params": {"model": "openai/stand-in", "api_key": "os.environ/PROVIDER_API_KEY",
@@ -94,8 +80,8 @@ def router(tmp_path_factory):
                                   env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         for name in ("provider", "attacker"):
-            _wait_http(f"http://127.0.0.1:{ports[name]}/count")
-        _wait_http(f"http://127.0.0.1:{ports['router']}/health", timeout=120)
+            wait_http(f"http://127.0.0.1:{ports[name]}/count")
+        wait_http(f"http://127.0.0.1:{ports['router']}/health", timeout=120)
         yield ports, path
     finally:
         for proc in procs:
@@ -164,7 +150,7 @@ def test_keys_sizes_and_models_are_checked(router):
 def test_serve_refuses_a_public_address_without_a_key(router, tmp_path):
     _, path = router
     env = {k: v for k, v in os.environ.items() if k != "EDGEFIRST_API_KEY"}
-    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "serve", str(path), "--host", "0.0.0.0", "--port", str(_free_port())],
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "serve", str(path), "--host", "0.0.0.0", "--port", str(free_port())],
                           env=env, capture_output=True, text=True, timeout=120)
     out = done.stdout.strip()
     assert done.returncode == 2, out + done.stderr
