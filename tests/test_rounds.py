@@ -9,7 +9,7 @@ from tests.test_noise import FP, report
 from toolkit.profiling.rounds import Rounds, merge_rounds, run_rounds
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, contenders, recommend
-from toolkit.recommend.noise import resample
+from toolkit.recommend.noise import process_sigma, resample
 from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
 from toolkit.reports import certification_line, markdown
 
@@ -126,3 +126,16 @@ def test_a_failed_certification_vetoes_the_pick_and_the_next_is_named():
     other = recommend(rep.model_copy(update={"certifications": [failed, passed]}), budget.model_copy(update={"max_ttft_ms": 300}), costs)
     assert other.pick == "v0" and other.certification is None and "Not certified for this budget" in other.message
     assert "none for this budget" in certification_line(other)
+
+
+def test_pooled_process_spread_and_the_resample_it_drives():
+    """Two variants whose processes disagree by a factor e^0.1 and e^0.2: the pooled log-spread is the root of
+    the mean squared deviation (hand computation); resampling with it spreads a variant's median by about
+    sigma / sqrt(k), however tight its repeats."""
+    a = Stat.of([100, 100, 100, 100 * np.exp(0.1), 100 * np.exp(0.1), 100 * np.exp(0.1)], runs=[3, 3])
+    b = Stat.of([50, 50, 50, 50 * np.exp(0.2), 50 * np.exp(0.2), 50 * np.exp(0.2)], runs=[3, 3])
+    expected = np.sqrt((2 * 0.05**2 + 2 * 0.1**2) / 2)
+    assert process_sigma([a, b, None, Stat.of([1.0, 2.0])]) == pytest.approx(expected, rel=1e-3)
+    assert process_sigma([Stat.of([1.0, 2.0])]) == 0.0
+    medians = np.log(resample(a, np.random.default_rng(0), 4000, sigma=expected)["median"])
+    assert np.std(medians) == pytest.approx(expected / np.sqrt(2), rel=0.15)

@@ -298,14 +298,16 @@ def _draws(report: DeviceReport, options: list[Option], prompt_tokens: int, outp
     rng = np.random.default_rng(noise.SEED)
     n = noise.RESAMPLES
     measured = {o.id: o for o in options if o.status == "ok"}
+    profiles = [p for p in report.profiles if p.variant_id in measured]
+    ttfts = {p.variant_id: t.ttft_ms if (t := p.prompt(prompt_tokens)) else None for p in profiles}
+    sigma = {"ttft": noise.process_sigma(ttfts.values()), "decode": noise.process_sigma(p.decode_tps for p in profiles),
+             "rapl": noise.process_sigma(p.rapl_watts for p in profiles)}
     columns = []
-    for prof in report.profiles:
-        if (o := measured.get(prof.variant_id)) is None:
-            continue
-        timing = prof.prompt(prompt_tokens)
-        ttft = noise.resample(timing.ttft_ms if timing else None, rng, n)
-        decode = noise.resample(prof.decode_tps, rng, n)
-        rapl = noise.resample(prof.rapl_watts, rng, n)
+    for prof in profiles:
+        o = measured[prof.variant_id]
+        ttft = noise.resample(ttfts[prof.variant_id], rng, n, sigma["ttft"])
+        decode = noise.resample(prof.decode_tps, rng, n, sigma["decode"])
+        rapl = noise.resample(prof.rapl_watts, rng, n, sigma["rapl"])
         watts = rapl["median"] if rapl else [_watts(report, prof)] * n
         columns.append((o, ttft, decode, watts))
     for b in range(n):

@@ -31,12 +31,29 @@ SEED = 0
 TIE_THRESHOLD = 0.05
 
 
-def resample(stat: Stat | None, rng: np.random.Generator, n: int = RESAMPLES) -> dict[str, list[float]] | None:
-    """Median, p10 and p90 of the stat's repeats redrawn with replacement, once per resample.
+def process_sigma(stats: Iterable[Stat | None]) -> float:
+    """The spread between fresh processes of one variant, pooled over every variant measured in several: the
+    standard deviation of log(process median) around each variant's mean (pooled variance, k - 1 degrees of
+    freedom each). Machine-level noise (a slow minute, a different memory layout) hits every variant alike,
+    so nine variants with two processes each estimate it far better than any one variant's two; 0 when no
+    variant has more than one process."""
+    squares, dof = 0.0, 0
+    for stat in stats:
+        if stat is None or len(stat.runs) < 2:
+            continue
+        logs = np.log([float(np.median(g)) for g in stat.groups()])
+        squares += float(((logs - logs.mean()) ** 2).sum())
+        dof += len(logs) - 1
+    return float(np.sqrt(squares / dof)) if dof else 0.0
 
-    Repeats from several fresh processes (`stat.runs`) are redrawn in two stages, processes first and then
-    repeats within each drawn process, so the spread between processes (a slow minute on a shared machine,
-    a different memory layout) is part of the noise and not only the spread within one. A stat stored
+
+def resample(stat: Stat | None, rng: np.random.Generator, n: int = RESAMPLES, sigma: float = 0.0) -> dict[str, list[float]] | None:
+    """Median, p10 and p90 of the stat's repeats redrawn, once per resample.
+
+    With a pooled process spread `sigma` (process_sigma), every process's repeats are redrawn within that
+    process and the whole draw is scaled by one factor exp(N(0, sigma^2 / k)) for its k processes: how far the
+    variant's mean may sit from where k processes put it. Without one, repeats from several processes are
+    redrawn in two stages, processes first and then repeats within each drawn process. A stat stored
     without its repeats keeps its measured figures in every resample.
     """
     if stat is None:
@@ -48,11 +65,16 @@ def resample(stat: Stat | None, rng: np.random.Generator, n: int = RESAMPLES) ->
     padded = np.zeros((len(groups), sizes.max()))
     for i, g in enumerate(groups):
         padded[i, : len(g)] = g
-    picked = rng.integers(0, len(groups), size=(n, len(groups)))  # which process each slot redraws
+    if sigma > 0:  # keep every process, redraw within each
+        picked = np.broadcast_to(np.arange(len(groups)), (n, len(groups)))
+    else:
+        picked = rng.integers(0, len(groups), size=(n, len(groups)))  # which process each slot redraws
     width = sizes.max()
     within = (rng.random((n, len(groups), width)) * sizes[picked][..., None]).astype(int)
     draws = padded[picked[..., None], within]
     keep = np.arange(width)[None, None, :] < sizes[picked][..., None]  # a process gives as many repeats as it had
+    if sigma > 0:
+        draws = draws * np.exp(rng.normal(0.0, sigma / np.sqrt(len(groups)), n))[:, None, None]
     if keep.all():
         p10, median, p90 = np.percentile(draws.reshape(n, -1), [10, 50, 90], axis=1)  # linear, as records.percentile
     else:  # processes with unequal repeat counts (nanpercentile is slower, so only here)
