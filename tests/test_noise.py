@@ -43,31 +43,36 @@ def row(rec, vid):
 TTFT = [800, 820, 790, 810, 805]
 
 
-def test_overlapping_repeats_are_a_tie_broken_by_lower_kl_whichever_is_faster_in_this_run():
+def test_overlapping_repeats_are_a_tie_and_the_most_likely_winner_is_picked():
     a = [100, 120, 90, 110, 105]
     b = [104, 95, 118, 108, 101]
-    for first, second in ((a, b), (b, a)):  # two runs: the faster variant swaps, the pick must not
+    for first, second in ((a, b), (b, a)):  # two runs: the faster variant swaps; each run's tie set names both
         rec = recommend(report({"ttft": TTFT, "decode": first, "kl": 0.02}, {"ttft": TTFT, "decode": second, "kl": 0.01}),
                         Budget(), Costs(), [])
-        assert rec.pick == "v1" and rec.tied_with == ["v0"]
-        assert rec.tie_rule == "lower KL, then lower perplexity, then smaller file"
         w0, w1 = row(rec, "v0").win_probability, row(rec, "v1").win_probability
+        assert {rec.pick, *rec.tied_with} == {"v0", "v1"} and len(rec.tied_with) == 1
+        assert rec.pick == ("v0" if w0 > w1 else "v1")  # computed here from the win probabilities
+        assert rec.tie_rule == "higher win probability, then lower KL, then lower perplexity, then smaller file"
         assert w0 >= TIE_THRESHOLD and w1 >= TIE_THRESHOLD and abs(w0 + w1 - 1) < 1e-9
+        other = rec.tied_with[0]
+        pick_label, other_label = f"m Q{rec.pick[1]}", f"m Q{other[1]}"
+        wp, wo = row(rec, rec.pick).win_probability, row(rec, other).win_probability
         line = noise_line(rec)
-        assert f"m Q1 (win probability {w1:.2f}) is tied with m Q0 (win probability {w0:.2f})" in line
-        assert line.endswith("tie broken by: lower KL, then lower perplexity, then smaller file")
+        assert f"{pick_label} (win probability {wp:.2f}) is tied with {other_label} (win probability {wo:.2f})" in line
+        assert line.endswith(f"tie broken by: {rec.tie_rule}")
         assert line in markdown(rec)
-        assert row(rec, "v1").verdict.startswith("PICK: statistically tied with m Q0; tie broken by lower KL")
-        assert row(rec, "v0").verdict.startswith("statistically tied with the pick (win probability")
+        assert row(rec, rec.pick).verdict.startswith(f"PICK: statistically tied with {other_label}; tie broken by higher win")
+        assert row(rec, other).verdict.startswith("statistically tied with the pick (win probability")
 
 
-def test_equal_fidelity_ties_go_to_the_smaller_file_and_results_repeat_exactly():
-    a = [100, 120, 90, 110, 105]
-    b = [104, 95, 118, 108, 101]
-    rep = report({"ttft": TTFT, "decode": a, "mb": 140}, {"ttft": TTFT, "decode": b, "mb": 90})
+def test_identical_timings_go_to_better_fidelity_then_the_smaller_file_and_results_repeat_exactly():
+    same = [100.0] * 5
+    rep = report({"ttft": same, "decode": same, "mb": 140}, {"ttft": same, "decode": same, "mb": 90})
     first, second = recommend(rep, Budget(), Costs(), []), recommend(rep, Budget(), Costs(), [])
-    assert first.pick == "v1" and first.tied_with == ["v0"]
+    assert first.pick == "v1" and row(first, "v1").win_probability == 1.0  # every draw ties exactly: smaller file
     assert first.model_dump() == second.model_dump()  # seeded bootstrap: same report, same record
+    better_kl = report({"ttft": same, "decode": same, "kl": 0.001, "mb": 140}, {"ttft": same, "decode": same, "mb": 90})
+    assert recommend(better_kl, Budget(), Costs(), []).pick == "v0"
 
 
 def test_clearly_separated_repeats_win_with_probability_one_and_no_tie():
@@ -122,7 +127,7 @@ def test_final_pick_meets_the_budget_and_wins_its_tie_by_the_stated_rule(variant
     tied = [pick, *(row(rec, v) for v in rec.tied_with)]
     if len(tied) > 1:
         def rule(r):
-            return r.metrics["kl"], r.metrics["perplexity"], r.size_mb, r.variant_id
+            return -r.win_probability, r.metrics["kl"], r.metrics["perplexity"], r.size_mb, r.variant_id
         assert min(tied, key=rule) is pick and rec.tie_rule
     # every in-budget variant that wins at least TIE_THRESHOLD of the resamples is in the tie set
     assert {r.variant_id for r in feasible if r.win_probability >= TIE_THRESHOLD} <= {r.variant_id for r in tied}

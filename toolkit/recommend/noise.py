@@ -10,10 +10,11 @@ fidelity and accuracy have no repeats and stay fixed.
 
 Tie set: the shortest head of the ranking on the measured figures that holds every in-budget variant with
 win probability >= TIE_THRESHOLD (a variant that wins at least 1 resample in 20 cannot be told apart from
-the best; taking the head keeps every variant that ranks above a tied one in the set). When the set has more
-than one member, the pick is its best member by `select.TIE_RULE` (lower KL, then lower perplexity, then
-smaller file): none of these is a timing, so the pick does not move with run-to-run timing noise as long
-as the tied set holds the same best-fidelity member.
+the best; taking the head keeps every variant that ranks above a tied one in the set). The pick is the
+tie set's most likely winner (`select.TIE_RULE`: higher win probability, then lower KL, lower perplexity,
+smaller file). A rule by fidelity first was tried and measured (bench/bench_stability.py): a variant that
+wins 5-25% of resamples enters the tie set in some runs and not in others, and with it the pick flipped
+between runs; the most likely winner is in every run's tie set.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def settle(order: list[Option], win: dict[str, float], threshold: float = TIE_TH
     """The final pick and the tie set (see the module docstring); `order` is the feasible ranking, best first."""
     last = max((i for i, o in enumerate(order) if win.get(o.id, 0.0) >= threshold), default=0)
     tied = order[: last + 1]
-    return min(tied, key=tiebreak), tied
+    return min(tied, key=lambda o: (-win.get(o.id, 0.0), *tiebreak(o))), tied
 
 
 TIMED = {"ttft_ms": "min", "decode_tps": "max", "energy_j": "min", "cost_per_1k_usd": "min"}  # figures timings move

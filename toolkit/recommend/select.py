@@ -38,7 +38,7 @@ BETTER = {
     "accuracy": "higher accuracy",
     "energy_j": "less energy", "cost_per_1k_usd": "cheaper",
 }
-TIE_RULE = "lower KL, then lower perplexity, then smaller file"
+TIE_RULE = "higher win probability, then lower KL, then lower perplexity, then smaller file"
 QUALITY_SIGNALS = ("accuracy", "perplexity")
 SPEED_SIGNALS = ("decode_tps", "ttft_ms")
 
@@ -191,7 +191,7 @@ PRIORITY_KEY: dict[str, Callable[[Option], tuple[float, ...]]] = {
 
 
 def tiebreak(o: Option) -> tuple:
-    """TIE_RULE as a sort key: better fidelity (KL, then perplexity), then the smaller file, then the id."""
+    """Exact ties in one draw: better fidelity (KL, then perplexity), then the smaller file, then the id."""
     return _low(o.metrics.get("kl")), _low(o.metrics.get("perplexity")), _low(o.size_mb), o.id
 
 
