@@ -43,7 +43,7 @@ def test_compact_table_fits_100_columns_as_plain_text(monkeypatch):
     assert max(map(len, lines)) <= 100 and not BOX & set(text)
     assert all(line == line.rstrip() for line in lines)
     header = next(line for line in lines if "variant" in line)
-    assert "TTFT p90 ms" in header and "peak MB" in header and "verdict" in header and "bpw" not in header
+    assert "TTFT p90 ms" in header and "deploy MB" in header and "verdict" in header and "bpw" not in header
     col = header.index("verdict")
     cells = " ".join(line[col:].strip() for line in lines[lines.index(header) + 1:])
     assert all(" ".join(r.verdict.split()) in cells for r in rec.rows)  # wrapped at spaces, never inside a word
