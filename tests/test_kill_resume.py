@@ -169,7 +169,8 @@ def test_kill_anywhere_lose_nothing(tiny_llama, tmp_path):
         variants:
           gguf:
             quants: [F16, Q8_0, Q4_K_M]
-        device: {{threads: 2, prompt_lengths: [16, 64], decode_tokens: 16, warmup: 1, repeats: 3, timeout_s: 300}}
+        device: {{threads: 2, prompt_lengths: [16, 64], decode_tokens: 16, warmup: 1, repeats: 3, timeout_s: 300,
+                  rounds: 1, max_rounds: 1, certify_runs: 0}}
         quality: {{ctx: 64, chunks: 2}}
         cloud: {{enabled: false}}
         """)
