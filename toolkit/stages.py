@@ -171,10 +171,14 @@ def profile(
     return report, target
 
 
+def _measured(report: DeviceReport) -> bool:
+    return any(p.status == "ok" for p in report.profiles)
+
+
 def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:
     from toolkit.recommend.engine import contenders
 
-    if not any(p.status == "ok" for p in report.profiles):
+    if not _measured(report):
         return set()
     return contenders(report, recipe.budget, recipe.costs, recipe.device.noise_margin)
 
@@ -183,7 +187,7 @@ def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, 
     """The pick for the recipe's budget, its win probability and the variants tied with it."""
     from toolkit.recommend.engine import recommend
 
-    if not any(p.status == "ok" for p in report.profiles):
+    if not _measured(report):
         return None, 0.0, []
     rec = recommend(report, recipe.budget, recipe.costs)
     win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
@@ -215,10 +219,10 @@ def certify(recipe: Recipe, report: DeviceReport, corpus: Path, ws: Path, progre
     """Re-measure the pick in fresh processes at the budget's response shape; a pick that misses the budget in
     any run is vetoed and the next one certified (profiling/rounds.py, step 4)."""
     from toolkit.profiling.rounds import CERTIFY_ATTEMPTS, certify_runs
-    from toolkit.recommend.engine import budget_key, check_run, recommend
+    from toolkit.recommend.engine import budget_key, recommend
 
     n, budget = recipe.device.certify_runs, recipe.budget
-    if n == 0 or not any(p.status == "ok" for p in report.profiles):
+    if n == 0 or not _measured(report):
         return report
     key = budget_key(budget, recipe.costs)
     for _ in range(CERTIFY_ATTEMPTS):
@@ -232,14 +236,15 @@ def certify(recipe: Recipe, report: DeviceReport, corpus: Path, ws: Path, progre
         for i in range(n):
             progress(f"certify {variant.label} ({i + 1}/{n})", i, n)
             runs.append(_round(at_shape, variant, report.device, corpus, ws, i, "certify"))
-        check = functools.partial(_check_certify_run, check_run, report, recipe, rec.prompt_tokens)
+        check = functools.partial(_check_certify_run, report, recipe, rec.prompt_tokens)
         cert = certify_runs(runs, check, variant.id, key, rec.prompt_tokens, rec.output_tokens)
         report = report.model_copy(update={"certifications": [*report.certifications, cert]})
     return report
 
 
-def _check_certify_run(check_run, report: DeviceReport, recipe: Recipe, prompt_tokens: int,
-                       run: Profile) -> tuple[list[str], dict]:
+def _check_certify_run(report: DeviceReport, recipe: Recipe, prompt_tokens: int, run: Profile) -> tuple[list[str], dict]:
+    from toolkit.recommend.engine import check_run
+
     option = check_run(report, run, recipe.budget, recipe.costs, prompt_tokens)
     m = option.metrics
     figures = {"ttft_p90_ms": m["ttft_ms"], "decode_p10_tps": m["decode_tps"], "peak_rss_mb": m["memory_mb"],
