@@ -1,12 +1,15 @@
-"""Benchmark: lm-eval requests/s through the GGUF adapter against lm-eval's HF fp32 backend, and the
-adapter's overhead over raw llama.cpp evaluation of the same tokens.
+"""Benchmark: lm-eval loglikelihood requests/s through the toolkit's adapters against lm-eval's HF fp32 backend,
+on the same items, in one run.
 
-Goals: the GGUF adapter >= 3x the HF backend's requests/s on the same items; overhead < 10%.
+Goals: the llama.cpp adapter (GGUF F16) >= 3x the HF fp32 backend; the onnxruntime adapter (ONNX fp32) batched
+>= 1.5x its unbatched self; the llama.cpp adapter's overhead over raw llama.cpp scoring of the same groups < 10%.
 
-    .venv/bin/python bench/bench_lm_eval.py [--items 40] [--threads N]
+    .venv/bin/python bench/bench_lm_eval.py [--items 40] [--threads N] [--workspace .edgefirst/bench-lm-eval]
 
-Uses the demo workspace (run `toolkit compress recipes/demo.yaml` first): its F16 GGUF and its HF
-reference (dequantized from the same Q4_1 file), and the first items of the offline MMLU task.
+Items: the first N items of each demo task (mmlu_offline: 4 one-token choices per question; social_iqa_bb: 3
+multi-token answers), as lm-eval's multiple-choice tasks build them. Models: the demo recipe's SmolLM2-135M
+candidate as GGUF F16 and ONNX fp32 and the HF reference they come from (dequantized from the 4-bit Q4_1 file on
+PyPI), built once into the workspace. Every backend scores a few requests untimed first (page-in, allocation).
 """
 
 from __future__ import annotations
@@ -14,69 +17,137 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MAX_LENGTH = 1024
+WARMUP = 8
+
+
+def build(recipe_path: Path, workspace: Path) -> tuple[Path, Path, Path]:
+    """The F16 GGUF, the fp32 ONNX folder and the HF reference, from the demo recipe (cached in `workspace`)."""
+    from toolkit import pipeline
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    variants = recipe.variants
+    keep = {name: None for name in type(variants).model_fields}
+    keep["gguf"] = variants.gguf.model_copy(update={"quants": ["F16"], "keep_source": False})
+    keep["onnx"] = variants.onnx.model_copy(update={"precisions": ["fp32"]})
+    recipe = recipe.model_copy(update={"variants": variants.model_copy(update=keep), "workspace": str(workspace)})
+    manifest = pipeline.compress(recipe)
+    gguf = next(Path(v.path) for v in manifest.variants if v.format == "gguf")
+    onnx = next(Path(v.path) for v in manifest.variants if v.format == "onnx")
+    reference = next(p for p in (recipe.workspace_dir() / "reference").iterdir() if (p / "config.json").exists())
+    return gguf, onnx, reference
+
+
+def items(task: str, n: int):
+    from lm_eval.api.instance import Instance
+
+    from toolkit.tasks import prepare
+
+    rows = [json.loads(line) for line in (prepare(task) / f"{task}.jsonl").read_text().splitlines()[:n]]
+    requests = []
+    for r in rows:
+        if task == "mmlu_offline":
+            context = "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:".format(r["question"], *r["choices"])
+            choices = list("ABCD")
+        else:
+            context, choices = f"{r['question']}\nAnswer:", r["choices"]
+        requests += [Instance("loglikelihood", {}, (context, f" {c}"), i) for i, c in enumerate(choices)]
+    return requests
+
+
+def timed(score, requests) -> tuple[float, list]:
+    score(requests[:WARMUP])
+    start = time.perf_counter()
+    out = score(requests)
+    return time.perf_counter() - start, out
 
 
 def main() -> None:
-    from lm_eval.api.instance import Instance
+    import numpy as np
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from toolkit.evaluation.lm_adapter import SessionLM, log_softmax
     from toolkit.profiling.device import usable_cpus
-    from toolkit.runtimes.llamacpp import open_session
-    from toolkit.tasks import prepare
+    from toolkit.runtimes import llamacpp, onnxrt
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=40)
+    parser.add_argument("--items", type=int, default=40, help="items per task")
     parser.add_argument("--threads", type=int, default=usable_cpus())
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
+    parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-lm-eval"))
     args = parser.parse_args()
-    ws = Path(".edgefirst/demo")
-    f16 = next((ws / "variants").glob("*-gguf-f16-*/model.gguf"), None)
-    ref = next((ws / "reference").glob("*"), None)
-    if f16 is None or ref is None:
-        raise SystemExit("run `toolkit compress recipes/demo.yaml` first (needs the F16 GGUF and the HF reference)")
-    rows = [json.loads(line) for line in (prepare("mmlu_offline") / "mmlu_offline.jsonl").read_text().splitlines()[: args.items]]
-    requests = []
-    for r in rows:
-        context = f"{r['question']}\nA. {r['choices'][0]}\nB. {r['choices'][1]}\nC. {r['choices'][2]}\nD. {r['choices'][3]}\nAnswer:"
-        requests += [Instance("loglikelihood", {}, (context, f" {c}"), i) for i, c in enumerate("ABCD")]
+    gguf_path, onnx_path, ref = build(args.recipe, args.workspace)
+    tasks = {task: items(task, args.items) for task in ("mmlu_offline", "social_iqa_bb")}
+    requests = [r for reqs in tasks.values() for r in reqs]
+    seconds: dict[str, float] = {}
+    results: dict[str, list] = {}
 
-    session = open_session(str(f16), args.threads, 1024, 1024)
-    gguf = SessionLM(session, 1024)
-    start = time.perf_counter()
-    gguf.loglikelihood(requests)
-    gguf_s = time.perf_counter() - start
+    def run(name, score):
+        seconds[name], results[name] = timed(score, requests)
 
-    # raw llama.cpp on exactly the tokens the adapter evaluates: each context once, then each answer token
-    pairs = [gguf._encode_pair(*req.args) for req in requests]
-    contexts = {tuple(ctx): [] for ctx, _ in pairs}
-    for ctx, cont in pairs:
-        contexts[tuple(ctx)].append(cont)
+    session = llamacpp.open_session(str(gguf_path), args.threads, MAX_LENGTH, MAX_LENGTH)
+    gguf = SessionLM(session, MAX_LENGTH)
+    run("llama.cpp adapter", gguf.loglikelihood)
+    run("llama.cpp unbatched", SessionLM(session, MAX_LENGTH, batched=False).loglikelihood)
+
+    # raw llama.cpp on exactly the groups the adapter scores: each context once with its continuations
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for req in requests:
+        ctx, cont = gguf._encode_pair(*req.args)
+        groups.setdefault(tuple(ctx), []).append(cont)
+    work = [(list(ctx), conts) for ctx, conts in groups.items()]
+
+    def raw(batch):
+        for (_, conts), rows in zip(batch, session.score_many(batch), strict=True):
+            for logits, cont in zip(rows, conts, strict=True):
+                log_softmax(logits)[range(len(cont)), cont]
+
+    raw(work[:2])
     start = time.perf_counter()
-    for ctx, conts in contexts.items():
-        for logits, cont in zip(session.score(list(ctx), conts), conts, strict=True):
-            log_softmax(logits)[range(len(cont)), cont]
-    raw_s = time.perf_counter() - start
+    raw(work)
+    seconds["raw llama.cpp"] = time.perf_counter() - start
+    session.close()
+
+    ort = onnxrt.open_session(str(onnx_path), args.threads, MAX_LENGTH, MAX_LENGTH)
+    run("onnxruntime adapter", SessionLM(ort, MAX_LENGTH).loglikelihood)
+    run("onnxruntime unbatched", SessionLM(ort, MAX_LENGTH, batched=False).loglikelihood)
+    ort.close()
 
     import torch
 
     torch.set_num_threads(args.threads)
     hf = HFLM(pretrained=AutoModelForCausalLM.from_pretrained(ref, torch_dtype=torch.float32),
-              tokenizer=AutoTokenizer.from_pretrained(ref), batch_size=8, device="cpu")
-    start = time.perf_counter()
-    hf.loglikelihood(requests)
-    hf_s = time.perf_counter() - start
+              tokenizer=AutoTokenizer.from_pretrained(ref), batch_size=8, max_length=MAX_LENGTH, device="cpu")
+    run("HF fp32 (lm-eval HFLM, batch 8)", hf.loglikelihood)
+
+    def gap(a: str, b: str) -> float:
+        return float(np.max(np.abs([x - y for (x, _), (y, _) in zip(results[a], results[b], strict=True)])))
 
     n = len(requests)
-    print(f"{n} loglikelihood requests ({args.items} MMLU items x 4 choices), {args.threads} threads")
-    print(f"GGUF F16 adapter   {n / gguf_s:8.1f} req/s")
-    print(f"HF fp32 (lm-eval)  {n / hf_s:8.1f} req/s   speed-up {hf_s / gguf_s:.2f}x (goal >= 3x)")
-    print(f"raw llama.cpp      {n / raw_s:8.1f} req/s   adapter overhead {(gguf_s - raw_s) / raw_s:+.1%} (goal < 10%)")
+    hf_s = seconds["HF fp32 (lm-eval HFLM, batch 8)"]
+    counts = ", ".join(f"{len(reqs)} {task}" for task, reqs in tasks.items())
+    print(f"\n{n} loglikelihood requests ({counts}; {args.items} items per task), {args.threads} threads\n")
+    print("| backend | req/s | seconds | vs HF fp32 |\n|---|---|---|---|")
+    for name, s in seconds.items():
+        print(f"| {name} | {n / s:.1f} | {s:.2f} | {hf_s / s:.2f}x |")
+    print(f"\nllama.cpp adapter vs HF fp32: {hf_s / seconds['llama.cpp adapter']:.2f}x (goal >= 3x)")
+    print(f"onnxruntime batched vs unbatched: {seconds['onnxruntime unbatched'] / seconds['onnxruntime adapter']:.2f}x "
+          f"(goal >= 1.5x)")
+    print(f"llama.cpp adapter overhead over raw llama.cpp: "
+          f"{(seconds['llama.cpp adapter'] - seconds['raw llama.cpp']) / seconds['raw llama.cpp']:+.1%} (goal < 10%)")
+    print(f"max |loglikelihood| difference, batched vs unbatched: llama.cpp {gap('llama.cpp adapter', 'llama.cpp unbatched'):.2e}, "
+          f"onnxruntime {gap('onnxruntime adapter', 'onnxruntime unbatched'):.2e}; "
+          f"GGUF F16 vs HF fp32 {gap('llama.cpp adapter', 'HF fp32 (lm-eval HFLM, batch 8)'):.2e}")
 
 
 if __name__ == "__main__":

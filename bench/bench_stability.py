@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit import stages  # noqa: E402
+from toolkit import pipeline  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.recommend.engine import recommend  # noqa: E402
 
@@ -37,18 +37,18 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-stability"))
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
-    kept = {name: (getattr(recipe.variants, name) if name == args.format else None) for name in type(recipe.variants).model_fields}
-    recipe = recipe.model_copy(update={"variants": recipe.variants.model_copy(update=kept), "workspace": str(args.workspace)})
+    dropped = {name: None for name, _ in recipe.variants if name != args.format}
+    recipe = recipe.model_copy(update={"variants": recipe.variants.model_copy(update=dropped), "workspace": str(args.workspace)})
     t0 = time.perf_counter()
-    manifest = stages.compress(recipe)
-    stages.evaluate(recipe)
+    manifest = pipeline.compress(recipe)
+    pipeline.evaluate(recipe)
     print(f"{len(manifest.variants)} {args.format} variants built and evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
     labels = {v.id: v.label for v in manifest.variants}
     picks, ties, memory, deploy, certs, rounds = [], [], {}, {}, [], Counter()
     for k in range(args.runs):
         shutil.rmtree(recipe.workspace_dir() / "profiles", ignore_errors=True)
         start = time.perf_counter()
-        report, _ = stages.profile(recipe)
+        report, _ = pipeline.profile(recipe)
         rec = recommend(report, recipe.budget, recipe.costs)
         picks.append(rec.pick)
         ties.append({rec.pick, *rec.tied_with})

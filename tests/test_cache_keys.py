@@ -4,17 +4,24 @@ retried on the next run."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import write_recipe
-from toolkit import stages
+from toolkit import pipeline
 from toolkit.io import write_json
+from toolkit.pipeline import accuracy, jobs, workspace
 from toolkit.profiling.harness import ChildResult
 from toolkit.recipe import load_recipe
 from toolkit.records import Manifest, Variant
+
+
+def stage_module(name: str):
+    """A stage's module (`toolkit.pipeline.profile` the attribute is the stage function)."""
+    return importlib.import_module(f"toolkit.pipeline.{name}")
 
 
 class FakeWorker:
@@ -54,12 +61,12 @@ class FakeWorker:
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     worker = FakeWorker()
-    monkeypatch.setattr(stages, "run_child", worker)
-    monkeypatch.setattr(stages, "device_roofline", lambda ws, device: None)
+    monkeypatch.setattr(jobs, "run_child", worker)
+    monkeypatch.setattr(stage_module("profile"), "device_roofline", lambda ws, device: None)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("some text " * 100)
-    monkeypatch.setattr(stages, "corpus_path", lambda name: corpus)
-    monkeypatch.setattr(stages, "task_dir", lambda name: str(tmp_path))
+    monkeypatch.setattr(workspace, "corpus_path", lambda name: corpus)
+    monkeypatch.setattr(accuracy, "task_dir", lambda name: str(tmp_path))
     path = write_recipe(tmp_path / "r.yaml", f"""
         name: keys
         workspace: {tmp_path / 'ws'}
@@ -90,70 +97,70 @@ def _recipe_with(recipe, section: str, **changes):
 
 def test_fidelity_key_names_the_variant_reference_corpus_settings_and_runtime(setup, monkeypatch):
     recipe, worker, (f16, q8), corpus = setup
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("perplexity") == []  # nothing changed: nothing recomputed
     _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("perplexity") == ["Q8_0.gguf"]  # only the variant whose bytes changed
     _set_manifest(recipe, [f16.model_copy(update={"sha256": "new-ref"}), q8.model_copy(update={"sha256": "new"})])
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]  # a new reference: every KL is stale
-    stages.evaluate(_recipe_with(recipe, "quality", chunks=3))
+    pipeline.evaluate(_recipe_with(recipe, "quality", chunks=3))
     assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
     corpus.write_text("other text " * 100)
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
-    monkeypatch.setattr(stages, "_versions", lambda v: (("llama_cpp_python", "9.9.9"),))
-    stages.evaluate(recipe)
+    monkeypatch.setattr(workspace, "installed_versions", lambda runtime: (("llama_cpp_python", "9.9.9"),))
+    pipeline.evaluate(recipe)
     assert worker.count("perplexity") == ["F16.gguf", "Q8_0.gguf"]
 
 
 def test_accuracy_key_names_variant_task_settings_and_lm_eval(setup, monkeypatch):
     recipe, worker, (f16, q8), _ = setup
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("lm_eval") == []
-    stages.evaluate(_recipe_with(recipe, "accuracy", limit=20))
+    pipeline.evaluate(_recipe_with(recipe, "accuracy", limit=20))
     assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
     _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
-    stages.evaluate(recipe)
+    pipeline.evaluate(recipe)
     assert worker.count("lm_eval") == ["Q8_0.gguf"]
-    monkeypatch.setattr(stages, "_lm_eval_version", lambda: "0.0.1")
-    stages.evaluate(recipe)
+    monkeypatch.setattr(accuracy, "lm_eval_version", lambda: "0.0.1")
+    pipeline.evaluate(recipe)
     assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
 
 
 def test_profile_key_names_variant_settings_and_device(setup):
     recipe, worker, (f16, q8), _ = setup
-    stages.profile(recipe)
+    pipeline.profile(recipe)
     assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
-    stages.profile(recipe)
+    pipeline.profile(recipe)
     assert worker.count("profile") == []
-    stages.profile(_recipe_with(recipe, "device", repeats=4))
+    pipeline.profile(_recipe_with(recipe, "device", repeats=4))
     assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
-    stages.profile(_recipe_with(recipe, "device", threads=1))  # another thread count is another device
+    pipeline.profile(_recipe_with(recipe, "device", threads=1))  # another thread count is another device
     assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
     _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
-    stages.profile(recipe)
+    pipeline.profile(recipe)
     assert worker.count("profile") == ["Q8_0.gguf"]
 
 
 def test_a_failure_is_kept_with_its_reason_and_retried(setup):
     recipe, worker, _, _ = setup
     worker.fail = {"Q8_0.gguf"}
-    report, _ = stages.profile(recipe)
-    quality, accuracy = stages.evaluate(recipe)
+    report, _ = pipeline.profile(recipe)
+    quality, accuracy = pipeline.evaluate(recipe)
     assert [p.status for p in report.profiles] == ["ok", "crash"] and "boom" in report.profiles[1].reason
     assert [q.status for q in quality] == ["ok", "crash"] and [a.status for a in accuracy] == ["ok", "crash"]
     failed = [p for p in (recipe.workspace_dir() / "profiles").glob("x-gguf-q8_0-*.json")]
     assert len(failed) == 1 and '"crash"' in failed[0].read_text()  # kept on disk, with its reason
     worker.calls.clear()
     worker.fail = set()
-    report, _ = stages.profile(recipe)
-    quality, accuracy = stages.evaluate(recipe)
+    report, _ = pipeline.profile(recipe)
+    quality, accuracy = pipeline.evaluate(recipe)
     assert [p.status for p in report.profiles] == ["ok", "ok"]
     assert [q.status for q in quality] == ["ok", "ok"] and [a.status for a in accuracy] == ["ok", "ok"]
     assert worker.calls == [("profile", "Q8_0.gguf"), ("perplexity", "Q8_0.gguf"), ("lm_eval", "Q8_0.gguf")]

@@ -30,8 +30,13 @@ def test_bad_card_names_field(tmp_path):
 
 
 def test_hub_model_unreachable_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import: tests/conftest.py sets the first before
+    # anything imports it, and the cache folder is patched where the library reads it (an empty one, so that a
+    # copy of the model on this machine cannot answer)
+    assert constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: t\ncandidates: [{model: qwen2.5-0.5b-instruct}]\n"))
     with pytest.raises(UserError, match="cannot fetch 'Qwen/Qwen2.5-0.5B-Instruct' from the Hugging Face hub"):
         resolve(recipe.candidates[0], recipe)

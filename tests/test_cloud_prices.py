@@ -9,13 +9,13 @@ import yaml
 
 from tests.conftest import write_recipe
 from tests.test_costs_reports import _report
-from toolkit.cli import _providers
 from toolkit.cluster import deploy_files, pick_cloud
 from toolkit.errors import UserError
 from toolkit.paper import table_one
 from toolkit.recipe import Budget, Costs, load_recipe
 from toolkit.recommend.cloud import price_map
 from toolkit.recommend.engine import recommend
+from toolkit.recommend.service import providers as _providers
 from toolkit.reports import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +156,6 @@ def test_legacy_catalogue_still_loads_and_refuses_named_models(tmp_path):
 def test_paper_table_one_from_the_papers_inputs():
     rows = {row.model: row for row in table_one()}
     edge, gpt4 = rows["Qwen2.5-7B"], rows["gpt-4"]
-    assert round(edge.computed_cents, 4) == 0.0041 and edge.matches  # 590 J at 25 c/kWh, engine._edge_cost_per_1k
+    assert round(edge.computed_cents, 4) == 0.0041 and edge.matches  # 590 J at 25 c/kWh, options.edge_cost_per_1k
     assert round(gpt4.computed_cents, 4) == 1.65 and gpt4.matches  # 150 + 200 tokens at GPT-4's price in LiteLLM's map
     assert gpt4.source.startswith("LiteLLM ") and gpt4.formula == "(150 prompt x $30 + 200 output x $60) / 1M"

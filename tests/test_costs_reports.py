@@ -6,19 +6,20 @@ import pytest
 
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.cloud import CloudModel, load_providers
-from toolkit.recommend.engine import _edge_cost_per_1k, recommend
+from toolkit.recommend.engine import recommend
+from toolkit.recommend.options import edge_cost_per_1k
 from toolkit.records import DeviceFingerprint, DevicePower, DeviceReport, Profile, PromptTiming, Quality, Stat, Variant
 from toolkit.reports import html_page, markdown
 
 
 def test_paper_arithmetic_590_joules_at_25_cents_per_kwh():
-    per_1k = _edge_cost_per_1k(590.0, 10.0, Costs(electricity_usd_per_kwh=0.25))
+    per_1k = edge_cost_per_1k(590.0, 10.0, Costs(electricity_usd_per_kwh=0.25))
     cents_per_response = per_1k / 1000 * 100
     assert cents_per_response == pytest.approx(0.0041, abs=0.00005)
 
 
 def test_amortised_device_cost_adds_per_second():
-    per_1k = _edge_cost_per_1k(0.0, 3.6, Costs(electricity_usd_per_kwh=0.25, device_usd_per_hour=1.0))
+    per_1k = edge_cost_per_1k(0.0, 3.6, Costs(electricity_usd_per_kwh=0.25, device_usd_per_hour=1.0))
     assert per_1k == pytest.approx(1.0)  # 3.6 s at $1/h = $0.001 per response
 
 
@@ -40,7 +41,14 @@ FP = DeviceFingerprint(id="dev1", hostname="h", cpu_model="cpu", physical_cores=
 POWER = DevicePower(idle_w=5, busy_w=20)
 
 
+def spread(x: float, low: float, high: float) -> list[float]:
+    """Three repeats around a median `x` that spread, so that p10 and p90 differ from the median (budgets use them)."""
+    return [x * low, x, x * high]
+
+
 def _report(rows, power: DevicePower | None = POWER) -> DeviceReport:
+    """One variant per row (TTFT median at 64 and 512 tokens, decode median, memory, perplexity); the repeats
+    spread: TTFT p90 is 1.08 x the median, decode p10 0.92 x (numpy's linear percentiles of the three)."""
     variants, profiles, quality = [], [], []
     for i, (ttft64, ttft512, tps, mem, ppl) in enumerate(rows):
         vid = f"v{i}"
@@ -49,9 +57,11 @@ def _report(rows, power: DevicePower | None = POWER) -> DeviceReport:
         profiles.append(Profile(
             key=vid, variant_id=vid, variant_name=f"m Q{i}", format="gguf", runtime="llama.cpp", device=FP, status="ok",
             settings={}, file_size_mb=1, load_ms=10,
-            prompts=[PromptTiming(prompt_tokens=n, ttft_ms=Stat.of([t] * 3), prefill_tps=Stat.of([n / t * 1000] * 3))
+            prompts=[PromptTiming(prompt_tokens=n, ttft_ms=Stat.of(spread(t, 0.95, 1.1)),
+                                  prefill_tps=Stat.of([n / x * 1000 for x in spread(t, 0.95, 1.1)]))
                      for n, t in ((64, ttft64), (512, ttft512))],
-            decode_tokens=128, decode_tps=Stat.of([tps] * 3), itl_ms=Stat.of([1000 / tps] * 3), peak_rss_mb=mem,
+            decode_tokens=128, decode_tps=Stat.of(spread(tps, 0.9, 1.05)),
+            itl_ms=Stat.of([1000 / x for x in spread(tps, 0.9, 1.05)]), peak_rss_mb=mem,
         ))
         quality.append(Quality(key=vid, variant_id=vid, status="ok", corpus="c", corpus_sha256="0", ctx=512, chunks=1, perplexity=ppl))
     return DeviceReport(recipe="r", created="now", toolkit_version="0", device=FP, power=power, variants=variants,
@@ -115,7 +125,7 @@ def test_reports_render_all_rows_and_plots():
 
 
 def test_rapl_meter_reads_fake_powercap(tmp_path, monkeypatch):
-    from toolkit.profiling.energy import RaplMeter
+    from toolkit.profiling.meters.rapl import RaplMeter
 
     pkg = tmp_path / "intel-rapl:0"
     pkg.mkdir()

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.conftest import write_recipe
-from toolkit import stages
+from toolkit import pipeline
 from toolkit.errors import UserError
 from toolkit.recipe import load_recipe
 from toolkit.runtimes import get_runtime
@@ -41,7 +41,7 @@ def onnx_run(tiny_llama, tmp_path_factory):
     pytest.importorskip("optimum.exporters.onnx")
     tmp = tmp_path_factory.mktemp("onnx")
     recipe = _recipe(tmp, tiny_llama, "  onnx: {precisions: [fp32, int8, int4], int4_block_sizes: [32, 128]}")
-    return recipe, stages.compress(recipe)
+    return recipe, pipeline.compress(recipe)
 
 
 def test_onnx_ladder_builds_and_profiles(onnx_run):
@@ -50,9 +50,9 @@ def test_onnx_ladder_builds_and_profiles(onnx_run):
     sizes = {v.quant: v.size_bytes for v in manifest.variants}
     assert sizes["fp32"] > sizes["int8"] > sizes["int4-b32"]
     assert all(v.runtime == "onnxruntime" and v.tools["onnxruntime"] for v in manifest.variants)
-    quality, _ = stages.evaluate(recipe)
+    quality, _ = pipeline.evaluate(recipe)
     assert all(q.status == "ok" and q.perplexity > 1 for q in quality), [q.reason for q in quality]
-    report, _ = stages.profile(recipe)
+    report, _ = pipeline.profile(recipe)
     assert all(p.status == "ok" for p in report.profiles), [p.reason for p in report.profiles]
     assert all(p.decode_tps.median > 0 and p.prompts[1].ttft_ms.n == 3 for p in report.profiles)
 
@@ -89,20 +89,20 @@ def test_unsupported_architecture_for_onnx_export(tmp_path, tiny_llama):
     (odd / "config.json").write_text(json.dumps(config))
     recipe = _recipe(tmp_path, odd, "  onnx: {precisions: [fp32]}")
     with pytest.raises(UserError, match="cannot export .* to ONNX"):
-        stages.compress(recipe)
+        pipeline.compress(recipe)
 
 
 @pytest.mark.skipif(not HAS_GPTQ, reason="gptqmodel is not installed")
 def test_gptq_4_and_8_bit(tiny_llama, tmp_path):
     recipe = _recipe(tmp_path, tiny_llama, "  gptq: {bits: [4, 8], group_size: 64, calibration: {lines: 16}}")
-    manifest = stages.compress(recipe)
+    manifest = pipeline.compress(recipe)
     assert [v.quant for v in manifest.variants] == ["w4g64", "w8g64"]
     for v in manifest.variants:
         assert v.details["calibration_lines"] == 16 and len(v.details["calibration_sha256"]) == 64
     from pathlib import Path
 
     assert not (Path.cwd() / "gptqmodel_offload").exists()  # GPTQModel's scratch stays in the workspace
-    report, _ = stages.profile(recipe)
+    report, _ = pipeline.profile(recipe)
     assert all(p.status == "ok" for p in report.profiles), [p.reason for p in report.profiles]
 
 
@@ -111,4 +111,4 @@ def test_gptq_group_size_must_divide_width(tiny_llama, tmp_path):
     if not HAS_GPTQ:
         pytest.skip("gptqmodel is not installed")
     with pytest.raises(UserError, match="group size 512 does not divide hidden_size=256"):
-        stages.compress(recipe)
+        pipeline.compress(recipe)

@@ -55,10 +55,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_atomic_write_replaces_whole(tmp_path):
+    import json
+
     target = tmp_path / "out.json"
-    write_json(target, {"a": 1})
-    write_json(target, {"a": 2})
-    assert target.read_text().strip().endswith("}")
+    write_json(target, {"a": "x" * 10_000, "b": [1, 2, 3]})
+    write_json(target, {"a": 2})  # shorter than what it replaces: nothing of the old file may remain
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": 2}
+    assert target.read_text(encoding="utf-8") == '{\n  "a": 2\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
@@ -94,3 +97,132 @@ def test_temporaries_of_dead_writers_are_swept_live_ones_kept(tmp_path):
         assert tmp.name.startswith(f".model.gguf.{live_pid}.") and tmp.name.endswith(".part")
         tmp.write_bytes(b"whole")
     assert not stale.exists() and live.exists()
+
+
+def test_write_json_is_sorted_indented_and_takes_paths(tmp_path):
+    from pydantic import BaseModel
+
+    class Small(BaseModel):
+        zeta: int = 1
+        alpha: str = "é"
+
+    target = tmp_path / "d.json"
+    write_json(target, {"b": 1, "a": {"d": tmp_path / "x", "c": [1, 2]}})
+    assert target.read_text(encoding="utf-8") == (
+        '{\n  "a": {\n    "c": [\n      1,\n      2\n    ],\n    "d": "' + str(tmp_path / "x") + '"\n  },\n  "b": 1\n}\n')
+    write_json(target, Small())  # a record: its own field order, indented the same way
+    assert target.read_bytes() == '{\n  "zeta": 1,\n  "alpha": "é"\n}\n'.encode()
+
+
+def test_the_lock_file_is_readable_by_all_and_names_its_holder(tmp_path):
+    import os
+
+    from toolkit.io import hold_lock
+
+    old = os.umask(0)
+    try:
+        hold_lock(tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / ".lock").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize(("content", "named"), [(b"", "pid unknown"), (b"\xff\xfe\n", "pid \ufffd\ufffd")])
+def test_a_lock_held_with_an_odd_lock_file_still_gives_one_line(tmp_path, content, named):
+    import subprocess
+    import sys
+
+    from toolkit.io import hold_lock
+
+    holder = ("import sys; from pathlib import Path; from toolkit.io import hold_lock; p = Path(sys.argv[1]); hold_lock(p); "
+              "(p / '.lock').write_bytes(bytes.fromhex(sys.argv[2])); print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path), content.hex()], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(UserError) as caught:
+            hold_lock(tmp_path)
+        assert f"another toolkit run ({named}) is using this workspace" in caught.value.one_line()
+    finally:
+        proc.communicate("", timeout=30)
+
+
+def test_a_lock_that_cannot_be_opened_is_a_user_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from toolkit import io as tio
+    from toolkit.io import hold_lock
+
+    (tmp_path / "a" / ".lock").mkdir(parents=True)  # a folder where the lock file should be
+    with pytest.raises(UserError) as caught:
+        hold_lock(tmp_path / "a")
+    assert caught.value.one_line() == f"{tmp_path / 'a' / '.lock'}: cannot open the lock file (Is a directory)"
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tio.os, "pwrite", full)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UserError, match=f"^{tmp_path / 'b' / '.lock'}: no space left on the device"):
+        hold_lock(tmp_path / "b")
+
+
+def test_a_temporary_whose_writer_cannot_be_inspected_is_kept(tmp_path, monkeypatch):
+    import psutil
+
+    from toolkit import io as tio
+
+    class Denied:
+        def __init__(self, pid):
+            raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(tio.psutil, "Process", Denied)
+    part = tmp_path / ".model.gguf.4242.abcd1234.part"
+    part.write_bytes(b"half")
+    assert sweep_stale(tmp_path) == 0 and part.exists()  # it may still be writing: leave it
+
+
+def test_cache_root_follows_edgefirst_cache_then_xdg_then_home(tmp_path, monkeypatch):
+    from toolkit.io import cache_root
+
+    monkeypatch.setenv("EDGEFIRST_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    monkeypatch.setenv("EDGEFIRST_CACHE", "")  # empty: not set
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "edgefirst-toolkit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "edgefirst-toolkit"
+
+
+def test_folder_errors_name_the_folder(tmp_path, monkeypatch):
+    from toolkit import io as tio
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError) as caught:
+        ensure_dir(tmp_path / "file" / "ws")
+    assert caught.value.one_line() == f"{tmp_path / 'file' / 'ws'}: cannot create folder (Not a directory)"
+    monkeypatch.setattr(tio.os, "access", lambda path, mode: False)  # as root every folder is writable: say it is not
+    with pytest.raises(UserError) as caught:
+        ensure_dir(tmp_path / "ro")
+    assert caught.value.one_line() == f"{tmp_path / 'ro'}: folder is not writable"
+
+
+def test_sweep_counts_every_stale_temporary_and_survives_an_unreadable_folder(tmp_path):
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    for name in ("a", "b", "c"):
+        (tmp_path / f".{name}.json.{dead}.x1y2z3.part").write_text("{")
+    assert sweep_stale(tmp_path) == 3 and list(tmp_path.iterdir()) == []
+
+    class Unreadable:
+        def glob(self, pattern):
+            raise PermissionError(13, "Permission denied")
+
+        rglob = glob
+
+    assert sweep_stale(Unreadable()) == 0 and sweep_stale(Unreadable(), recursive=True) == 0

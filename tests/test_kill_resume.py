@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tests.conftest import write_recipe
-from toolkit.formats import path_sha256
+from toolkit.formats.files import path_sha256
 from toolkit.records import Manifest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")

@@ -36,7 +36,7 @@ from toolkit.recommend.engine import recommend  # noqa: E402
 from toolkit.simulate import SimCloud, SimDevice, Workload, simulate  # noqa: E402
 from toolkit.sources import fetch_pypi_files  # noqa: E402
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.allow_hosts(["127.0.0.1"])]  # loopback only
 RPM = 6  # each edge device admits 6 requests per 60 s window: 12 for the fleet during the test
 REQUESTS = 24
 

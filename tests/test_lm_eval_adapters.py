@@ -9,7 +9,8 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from tests.conftest import write_recipe  # noqa: E402
-from toolkit import stages  # noqa: E402
+from toolkit import pipeline  # noqa: E402
+from toolkit.pipeline.accuracy import task_dir  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 
 REQUESTS = [
@@ -34,7 +35,7 @@ def f32_gguf(tiny_llama, tmp_path_factory):
         candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
         variants: {{gguf: {{quants: [F32, Q4_K_M]}}}}
         """))
-    return stages.compress(recipe).variants
+    return pipeline.compress(recipe).variants
 
 
 def test_gguf_and_hf_loglikelihoods_agree_on_the_same_weights(tiny_llama, f32_gguf):
@@ -72,4 +73,4 @@ def test_unknown_task_is_a_clear_error(tmp_path):
     from toolkit.errors import UserError
 
     with pytest.raises(UserError, match="unknown task 'no_such_task'"):
-        stages.task_dir("no_such_task")
+        task_dir("no_such_task")

@@ -5,23 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_recipe
-from toolkit import stages
+from toolkit import pipeline
 from toolkit.errors import UserError
 from toolkit.io import write_json
+from toolkit.pipeline import jobs
 from toolkit.profiling.harness import run_child
 from toolkit.recipe import load_recipe
 from toolkit.recommend.engine import recommend
 from toolkit.records import Manifest
 
 
-@pytest.fixture(scope="module")
-def recipe(tiny_llama, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("recipe")
-    path = write_recipe(folder / "tiny.yaml", f"""
+def _recipe(folder, tiny_llama):
+    return load_recipe(write_recipe(folder / "tiny.yaml", f"""
         name: tiny
         workspace: {folder / 'ws'}
         candidates:
@@ -40,16 +40,37 @@ def recipe(tiny_llama, tmp_path_factory):
         quality:
           ctx: 64
           chunks: 2
-        """)
-    return load_recipe(path)
+        """))
 
 
 @pytest.fixture(scope="module")
+def built(tiny_llama, tmp_path_factory):
+    """The ladder converted and quantized once per module, in a workspace no test runs in."""
+    folder = tmp_path_factory.mktemp("built")
+    pipeline.compress(_recipe(folder, tiny_llama))
+    return folder / "ws"
+
+
+@pytest.fixture
+def recipe(built, tiny_llama, tmp_path):
+    """A workspace of this test's own holding a copy of the compressed ladder (and nothing measured): what one
+    test measures, another never reads. The variant records' paths are moved to the copy."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(built, ws, ignore=shutil.ignore_patterns(".lock"))
+    for record in [ws / "manifest.json", *ws.glob("variants/*/variant.json")]:
+        record.write_text(record.read_text(encoding="utf-8").replace(str(built), str(ws)), encoding="utf-8")
+    return _recipe(tmp_path, tiny_llama)
+
+
+@pytest.fixture
 def manifest(recipe):
-    return stages.compress(recipe)
+    return pipeline.compress(recipe)
 
 
 def test_compress_builds_the_ladder(manifest, recipe):
+    assert all(Path(v.path).is_relative_to(recipe.workspace_dir()) for v in manifest.variants)  # this test's own copy
     quants = [v.quant for v in manifest.variants]
     assert quants == ["F16", "Q8_0", "Q4_K_M"]
     sizes = [v.size_bytes for v in manifest.variants]
@@ -62,22 +83,20 @@ def test_compress_builds_the_ladder(manifest, recipe):
 
 
 def test_second_compress_reuses_finished_work(manifest, recipe):
-    from pathlib import Path
-
     before = {v.id: Path(v.path).stat().st_mtime_ns for v in manifest.variants}
-    again = stages.compress(recipe)
+    again = pipeline.compress(recipe)
     assert [v.id for v in again.variants] == list(before)
     assert {v.id: Path(v.path).stat().st_mtime_ns for v in again.variants} == before
 
 
 def test_perplexity_then_profile_then_recommend(manifest, recipe):
-    quality, _ = stages.evaluate(recipe)
+    quality, _ = pipeline.evaluate(recipe)
     assert [q.status for q in quality] == ["ok"] * 3
     vocab = 320
     for q in quality:
         assert 1 < q.perplexity < 10 * vocab  # a random model is near-uniform over its vocabulary
         assert q.tokens_scored == 2 * 32
-    report, path = stages.profile(recipe)
+    report, path = pipeline.profile(recipe)
     assert path.exists()
     assert [p.status for p in report.profiles] == ["ok"] * 3, [p.reason for p in report.profiles]
     for p in report.profiles:
@@ -109,17 +128,16 @@ def test_broken_variant_is_recorded_and_the_sweep_goes_on(manifest, recipe, tmp_
     bad.write_bytes(b"GGUF" + b"\0" * 4096)
     broken = manifest.variants[2].model_copy(update={"id": "tiny-broken", "label": "broken", "path": str(bad), "sha256": "0" * 64})
     write_json(recipe.workspace_dir() / "manifest.json", Manifest(recipe="tiny", variants=[broken, manifest.variants[2]]))
-    try:
-        report, _ = stages.profile(recipe)
-    finally:
-        write_json(recipe.workspace_dir() / "manifest.json", manifest)
+    assert not (recipe.workspace_dir() / "profiles").exists()  # nothing measured before: the "ok" below is this run's
+    once = recipe.device.model_copy(update={"rounds": 1, "max_rounds": 1, "certify_runs": 0})  # one process per variant
+    report, _ = pipeline.profile(recipe.model_copy(update={"device": once}))
     assert report.profiles[0].status == "crash"
     assert "could not load" in report.profiles[0].reason
     assert report.profiles[1].status == "ok"
 
 
 def _job(variant, recipe, corpus):
-    return stages._job(recipe, variant, "profile", corpus)
+    return jobs.measure_job(recipe, variant, "profile", corpus).model_dump(mode="json")
 
 
 def test_memory_cap_and_timeout_are_results_not_failures(manifest, recipe, tmp_path):
@@ -150,8 +168,11 @@ def test_unknown_model_architecture_is_clear(tmp_path, tiny_llama):
     (odd / "config.json").write_text(json.dumps(config))
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"name: odd\nworkspace: {tmp_path / 'ws'}\ncandidates: [{{model: {odd}}}]\n"))
     with pytest.raises(UserError, match="cannot convert .* to GGUF: .*NoSuchForCausalLM"):
-        stages.compress(recipe)
-    assert not list((tmp_path / "ws" / "intermediate").glob("*.gguf"))
+        pipeline.compress(recipe)
+    # nothing half-written stays: no GGUF, no temporary (`.NAME.PID.XXXX.part`), no variant; only the lock and the
+    # converter's log
+    left = sorted(str(p.relative_to(tmp_path / "ws")) for p in (tmp_path / "ws").rglob("*") if p.is_file())
+    assert [p for p in left if not (p.startswith("logs/") and p.endswith(".log"))] == [".lock"], left
 
 
 @pytest.mark.parametrize(("flag", "value", "words"), [

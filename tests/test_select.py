@@ -88,7 +88,10 @@ def ref_feasible(o: Option, limits: list[Limit]) -> bool:
     return True
 
 
-def ref_utility(o: Option, feasible: list[Option], alpha: float) -> float:
+def ref_utility(o: Option, feasible: list[Option], alpha: float) -> float | None:
+    """README: U = alpha * quality + (1 - alpha) * responsiveness, each the mean of the ratios to the best
+    option of the basis (a signal counts when every basis option has it and its best is > 0; an option
+    without a counted signal, or at 0 on a lower-is-better one, has no utility)."""
     quality, speed = [], []
     for m, bucket, higher in (("accuracy", quality, True), ("perplexity", quality, False),
                               ("decode_tps", speed, True), ("ttft_ms", speed, False)):
@@ -98,6 +101,8 @@ def ref_utility(o: Option, feasible: list[Option], alpha: float) -> float:
         best = max(values) if higher else min(values)
         if best <= 0:
             continue
+        if o.metrics[m] is None or (not higher and o.metrics[m] <= 0):
+            return None
         bucket.append(o.metrics[m] / best if higher else best / o.metrics[m])
     q = sum(quality) / len(quality) if quality else 1.0
     s = sum(speed) / len(speed) if speed else 1.0
@@ -154,6 +159,10 @@ def test_pick_is_the_best_feasible_option_by_brute_force(rows, limits, priority,
         assert math.isclose(o.utility, utility[o.id], rel_tol=1e-9, abs_tol=1e-12)
     if pick is None:
         assert all(o.verdict.startswith(("breaks the budget", "not measured")) for o in opts)
+        measured = [o for o in opts if o.status == "ok"]  # with nothing in budget, utility is relative to all measured
+        for o in measured:
+            expected = ref_utility(o, measured, alpha)
+            assert o.utility is None if expected is None else math.isclose(o.utility, expected, rel_tol=1e-9, abs_tol=1e-12)
         return
     assert pick.status == "ok" and ref_feasible(pick, limits)
     best = ref_score(pick, utility[pick.id], priority)
@@ -161,6 +170,14 @@ def test_pick_is_the_best_feasible_option_by_brute_force(rows, limits, priority,
     # the front flag is the Pareto front of the feasible options over the objectives they all have
     objectives = [m for m in OBJECTIVES if all(o.metrics[m] is not None for o in feasible)]
     front = {o.id for o in feasible if not any(ref_dominates(p, o, objectives) for p in feasible)}
+    # among exact ties on the priority: undominated first, then lower KL, lower perplexity, smaller file, id
+    tied = [o for o in feasible if not beats(best, ref_score(o, utility[o.id], priority))]
+
+    def low(v):
+        return math.inf if v is None else v
+
+    assert pick is min(tied, key=lambda o: (o.id not in front, low(o.metrics["kl"]), low(o.metrics["perplexity"]),
+                                            low(o.size_mb), o.id))
     assert {o.id for o in opts if o.on_front} == front
     for o in opts:
         if o.status != "ok":
@@ -179,11 +196,26 @@ def test_pick_is_the_best_feasible_option_by_brute_force(rows, limits, priority,
 @settings(max_examples=300, deadline=None)
 @given(option_rows, limit_lists, st.sampled_from(PRIORITIES), alphas, st.randoms(use_true_random=False))
 def test_pick_ignores_input_order_and_over_budget_variants(rows, limits, priority, alpha, rnd):
-    pick = select(build(rows), limits, priority, alpha)
+    first = build(rows)
+    pick = select(first, limits, priority, alpha)
     shuffled = build(rows)
     rnd.shuffle(shuffled)
     again = select(shuffled, limits, priority, alpha)
     assert (pick and pick.id) == (again and again.id)
+    # every option's verdict (with the dominator it names), front flag and utility, whatever the order
+    same = {o.id: (o.verdict, o.on_front, o.dominated_by, o.utility, o.violations) for o in first}
+    assert {o.id: (o.verdict, o.on_front, o.dominated_by, o.utility, o.violations) for o in shuffled} == same
     only_feasible = [o for o in build(rows) if ref_feasible(o, limits)]
     alone = select(only_feasible, limits, priority, alpha)
     assert (pick and pick.id) == (alone and alone.id)
+
+
+def test_the_named_dominator_is_on_the_front_whatever_the_order():
+    """a is dominated by b and c, b by c: the verdict should name c, on the front, in every order. Memory is an
+    objective that utility ignores, so b and c tie on utility and only the front flag separates them."""
+    import itertools
+
+    for order in itertools.permutations(range(3)):
+        made = [Option(id=i, label=i, metrics={"memory_mb": m}) for i, m in (("a", 30.0), ("v9", 20.0), ("v1", 10.0))]
+        select([made[k] for k in order], [], "balanced", 0.5)
+        assert made[0].dominated_by == "v1" and made[1].dominated_by == "v1", order

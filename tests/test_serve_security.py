@@ -26,6 +26,7 @@ pytest.importorskip("litellm")
 from tests.loopback import free_port, wait_http  # noqa: E402
 from toolkit.serve import ChatRequest, RequestRefused, is_loopback, key_matches, parse_request  # noqa: E402
 
+pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])  # the router and the stand-ins on loopback; nothing else
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_KEY = "sk-provider-secret-0123"
 CLIENT_KEY = "client-key"

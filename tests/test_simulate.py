@@ -9,9 +9,12 @@ SLOW = SimDevice(name="slow", ttft_s=0.8, decode_tps=25, rpm=600, window_s=60)
 CLOUD = SimCloud(ttft_s=0.5, decode_tps=80, usd_per_response=0.001)
 
 
-def test_seeded_runs_repeat_exactly():
+def test_seeded_runs_repeat_exactly_and_another_seed_differs():
     w = Workload(rate_per_s=1.0, duration_s=300, seed=7)
-    assert simulate([FAST, SLOW], CLOUD, w, "load_aware") == simulate([FAST, SLOW], CLOUD, w, "load_aware")
+    first = simulate([FAST, SLOW], CLOUD, w, "load_aware")
+    assert first == simulate([FAST, SLOW], CLOUD, w, "load_aware")
+    other = simulate([FAST, SLOW], CLOUD, w.model_copy(update={"seed": 8}), "load_aware")
+    assert other != first and (other.requests, other.p50_s, other.p95_s) != (first.requests, first.p50_s, first.p95_s)
 
 
 def test_light_load_stays_on_the_edge():

@@ -81,7 +81,7 @@ def test_doctor_passes_here_with_one_line_per_check():
     checks = run_checks()
     assert [c for c in checks if c.status == "FAIL"] == []
     names = [c.name for c in checks]
-    for name in ("python", "llama.cpp", "onnxruntime", "torch", "gptqmodel", "cpu", "energy (RAPL)", "disk", "memory",
+    for name in ("python", "llama.cpp", "onnxruntime", "torch", "gptqmodel", "cpu", "energy", "energy/rapl", "disk", "memory",
                  "cache", "offline packages", "browser"):
         assert name in names
     assert all("\n" not in c.line() for c in checks)

@@ -6,17 +6,12 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from toolkit.config import Strict, load_yaml_model
 from toolkit.errors import UserError
-from toolkit.recipe import validation_error
 
 CATALOGUE_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class PyPISource(Strict):
@@ -54,13 +49,7 @@ class ModelCard(Strict):
 
 
 def load_card(path: Path) -> ModelCard:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ModelCard.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise UserError(f"not valid YAML ({exc})", file=path) from exc
-    except ValidationError as exc:
-        raise validation_error(exc, path) from exc
+    return load_yaml_model(path, ModelCard, "model card")
 
 
 @cache

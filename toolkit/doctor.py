@@ -16,7 +16,8 @@ from typing import Literal
 import psutil
 
 from toolkit.io import cache_root
-from toolkit.profiling.energy import RaplMeter, rapl_root
+from toolkit.profiling import meters
+from toolkit.profiling.meters.model import FIX as POWER_FIX
 from toolkit.recipe import Recipe
 from toolkit.runtimes import RUNTIMES
 
@@ -143,14 +144,33 @@ def check_cpu() -> Check:
     return Check("cpu", "ok", detail)
 
 
-def check_rapl() -> Check:
-    if RaplMeter.open() is not None:
-        return Check("energy (RAPL)", "ok", f"readable under {rapl_root()}: energy is measured")
-    if any(rapl_root().glob("intel-rapl:*")):
-        return Check("energy (RAPL)", "warn", f"counters under {rapl_root()} exist but are not readable: energy is estimated",
-                     "sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj (or a udev rule to keep it), then profile again")
-    return Check("energy (RAPL)", "warn", "no RAPL counters (a VM, or not x86): energy is estimated from device.power",
-                 "set device.power.busy_w in the recipe from the device's datasheet or a wall meter")
+def check_energy(recipe: Recipe | None) -> list[Check]:
+    """The meter a profile would use ("energy"), then every meter: readable, or why not (energy/<meter>)."""
+    power = recipe.device.power.model_dump() if recipe and recipe.device.power else None
+    requested = recipe.device.energy_meter if recipe else "auto"
+    choice = meters.choose(requested, power)
+    choice.close()
+    used = choice.meter.name if choice.meter else None
+    lines = []
+    for p in choice.probes:
+        name = f"energy/{p.name}"
+        if p.meter:
+            lines.append(Check(name, "ok", ("used: " if p.name == used else "readable: ") + f"{p.meter.detail}"))
+        elif p.fix and p.name in meters.MEASURED:  # the source is there, but not usable yet
+            lines.append(Check(name, "warn", "not usable: " + p.why, p.fix))
+        else:  # this device has none (the "energy" line says what that means)
+            lines.append(Check(name, "ok", "none: " + p.why))
+    asked = "" if requested == "auto" else f"device.energy_meter {requested}: "
+    fixes = [p.fix for p in choice.probes if p.fix and p.name in meters.MEASURED and requested in ("auto", p.name)]
+    if choice.meter and choice.meter.measured:
+        head = Check("energy", "ok", asked + choice.meter.label)
+    elif choice.meter:
+        head = Check("energy", "warn", f"{asked}{choice.meter.label}; no readable meter here: {choice.why_not_measured()}",
+                     fixes[0] if fixes else "profile on the device itself, where one of the meters below is readable")
+    else:
+        head = Check("energy", "warn", f"{asked}energy and cost unknown: no readable meter here "
+                     f"({choice.why_not_measured()}) and no device.power", POWER_FIX)
+    return [head, *lines]
 
 
 def check_disk(workspace: Path) -> Check:
@@ -221,16 +241,17 @@ def check_browser() -> Check:
 
 def run_checks(recipe: Recipe | None = None) -> list[Check]:
     workspace = recipe.workspace_dir() if recipe else Path.cwd() / ".edgefirst"
-    checks: list[tuple[str, Callable[[], Check]]] = [
+    checks: list[tuple[str, Callable[[], Check | list[Check]]]] = [
         ("python", check_python), *((name, lambda name=name: check_runtime(name)) for name in RUNTIMES),
-        ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy (RAPL)", check_rapl),
+        ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy", lambda: check_energy(recipe)),
         ("disk", lambda: check_disk(workspace)), ("memory", check_memory), ("cache", check_cache),
         ("offline packages", lambda: check_offline_data(recipe)), ("browser", check_browser),
     ]
     out = []
     for name, check in checks:
         try:
-            out.append(check())
+            found = check()
+            out.extend(found if isinstance(found, list) else [found])
         except Exception as exc:  # noqa: BLE001 - a broken check is a finding, not a crash
             out.append(Check(name, "FAIL", f"{type(exc).__name__}: {exc}", "reinstall with ./scripts/setup.sh"))
     return out

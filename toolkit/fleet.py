@@ -62,6 +62,7 @@ def fleet_summary(recs: list[Recommendation]) -> list[FleetRow]:
 
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    variant_id: str
     variant: str
     size_mb: float
     decode_tps: float
@@ -77,7 +78,7 @@ def predict(variants: list[Variant], roofline: Roofline, ram_mb: float | None = 
     for v in variants:
         size_mb = v.size_bytes / 2**20
         out.append(Prediction(
-            variant=v.label, size_mb=round(size_mb, 1),
+            variant_id=v.id, variant=v.label, size_mb=round(size_mb, 1),
             decode_tps=round(roofline_decode_tps(v.size_bytes, roofline.bandwidth_gbs), 1),
             prefill_tps=round(roofline_prefill_tps(v.n_params, roofline.gflops), 1) if v.n_params else None,
             fits=ram_mb is None or size_mb * 1.2 + 300 < ram_mb,  # weights + KV/buffers + runtime
@@ -89,10 +90,10 @@ def predicted_vs_measured(report: DeviceReport, prompt_tokens: int) -> tuple[lis
     """Predictions next to measurements on a profiled device, and how close they came (median ratio)."""
     if report.roofline is None:
         raise UserError("this device report has no roofline (made by an older toolkit?)", field="roofline")
-    preds = {p.variant: p for p in predict(report.variants, report.roofline)}
+    preds = {p.variant_id: p for p in predict(report.variants, report.roofline)}
     rows, decode_ratio, prefill_ratio = [], [], []
     for prof in report.profiles:
-        p = preds.get(prof.variant_name)
+        p = preds.get(prof.variant_id)
         if p is None or prof.status != "ok" or not prof.decode_tps:
             continue
         timing = prof.prompt(prompt_tokens)

@@ -7,6 +7,8 @@ Temporaries are named `.NAME.PID.XXXX.part` after the process writing them, so t
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -78,22 +80,38 @@ def sweep_stale(folder: Path, prefix: str = ".", recursive: bool = False) -> int
     return removed
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or this user's quota on it, is full
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(target: Path) -> Iterator[None]:
+    """Turn "no space left" while writing `target` into a UserError naming it (the rest stays a bug)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in FULL:
+            raise
+        raise UserError(f"no space left on the device while writing it ({exc.strerror}); "
+                        "free some space (or move EDGEFIRST_CACHE / the workspace) and run again", file=target) from exc
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it over `target`, else delete it."""
     ensure_dir(target.parent)
     sweep_stale(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{temp_prefix(target.name)}", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_full_is_one_line(target):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{temp_prefix(target.name)}", suffix=".part", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -101,16 +119,48 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it becomes `target`."""
     ensure_dir(target.parent)
     sweep_stale(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{temp_prefix(target.name)}", suffix=".part", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with disk_full_is_one_line(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{temp_prefix(target.name)}", suffix=".part", dir=target.parent))
+        try:
+            yield tmp
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+_HELD: dict[Path, int] = {}  # folder -> the descriptor whose lock this process holds until it exits
+LOCK_NAME = ".lock"
+
+
+def hold_lock(folder: Path) -> None:
+    """Lock `folder` for this process (flock on `folder/.lock`, released when the process exits, even by
+    SIGKILL). Taking it again in the same process is a no-op; a lock held by another process is a UserError."""
+    key = folder.resolve()
+    path = key / LOCK_NAME
+    if key in _HELD:
+        with contextlib.suppress(OSError):
+            if os.fstat(_HELD[key]).st_ino == os.stat(path).st_ino:
+                return
+        os.close(_HELD.pop(key))  # the folder was removed and made again: lock the new lock file
+    with disk_full_is_one_line(path):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot open the lock file ({exc.strerror})", file=path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"another toolkit run (pid {holder}) is using this workspace; wait for it to finish "
+                            "or give this run its own workspace", file=key) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
 
 
 def write_text(target: Path, text: str) -> None:

@@ -1,6 +1,6 @@
 """Table I of the Edge-First paper (Jang & Morabito, "Edge-First Language Model Inference: Models, Metrics, and
 Tradeoffs", IEEE ICDCS 2025 workshops, arXiv:2505.16508), recomputed from the paper's inputs through the
-toolkit's own cost functions: energy per response x electricity price for the edge (engine._edge_cost_per_1k),
+toolkit's own cost functions: energy per response x electricity price for the edge (options.edge_cost_per_1k),
 tokens x price from LiteLLM's map for the cloud (recommend.cloud). Only rows whose inputs we could source."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from toolkit.recipe import Cloud, Costs
 from toolkit.recommend.cloud import ROOT, load_providers
-from toolkit.recommend.engine import _edge_cost_per_1k
+from toolkit.recommend.options import edge_cost_per_1k
 
 SOURCE = "Table I of Jang & Morabito, Edge-First Language Model Inference (arXiv:2505.16508)"
 NOTE = "Only the rows whose inputs we could source; the paper's other rows are not reproduced here."
@@ -54,12 +54,12 @@ def table_one() -> list[Row]:
     costs = Costs(electricity_usd_per_kwh=ELECTRICITY_USD_PER_KWH)
     rows = []
     for e in EDGE:
-        per_1k = _edge_cost_per_1k(e.energy_j, 0.0, costs)
+        per_1k = edge_cost_per_1k(e.energy_j, 0.0, costs)
         assert per_1k is not None
         rows.append(Row(
             platform=f"edge: {e.device}", model=e.model, inputs=f"{e.energy_j:g} J, ${costs.electricity_usd_per_kwh:g}/kWh",
             formula=f"{e.energy_j:g} J / 3.6e6 J/kWh x ${costs.electricity_usd_per_kwh:g}", computed_cents=per_1k / 10,
-            published_cents=e.published_cents, source="energy: the paper; cost: engine._edge_cost_per_1k",
+            published_cents=e.published_cents, source="energy: the paper; cost: options.edge_cost_per_1k",
         ))
     settings = Cloud(models=[c.model for c in CLOUD])
     for c, model in zip(CLOUD, load_providers(settings.providers, ROOT, settings), strict=True):

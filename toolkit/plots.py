@@ -20,18 +20,12 @@ from plotly.subplots import make_subplots
 
 from toolkit.io import write_text
 from toolkit.recommend.engine import Recommendation, Row, budget_limits
+from toolkit.recommend.metrics import METRICS as TABLE
 
 PLOTLY_JS = "plotly.min.js"
 # metric -> (axis title, +1 when higher is better, -1 when lower is better)
 METRICS: dict[str, tuple[str, int]] = {
-    "ttft_ms": ("TTFT p90 (ms)", -1),
-    "decode_tps": ("decode p10 (tok/s)", 1),
-    "memory_mb": ("deploy memory (MB)", -1),
-    "perplexity": ("perplexity", -1),
-    "kl": ("KL divergence (nats)", -1),
-    "accuracy": ("mean accuracy", 1),
-    "energy_j": ("energy per response (J)", -1),
-    "cost_per_1k_usd": ("USD per 1,000 responses", -1),
+    **{m.key: (m.axis, 1 if m.direction == "max" else -1) for m in TABLE},
     "size_mb": ("file size (MB)", -1),
 }
 DEFAULT_AXES = ("ttft_ms", "perplexity")
@@ -69,8 +63,8 @@ def value(row: Row, metric: str) -> float | None:
 
 
 def model_of(row: Row) -> str:
-    """Rows carry labels like "<model id> <quant>"; the model id is the first word."""
-    return row.label.split(" ", 1)[0]
+    """The candidate model a row's variant comes from (reports written before rows named it: the label's first word)."""
+    return row.model or row.label.split(" ", 1)[0]
 
 
 def in_budget(row: Row) -> bool:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.errors import UserError
 
 PR_SET_PDEATHSIG = 1
 
@@ -40,3 +44,18 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def run_tool(cmd: list[str], env: dict | None, log: Path, what: str, cwd: Path | None = None) -> None:
+    """Run a tool in a child process (a crash there cannot take the sweep down) and keep its log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if env is None and cwd is not None:  # the child must still import this package from its new folder
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    with open(log, "w", encoding="utf-8") as handle:
+        done = subprocess.run(
+            cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent()
+        )
+    if done.returncode != 0:
+        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        raise UserError(f"cannot {what}: {reason.strip()[:300]} (full log: {log})")

@@ -5,14 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from toolkit.errors import UserError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from toolkit.config import Strict, load_yaml_model
 
 
 class Candidate(Strict):
@@ -21,64 +16,8 @@ class Candidate(Strict):
     trust_remote_code: bool = False
 
 
-class GGUFSpec(Strict):
-    quants: list[str] = Field(default_factory=lambda: ["F16", "Q8_0", "Q4_K_M"], min_length=1)
-    keep_source: bool = Field(True, description="also profile the source GGUF file as it is")
-
-    @field_validator("quants")
-    @classmethod
-    def _known_quants(cls, quants: list[str]) -> list[str]:
-        from toolkit.formats.gguf import QUANT_TYPES
-
-        normalised = [q.upper() for q in quants]
-        for q in normalised:
-            if q not in QUANT_TYPES:
-                raise ValueError(f"unknown quant type {q!r} (known: {', '.join(QUANT_TYPES)})")
-        if len(set(normalised)) != len(normalised):
-            raise ValueError("quant types repeat")
-        return normalised
-
-
-class ONNXSpec(Strict):
-    precisions: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int8", "int4"], min_length=1)
-    int4_block_sizes: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
-
-    @field_validator("int4_block_sizes")
-    @classmethod
-    def _power_of_two(cls, sizes: list[int]) -> list[int]:
-        for size in sizes:
-            if size < 16 or size & (size - 1):
-                raise ValueError(f"int4 block size {size} must be a power of two >= 16")
-        return sizes
-
-
-class Calibration(Strict):
-    corpus: Literal["flores-eng"] = "flores-eng"
-    lines: int = Field(128, ge=8, le=100_000)
-
-
-class GPTQSpec(Strict):
-    bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8], min_length=1)
-    group_size: int = Field(64, description="must divide the model's hidden and intermediate sizes; -1 = per column")
-    desc_act: bool = False
-    calibration: Calibration = Field(default_factory=Calibration)
-
-    @field_validator("group_size")
-    @classmethod
-    def _group(cls, size: int) -> int:
-        if size != -1 and (size < 8 or size & (size - 1)):
-            raise ValueError(f"group size {size} must be -1 or a power of two >= 8")
-        return size
-
-
-class Variants(Strict):
-    gguf: GGUFSpec | None = Field(default_factory=GGUFSpec)
-    onnx: ONNXSpec | None = None
-    gptq: GPTQSpec | None = None
-
-
 class Power(Strict):
-    """Whole-device power draw, used to estimate energy where RAPL counters are not readable."""
+    """Whole-device power draw, used to estimate energy where no energy meter is readable."""
 
     idle_w: float = Field(gt=0)
     busy_w: float = Field(gt=0)
@@ -100,6 +39,8 @@ class Device(Strict):
     timeout_s: float = Field(900, gt=0)
     memory_cap_mb: float | None = Field(None, gt=0)
     power: Power | None = None
+    energy_meter: Literal["auto", "ina3221", "pi5-pmic", "rapl", "nvml", "power-model"] = Field(
+        "auto", description="where energy comes from (toolkit/profiling/meters); auto: the best readable meter")
     rounds: int = Field(2, ge=1, le=50, description="fresh processes per variant that can still win")
     max_rounds: int = Field(6, ge=1, le=50, description="fresh processes at most, for contenders whose order is uncertain")
     target_win_probability: float = Field(0.9, gt=0, le=1, description="stop adding rounds once the pick wins this often")
@@ -141,10 +82,8 @@ class AccuracySpec(Strict):
     @field_validator("tasks")
     @classmethod
     def _known(cls, tasks: list[str]) -> list[str]:
-        from toolkit.tasks import TASKS
-
-        for name in tasks:
-            if name not in TASKS and not name.replace("_", "").replace("-", "").isalnum():
+        for name in tasks:  # offline task names follow the same rule; which ones exist is checked when evaluating
+            if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"task name {name!r} is neither an offline task nor an lm-eval task name")
         return tasks
 
@@ -152,17 +91,18 @@ class AccuracySpec(Strict):
 class Budget(Strict):
     """Limits on one response of the given shape (prompt_tokens in, output_tokens out)."""
 
-    max_ttft_ms: float | None = Field(None, gt=0)
+    max_ttft_ms: float | None = Field(None, gt=0, description="time to first token, p90, ms")
     ttft_prompt_tokens: int | None = Field(None, ge=1, description="prompt length the budget is for")
     output_tokens: int = Field(128, ge=1, description="response length that energy and cost refer to")
-    min_decode_tps: float | None = Field(None, gt=0)
-    max_memory_mb: float | None = Field(None, gt=0)
-    max_perplexity: float | None = Field(None, gt=1)
+    min_decode_tps: float | None = Field(None, gt=0, description="decode tokens/s, slow end (p10)")
+    max_memory_mb: float | None = Field(None, gt=0, description="deploy memory (runtime + model), MB")
+    max_perplexity: float | None = Field(None, gt=1, description="perplexity on the recipe's corpus")
     max_kl: float | None = Field(None, gt=0, description="mean KL divergence from the reference")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="mean accuracy over the evaluated tasks")
     max_energy_j: float | None = Field(None, gt=0, description="energy per response, joules")
     max_cost_per_1k_usd: float | None = Field(None, gt=0, description="cost of 1,000 responses, USD")
-    priority: Literal["balanced", "pcr", "quality", "speed", "memory", "cost"] = "balanced"
+    priority: Literal["balanced", "pcr", "quality", "speed", "memory", "cost"] = Field(
+        "balanced", description="what picks among the variants that meet the budget")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of quality against responsiveness")
 
 
@@ -208,7 +148,8 @@ class Recipe(Strict):
     description: str = ""
     workspace: str = ".edgefirst/{name}"
     candidates: list[Candidate] = Field(min_length=1)
-    variants: Variants = Field(default_factory=Variants)
+    variants: BaseModel = Field(default_factory=lambda: _variants_model()(), description="one section per format "
+                                "(toolkit.formats.REGISTRY); a format set to null is not built")
     device: Device = Field(default_factory=Device)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
@@ -219,6 +160,11 @@ class Recipe(Strict):
     reports_dir: str = "reports/{name}"
 
     path: Path | None = Field(None, exclude=True)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants(cls, raw: object) -> BaseModel:
+        return _variants_model().model_validate({} if raw is None else raw)
 
     @model_validator(mode="after")
     def _budget_prompt_is_profiled(self) -> Recipe:
@@ -247,31 +193,12 @@ class Recipe(Strict):
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError("recipe not found", file=path) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise UserError(f"not valid YAML ({getattr(exc, 'problem', exc)})", file=path, field=where) from exc
-    if not isinstance(raw, dict):
-        raise UserError("a recipe must be a YAML mapping", file=path)
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_error(exc, path) from exc
+    recipe = load_yaml_model(path, Recipe, "recipe")
     recipe.path = path.resolve()
     return recipe
 
 
-def validation_error(exc: ValidationError, path: Path | str) -> UserError:
-    """The first pydantic error as a one-line UserError naming file and dotted field."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    return UserError(message, file=path, field=field)
+def _variants_model() -> type[BaseModel]:
+    from toolkit.formats import variants_model  # formats register their own recipe sections
+
+    return variants_model()

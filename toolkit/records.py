@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.errors import UserError
 from toolkit.profiling.roofline import Roofline
+from toolkit.stat import Stat, percentile  # noqa: F401 - records carry Stats; importers read them from here
 
 SCHEMA_VERSION = 1
 
@@ -46,67 +46,6 @@ def _first_error(exc: ValueError) -> str:
     return str(exc).splitlines()[0]
 
 
-class Stat(BaseModel):
-    """A summary of repeated measurements; latency constraints are checked against p90.
-
-    `values` keeps every repeat; `runs` says how many of them each fresh process gave, in order (empty: one
-    process), so the noise model can resample processes as well as repeats.
-    """
-
-    n: int
-    median: float
-    p10: float
-    p90: float
-    mean: float
-    values: list[float] = Field(default_factory=list)
-    runs: list[int] = Field(default_factory=list)
-
-    @classmethod
-    def of(cls, values: list[float], keep_values: bool = True, runs: list[int] | None = None) -> Stat:
-        if not values:
-            raise ValueError("no values to summarise")
-        ordered = sorted(values)
-        return cls(
-            n=len(ordered),
-            median=statistics.median(ordered),
-            p10=percentile(ordered, 10),
-            p90=percentile(ordered, 90),
-            mean=statistics.fmean(ordered),
-            values=[round(v, 4) for v in values] if keep_values else [],
-            runs=runs if runs and len(runs) > 1 and keep_values else [],
-        )
-
-    @classmethod
-    def merge(cls, stats: list[Stat]) -> Stat:
-        """One stat over the repeats of several fresh processes, each process remembered in `runs`."""
-        if len(stats) == 1:
-            return stats[0]
-        if not all(s.values for s in stats):  # summaries without repeats: the median of medians is all we have
-            return cls.of([s.median for s in stats], keep_values=False)
-        runs = [n for s in stats for n in (s.runs or [len(s.values)])]
-        return cls.of([v for s in stats for v in s.values], runs=runs)
-
-    def groups(self) -> list[list[float]]:
-        """The repeats of each process, in order (one group when the stat came from one process)."""
-        if not self.runs:
-            return [self.values]
-        out, start = [], 0
-        for n in self.runs:
-            out.append(self.values[start:start + n])
-            start += n
-        return out
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear-interpolated percentile of sorted values (numpy's default method)."""
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 class Variant(Record):
     id: str
     label: str
@@ -125,6 +64,11 @@ class Variant(Record):
     tools: dict[str, str]
     notes: list[str] = Field(default_factory=list)
     details: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @property
+    def as_shipped(self) -> bool:
+        """The source file itself, not a conversion of it (its bytes are the source's)."""
+        return self.sha256 == self.source_sha256
 
 
 class Manifest(Record):
@@ -158,6 +102,32 @@ class PromptTiming(BaseModel):
 RunStatus = Literal["ok", "oom", "crash", "timeout", "skipped"]
 
 
+class EnergyWindow(BaseModel):
+    """One measured window of a profile: the prefill of one repeat (tokens: prompt) or its decode (tokens: decoded)."""
+
+    model_config = ConfigDict(extra="forbid")
+    phase: Literal["prefill", "decode"]
+    tokens: int
+    seconds: float
+    joules: float  # gross: everything the meter saw in the window
+    net_joules: float | None = None  # joules - idle_w x seconds
+
+
+class ProfileEnergy(BaseModel):
+    """Energy of a profile's timed windows and where it comes from (toolkit/profiling/meters)."""
+
+    model_config = ConfigDict(extra="forbid")
+    meter: str | None  # rapl, ina3221, pi5-pmic, nvml, power-model; None: neither a meter nor device.power
+    source: str  # e.g. "measured: RAPL package+DRAM", "estimated: power model, ..."
+    sample_hz: float | None = None  # power sources: background sampling rate; None: counters read at window edges
+    idle_w: float | None = None  # measured before the timed runs (model loaded, nothing running)
+    watts: Stat | None = None  # gross power of each window (joules / seconds), what energy per response uses
+    windows: list[EnergyWindow] = Field(default_factory=list)
+    parts_j: dict[str, float] = Field(default_factory=dict)  # per domain or rail, over all windows
+    unused: dict[str, str] = Field(default_factory=dict)  # the other meters and why they were not used
+    read_errors: int = 0
+
+
 class Profile(Record):
     """One variant measured on one device."""
 
@@ -181,7 +151,8 @@ class Profile(Record):
     peak_rss_mb_runs: list[float] = Field(default_factory=list)  # one per fresh process; peak_rss_mb is their max
     deploy_rss_mb: float | None = None  # a process holding only the runtime and the model (profiling/worker.py)
     deploy_rss_mb_runs: list[float] = Field(default_factory=list)
-    rapl_watts: Stat | None = None
+    rapl_watts: Stat | None = None  # RAPL package watts of each timed window (kept for reports written before `energy`)
+    energy: ProfileEnergy | None = None
     rounds: int = 1  # fresh processes whose repeats are merged here
     wall_s: float = 0.0
 
@@ -285,3 +256,8 @@ class DeviceReport(Record):
     quality: list[Quality] = Field(default_factory=list)
     accuracy: list[EvalResult] = Field(default_factory=list)
     certifications: list[Certification] = Field(default_factory=list)
+
+    @property
+    def measured(self) -> bool:
+        """At least one variant was measured successfully."""
+        return any(p.status == "ok" for p in self.profiles)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.formats import run_tool
 from toolkit.io import atomic_dir, content_hash
+from toolkit.procs import run_tool
 from toolkit.sources import SourceModel
 
 

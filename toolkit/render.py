@@ -6,7 +6,6 @@ plain columns without box characters, and cells wrap at word boundaries, never l
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from rich import box
@@ -15,6 +14,7 @@ from rich.table import Table as RichTable
 
 from toolkit.catalogue import ModelCard
 from toolkit.recommend.engine import Recommendation, Row, budget_limits
+from toolkit.recommend.metrics import BY_KEY, cell
 from toolkit.records import EvalResult, Manifest, Quality
 
 console = Console()
@@ -76,19 +76,6 @@ def manifest_table(manifest: Manifest) -> RichTable:
     return table
 
 
-# metric -> (compact header, formatter) for the budget's metrics
-BUDGET_COLUMNS: dict[str, tuple[str, Callable[[float | None], str]]] = {
-    "ttft_ms": ("TTFT p90 ms", lambda v: _f(v, 0)),
-    "decode_tps": ("decode p10", lambda v: _f(v)),
-    "memory_mb": ("deploy MB", lambda v: _f(v, 0)),
-    "perplexity": ("ppl", lambda v: _f(v, 2)),
-    "kl": ("KL", lambda v: _f(v, 4)),
-    "accuracy": ("acc", lambda v: _f(v, 3)),
-    "energy_j": ("J/resp", lambda v: _f(v, 1)),
-    "cost_per_1k_usd": ("USD/1k", lambda v: _f(v, 5)),
-}
-
-
 def _short(row: Row, prefix: str) -> str:
     return row.label.removeprefix(prefix) or row.label
 
@@ -106,11 +93,11 @@ def recommendation_table(rec: Recommendation, wide: bool = False, plain_text: bo
     table.add_column("", no_wrap=True, min_width=1)
     table.add_column("variant", no_wrap=True, max_width=26, overflow="ellipsis")
     for m in metrics:
-        table.add_column(BUDGET_COLUMNS[m][0], justify="right")
+        table.add_column(BY_KEY[m].short, justify="right")
     table.add_column("verdict", ratio=1, min_width=16)
     for r in rec.rows:
         mark = "[bold green]*[/]" if r.variant_id == rec.pick else ("~" if r.variant_id in rec.tied_with else "")
-        table.add_row(mark, _short(r, prefix), *(BUDGET_COLUMNS[m][1](r.metrics.get(m)) for m in metrics), r.verdict)
+        table.add_row(mark, _short(r, prefix), *(cell(m, r.metrics.get(m)) for m in metrics), r.verdict)
     return table
 
 
@@ -135,11 +122,7 @@ def _wide_table(rec: Recommendation, plain_text: bool | None) -> RichTable:
             f"{_f(d['itl_ms_p50'], 2)}/{_f(d['itl_ms_p90'], 2)}",
             _f(m["memory_mb"], 0),
             _f(d.get("process_peak_mb"), 0),
-            _f(m["perplexity"], 2),
-            _f(m.get("kl"), 4),
-            _f(m.get("accuracy"), 3),
-            _f(m.get("energy_j"), 1),
-            _f(m.get("cost_per_1k_usd"), 5),
+            *(cell(k, m.get(k)) for k in ("perplexity", "kl", "accuracy", "energy_j", "cost_per_1k_usd")),
             "yes" if r.on_front else "",
             r.verdict,
         )

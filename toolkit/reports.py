@@ -18,22 +18,19 @@ from toolkit.plots import (
     write_plotly_js,
 )
 from toolkit.recommend.engine import Recommendation
+from toolkit.recommend.metrics import BY_BUDGET, BY_KEY, cell
 from toolkit.recommend.noise import TIE_THRESHOLD
 
 COLUMNS = [
     ("variant", lambda r: r.label),
     ("MB", lambda r: _f(r.size_mb)),
     ("bpw", lambda r: _f(r.bits_per_weight, 2)),
-    ("TTFT p90 ms", lambda r: _f(r.metrics["ttft_ms"])),
+    ("TTFT p90 ms", lambda r: cell("ttft_ms", r.metrics["ttft_ms"])),
     ("decode tok/s p50/p10", lambda r: f"{_f(r.detail['decode_tps_median'])}/{_f(r.metrics['decode_tps'])}"),
     ("ITL p50/p90 ms", lambda r: f"{_f(r.detail['itl_ms_p50'], 2)}/{_f(r.detail['itl_ms_p90'], 2)}"),
-    ("deploy MB", lambda r: _f(r.metrics["memory_mb"], 0)),
+    ("deploy MB", lambda r: cell("memory_mb", r.metrics["memory_mb"])),
     ("process peak MB", lambda r: _f(r.detail.get("process_peak_mb"), 0)),
-    ("ppl", lambda r: _f(r.metrics["perplexity"], 2)),
-    ("KL", lambda r: _f(r.metrics.get("kl"), 4)),
-    ("acc", lambda r: _f(r.metrics.get("accuracy"), 3)),
-    ("J/response", lambda r: _f(r.metrics.get("energy_j"), 1)),
-    ("USD/1k", lambda r: _f(r.metrics.get("cost_per_1k_usd"), 5)),
+    *((BY_KEY[k].column, lambda r, k=k: cell(k, r.metrics.get(k))) for k in ("perplexity", "kl", "accuracy", "energy_j", "cost_per_1k_usd")),
     ("PCR", lambda r: _f(r.pcr, 1)),
     ("runs", lambda r: str(r.rounds) if r.rounds else "-"),
     ("win p", lambda r: _f(r.win_probability, 2)),
@@ -59,18 +56,8 @@ def write_reports(rec: Recommendation, folder: Path, images: bool = True) -> dic
 
 
 def _budget_lines(rec: Recommendation) -> list[str]:
-    b = rec.budget
-    items = [
-        (b.max_ttft_ms, "TTFT p90 <= {:g} ms at " + f"{rec.prompt_tokens} prompt tokens"),
-        (b.min_decode_tps, "decode >= {:g} tok/s (p10)"),
-        (b.max_memory_mb, "deploy memory <= {:g} MB"),
-        (b.max_perplexity, "perplexity <= {:g}"),
-        (b.max_kl, "KL divergence <= {:g}"),
-        (b.min_accuracy, "mean accuracy >= {:g}"),
-        (b.max_energy_j, "energy <= {:g} J per response"),
-        (b.max_cost_per_1k_usd, "cost <= ${:g} per 1,000 responses"),
-    ]
-    return [text.format(value) for value, text in items if value is not None] or ["none"]
+    bounds = ((m, getattr(rec.budget, field)) for field, m in BY_BUDGET.items())
+    return [m.budget_text.format(bound=bound, prompt=rec.prompt_tokens) for m, bound in bounds if bound is not None] or ["none"]
 
 
 FRONT_NOTE = "Front: on the Pareto front of the variants that meet the budget"

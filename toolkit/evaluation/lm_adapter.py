@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from toolkit.quality.fidelity import log_normaliser, log_softmax, max_rows, rolling_loglikelihood, score_groups, slices
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    peak = x.max(axis=-1, keepdims=True)
-    return x - (np.log(np.exp(x - peak).sum(axis=-1, keepdims=True)) + peak)
+__all__ = ["SessionLM", "log_softmax"]
 
 
 class SessionLM(LM):
-    """Every lm-eval request reduced to the Session interface; shared contexts are evaluated once."""
+    """Every lm-eval request reduced to the Session interface. Requests sharing a context form one group whose
+    context is evaluated once; with `batched` (the default) and a session that has `score_many`, many groups
+    go to the runtime per call (llama.cpp: several sequences per decode; onnxruntime: rows of one batch)."""
 
-    def __init__(self, session, max_length: int):
+    def __init__(self, session, max_length: int, batched: bool = True):
         super().__init__()
         self.session = session
         self.max_length = max_length
+        self.batched = batched
 
     # -- tokenisation, as lm-eval's HF model does it: trailing spaces of the context move to the continuation
     def _prefix(self) -> list[int]:
@@ -37,45 +36,44 @@ class SessionLM(LM):
         ctx = self.session.tokenize(context)
         return self._prefix() + ctx, whole[len(ctx):]
 
-    def _score_group(self, context: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+    def _fit(self, context: list[int], conts: list[list[int]]) -> list[int]:
+        """The context cut from the left so that context + the longest continuation fit max_length."""
         budget = self.max_length - max(len(c) for c in conts)
         context = context[-budget:] if budget > 0 else context[-1:]
         if not context:
             context = [self.session.bos if self.session.bos is not None else 0]
-        rows = self.session.score(context, conts)
-        out = []
-        for cont, logits in zip(conts, rows, strict=True):
-            logp = log_softmax(logits)
-            picked = logp[np.arange(len(cont)), cont]
-            out.append((float(picked.sum()), bool((logp.argmax(axis=-1) == np.asarray(cont)).all())))
-        return out
+        return context
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = defaultdict(list)
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
         for index, request in enumerate(requests):
             ctx, cont = self._encode_pair(*request.args)
-            groups[tuple(ctx)].append((index, cont))
+            groups.setdefault(tuple(ctx), []).append((index, cont))
+        work = [(self._fit(list(ctx), [c for _, c in members]), members) for ctx, members in groups.items()]
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        for ctx, members in groups.items():
-            scores = self._score_group(list(ctx), [cont for _, cont in members])
-            for (index, _), score in zip(members, scores, strict=True):
-                results[index] = score
+        rows_of = lambda item: sum(len(c) for _, c in item[1])  # noqa: E731
+        for part in slices(work, rows_of, max_rows(self.session)):
+            scored = score_groups(self.session, [(ctx, [c for _, c in members]) for ctx, members in part], self.batched)
+            for (_, members), rows in zip(part, scored, strict=True):
+                for (index, cont), logits in zip(members, rows, strict=True):
+                    target = np.asarray(cont)
+                    picked = logits[np.arange(len(cont)), target].astype(np.float64) - log_normaliser(logits)
+                    results[index] = (float(picked.sum()), bool((logits.argmax(axis=-1) == target).all()))
         return results
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        out = []
-        for request in requests:
+        prefix = self._prefix()[0] if self._prefix() else (self.session.bos or 0)
+        windows, owner = [], []
+        for index, request in enumerate(requests):
             tokens = self.session.tokenize(request.args[0])
-            prefix = self._prefix()[0] if self._prefix() else (self.session.bos or 0)
-            total = 0.0
-            windows = get_rolling_token_windows(tokens, prefix_token=prefix, max_seq_len=self.max_length, context_len=1)
-            for context, target in map(make_disjoint_window, windows):
-                full = context + target
-                logp = log_softmax(self.session.logits(full))
-                preds = logp[len(context) - 1:len(full) - 1]
-                total += float(preds[np.arange(len(target)), target].sum())
-            out.append(total)
-        return out
+            for context, target in map(make_disjoint_window, get_rolling_token_windows(
+                    tokens, prefix_token=prefix, max_seq_len=self.max_length, context_len=1)):
+                windows.append((list(context), list(target)))
+                owner.append(index)
+        totals = [0.0] * len(requests)
+        for index, value in zip(owner, rolling_loglikelihood(self.session, windows, self.batched), strict=True):
+            totals[index] += value
+        return totals
 
     def generate_until(self, requests) -> list[str]:
         out = []

@@ -1,18 +1,29 @@
-"""Formats turn a source model into variants. Each registers itself; add one by adding a module."""
+"""Formats turn a source model into variants (GGUF, ONNX, GPTQ, ...), behind a lazy registry.
+
+Adding a format is one file plus one registry line:
+1. `toolkit/formats/<name>.py` with a `Format` subclass: `name`, the `runtime` that runs its files, a pydantic
+   `Spec` (what `variants.<name>` in a recipe may say), `specs()` (the variants a spec asks for), `build()`
+   (make one variant, or find it cached), and `packages` or `tool_versions()` (what its results depend on).
+2. `"<name>": "toolkit.formats.<name>:<Class>"` in `REGISTRY` below, or `register("<name>", Class)` at run time
+   (tests/fakes.py registers a fake format this way).
+The recipe validates `variants:` through the registry, so the new format is usable from YAML at once.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import importlib
-import os
-import subprocess
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from pydantic import BaseModel, Field, create_model
+
+from toolkit.config import Strict
 from toolkit.errors import UserError
-from toolkit.io import ensure_dir, sha256_file
-from toolkit.procs import die_with_parent
+from toolkit.formats.files import package_versions
+from toolkit.io import content_hash
 from toolkit.records import Variant
 
 
@@ -25,121 +36,75 @@ class VariantSpec:
     options: tuple[tuple[str, object], ...] = ()
 
 
-@dataclass(frozen=True)
-class Format:
-    name: str
-    runtime: str
-    specs: Callable[[object], list[VariantSpec]]  # recipe.variants.<name> -> specs
-    build: Callable[..., Variant]  # (source, spec, workspace, progress) -> Variant
+class Format(ABC):
+    """A way to compress a source model into variant files that one runtime can run."""
+
+    name: ClassVar[str]
+    runtime: ClassVar[str]  # a name in toolkit.runtimes.REGISTRY
+    Spec: ClassVar[type[BaseModel]]  # the recipe's `variants.<name>` section
+    enabled_by_default: ClassVar[bool] = False  # in every recipe unless `variants.<name>: null`
+    packages: ClassVar[tuple[str, ...]] = ()  # Python packages whose versions the variants depend on
+
+    @abstractmethod
+    def specs(self, spec: BaseModel) -> list[VariantSpec]:
+        """The variants a recipe's section asks for."""
+
+    @abstractmethod
+    def build(self, source, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
+        """Build one variant (or return the cached one); None when the spec does not apply to this source."""
+
+    def tool_versions(self) -> dict[str, str]:
+        return package_versions(*self.packages)
+
+    def check_available(self) -> str | None:
+        """None when every tool the format needs is installed, else what is missing."""
+        missing = [name for name, ver in self.tool_versions().items() if ver == "missing"]
+        return f"{self.name} variants need {', '.join(missing)}; ./scripts/setup.sh installs them" if missing else None
+
+    def variant_id(self, source, spec: VariantSpec) -> str:
+        """Readable and content-addressed: model, format, quant, then a hash of source, spec and tool versions."""
+        return f"{source.model}-{spec.format}-{spec.quant.lower()}-{content_hash(source.sha256, spec, self.tool_versions(), length=8)}"
 
 
-FORMATS: dict[str, Format] = {}
-_BUILTIN = ("gguf", "onnx", "gptq")
+REGISTRY: dict[str, str | type[Format]] = {
+    "gguf": "toolkit.formats.gguf:GGUF",
+    "onnx": "toolkit.formats.onnx:ONNX",
+    "gptq": "toolkit.formats.gptq:GPTQ",
+}
 
 
-def register(fmt: Format) -> Format:
-    FORMATS[fmt.name] = fmt
-    return fmt
+def register(name: str, target: str | type[Format]) -> None:
+    """Add a format by class or by "module:Class" (imported on first use)."""
+    REGISTRY[name] = target
+    _instances.pop(name, None)
+
+
+_instances: dict[str, Format] = {}
 
 
 def get_format(name: str) -> Format:
-    for module in _BUILTIN:
-        importlib.import_module(f"toolkit.formats.{module}")
-    try:
-        return FORMATS[name]
-    except KeyError as exc:
-        raise UserError(f"unknown format {name!r} (known: {', '.join(sorted(FORMATS))})") from exc
+    if name not in _instances:
+        target = REGISTRY.get(name)
+        if target is None:
+            raise UserError(f"unknown format {name!r} (known: {', '.join(REGISTRY)})")
+        if isinstance(target, str):
+            module, _, cls = target.partition(":")
+            target = getattr(importlib.import_module(module), cls)
+        _instances[name] = target()
+    return _instances[name]
 
 
-def make_variant_id(source, spec: VariantSpec, tools: dict[str, str]) -> str:
-    """Readable and content-addressed: model, format, quant, then a hash of source, spec and tool versions."""
-    from toolkit.io import content_hash
-
-    return f"{source.model}-{spec.format}-{spec.quant.lower()}-{content_hash(source.sha256, spec, tools, length=8)}"
+def variants_model() -> type[BaseModel]:
+    """The recipe's `variants:` section: one optional field per registered format, typed by its Spec."""
+    return _variants_model(tuple((name, str(target)) for name, target in REGISTRY.items()))
 
 
-def variant_dir(workspace: Path, variant_id: str) -> Path:
-    return workspace / "variants" / variant_id
+@functools.cache
+def _variants_model(key: tuple[tuple[str, str], ...]) -> type[BaseModel]:
+    fields = {}
+    for name, _ in key:
+        fmt = get_format(name)
+        default = {"default_factory": fmt.Spec} if fmt.enabled_by_default else {"default": None}
+        fields[name] = (fmt.Spec | None, Field(**default))
+    return create_model("Variants", __base__=Strict, **fields)
 
-
-def path_size(path: Path) -> int:
-    """Bytes of a file, or of every file under a folder."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def path_sha256(path: Path) -> str:
-    """sha256 of a file, or of the sorted (name, sha256) list of a folder's files."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}:{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def cached_variant(folder: Path) -> Variant | None:
-    """The variant already built in `folder`, if its record and its complete files are there."""
-    record = folder / "variant.json"
-    if not record.exists():
-        return None
-    variant = Variant.load(record)
-    target = Path(variant.path)
-    if target.exists() and path_size(target) == variant.size_bytes:
-        return variant
-    return None
-
-
-def package_versions(*names: str) -> dict[str, str]:
-    """Installed versions of the packages a format depends on ("missing" where not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "missing"
-    return out
-
-
-def record_folder_variant(
-    *, vid: str, label: str, fmt: str, runtime: str, quant: str, target: Path, ref: Path, source, seconds: float,
-    tools: dict[str, str], notes: list[str], details: dict | None = None,
-) -> Variant:
-    """The manifest entry of a variant built as a folder from an HF reference, written beside it."""
-    from toolkit.io import write_json
-    from toolkit.reference import count_parameters
-
-    n_params = count_parameters(ref)
-    size = path_size(target)
-    variant = Variant(
-        id=vid, label=label, model=source.model, format=fmt, runtime=runtime, quant=quant,
-        path=str(target.resolve()), size_bytes=size, sha256=path_sha256(target), n_params=n_params,
-        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None, source=source.origin,
-        source_sha256=source.sha256, seconds=round(seconds, 2), tools=tools, notes=notes, details=details or {},
-    )
-    write_json(target.parent / "variant.json", variant)
-    return variant
-
-
-def dequantized_note(source, what: str) -> list[str]:
-    if source.kind == "gguf":
-        return [f"{what} from an HF reference that transformers dequantized from {source.path.name}"]
-    return []
-
-
-def run_tool(cmd: list[str], env: dict | None, log: Path, what: str, cwd: Path | None = None) -> None:
-    """Run a tool in a child process (a crash there cannot take the sweep down) and keep its log."""
-    ensure_dir(log.parent)
-    if env is None and cwd is not None:  # the child must still import this package from its new folder
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
-    with open(log, "w", encoding="utf-8") as handle:
-        done = subprocess.run(
-            cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent()
-        )
-    if done.returncode != 0:
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
-        raise UserError(f"cannot {what}: {reason.strip()[:300]} (full log: {log})")

@@ -8,10 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from toolkit.config import Strict
 from toolkit.errors import UserError
-from toolkit.formats import Format, VariantSpec, cached_variant, make_variant_id, register, run_tool, variant_dir
+from toolkit.formats import Format, VariantSpec
+from toolkit.formats.files import cached_variant, variant_dir
 from toolkit.formats.llamacpp_vendor import converter_dir, llama_cpp_version
 from toolkit.io import atomic_path, content_hash, ensure_dir, sha256_file, write_json
+from toolkit.procs import run_tool
 from toolkit.records import Variant
 from toolkit.sources import SourceModel, check_gguf_header
 
@@ -39,42 +44,61 @@ def tool_versions() -> dict[str, str]:
     return {"llama_cpp_python": llama_cpp_version()}
 
 
-def specs(spec) -> list[VariantSpec]:
-    out = [VariantSpec("gguf", q) for q in spec.quants]
-    if spec.keep_source:
-        out.insert(0, VariantSpec("gguf", SOURCE_QUANT))
-    return out
+class GGUFSpec(Strict):
+    quants: list[str] = Field(default_factory=lambda: ["F16", "Q8_0", "Q4_K_M"], min_length=1)
+    keep_source: bool = Field(True, description="also profile the source GGUF file as it is")
+
+    @field_validator("quants")
+    @classmethod
+    def _known_quants(cls, quants: list[str]) -> list[str]:
+        normalised = [q.upper() for q in quants]
+        for q in normalised:
+            if q not in QUANT_TYPES:
+                raise ValueError(f"unknown quant type {q!r} (known: {', '.join(QUANT_TYPES)})")
+        if len(set(normalised)) != len(normalised):
+            raise ValueError("quant types repeat")
+        return normalised
 
 
-def build(source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
-    """Build (or find cached) one variant; None when the spec does not apply to this source."""
-    if spec.quant == SOURCE_QUANT:
-        if source.kind != "gguf":
-            return None  # keep_source: an HF checkpoint has no GGUF file to keep
-        return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
-    vid = variant_id(source, spec)
-    folder = variant_dir(workspace, vid)
-    cached = cached_variant(folder)
-    if cached:
-        return cached
-    start = time.perf_counter()
-    f16 = ensure_f16(source, workspace)
-    target = folder / "model.gguf"
-    ensure_dir(folder)
-    with atomic_path(target) as tmp:
-        if spec.quant == "F16":
-            shutil.copyfile(f16, tmp)
-        elif spec.quant in CONVERTER_TYPES and source.kind == "hf":
-            convert_hf(source.path, tmp, CONVERTER_TYPES[spec.quant], workspace)
-        elif spec.quant in CONVERTER_TYPES:
-            quantize(source.path, tmp, spec.quant, threads, workspace)
-        else:
-            quantize(f16, tmp, spec.quant, threads, workspace)
-    return _describe(source, spec, target, workspace, seconds=time.perf_counter() - start, copied=True)
+class GGUF(Format):
+    name = "gguf"
+    runtime = "llama.cpp"
+    Spec = GGUFSpec
+    enabled_by_default = True
 
+    def tool_versions(self) -> dict[str, str]:
+        return tool_versions()
 
-def variant_id(source: SourceModel, spec: VariantSpec) -> str:
-    return make_variant_id(source, spec, tool_versions())
+    def specs(self, spec: GGUFSpec) -> list[VariantSpec]:
+        out = [VariantSpec("gguf", q) for q in spec.quants]
+        if spec.keep_source:
+            out.insert(0, VariantSpec("gguf", SOURCE_QUANT))
+        return out
+
+    def build(self, source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
+        """Build (or find cached) one variant; None when the spec does not apply to this source."""
+        if spec.quant == SOURCE_QUANT:
+            if source.kind != "gguf":
+                return None  # keep_source: an HF checkpoint has no GGUF file to keep
+            return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
+        folder = variant_dir(workspace, self.variant_id(source, spec))
+        cached = cached_variant(folder)
+        if cached:
+            return cached
+        start = time.perf_counter()
+        f16 = ensure_f16(source, workspace)
+        target = folder / "model.gguf"
+        ensure_dir(folder)
+        with atomic_path(target) as tmp:
+            if spec.quant == "F16":
+                shutil.copyfile(f16, tmp)
+            elif spec.quant in CONVERTER_TYPES and source.kind == "hf":
+                convert_hf(source.path, tmp, CONVERTER_TYPES[spec.quant], workspace)
+            elif spec.quant in CONVERTER_TYPES:
+                quantize(source.path, tmp, spec.quant, threads, workspace)
+            else:
+                quantize(f16, tmp, spec.quant, threads, workspace)
+        return _describe(source, spec, target, workspace, seconds=time.perf_counter() - start, copied=True)
 
 
 def _describe(source, spec, path: Path, workspace: Path, seconds: float, copied: bool) -> Variant:
@@ -88,7 +112,7 @@ def _describe(source, spec, path: Path, workspace: Path, seconds: float, copied:
     elif source.kind == "gguf":
         notes.append(f"quantized from an F16 GGUF that llama.cpp dequantized from {source.path.name}")
     variant = Variant(
-        id=variant_id(source, spec),
+        id=GGUF().variant_id(source, spec),
         label=f"{source.model} {quant}" + (" (as shipped)" if spec.quant == SOURCE_QUANT else ""),
         model=source.model,
         format="gguf",
@@ -155,5 +179,3 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None, workspace: P
     cmd = [sys.executable, "-m", "toolkit.formats.gguf_quantize", str(src), str(dst), str(ftype_of(quant)), str(threads or 0)]
     run_tool(cmd, None, workspace / "logs" / f"quantize-{quant}-{src.stem}.log", what=f"quantize to {quant}")
 
-
-register(Format(name="gguf", runtime="llama.cpp", specs=specs, build=build))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 
+from toolkit.profiling.meters.summary import merge_energy
 from toolkit.records import Certification, CertRun, DeviceReport, Profile, PromptTiming, Stat
 
 CERTIFY_ATTEMPTS = 3
@@ -55,6 +56,7 @@ def merge_rounds(rounds: list[Profile]) -> Profile:
         "itl_ms": _merge_optional([r.itl_ms for r in ok]),
         "runtime_decode_tps": _merge_optional([r.runtime_decode_tps for r in ok]),
         "rapl_watts": _merge_optional([r.rapl_watts for r in ok]),
+        "energy": merge_energy([r.energy for r in ok]),
         "peak_rss_mb": max(peaks) if peaks else None,  # the budget sees the worst process
         "peak_rss_mb_runs": peaks,
         "deploy_rss_mb": max(deploys) if len(deploys) == len(ok) else None,

@@ -26,9 +26,8 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
-from toolkit.profiling.energy import RaplMeter
+from toolkit.profiling.meters import Choice, choose
+from toolkit.profiling.meters.sampler import DEFAULT_HZ, IDLE_S, Recorder
 
 
 def run_job(job: dict) -> dict:
@@ -58,15 +57,40 @@ def run_job(job: dict) -> dict:
 
 
 def _counters(session) -> dict | None:
-    return session.perf() if hasattr(session, "perf") else None
+    return session.perf()
+
+
+def _energy_setting(job: dict, key: str, default: str) -> str:
+    """An energy setting from the job, else from EDGEFIRST_<KEY> in the environment, else the default."""
+    value = job.get(key)
+    return str(value) if value is not None else os.environ.get("EDGEFIRST_" + key.upper(), default)
 
 
 def profile(session, tokens: list[int], job: dict) -> dict:
-    lengths, n_decode = job["prompt_lengths"], job["decode_tokens"]
-    meter = RaplMeter.open()
-    watts: list[float] = []
+    lengths = job["prompt_lengths"]
     if len(tokens) < max(lengths):
         raise ValueError(f"corpus has {len(tokens)} tokens, fewer than the longest prompt {max(lengths)}")
+    choice = choose(_energy_setting(job, "energy_meter", "auto"), job.get("power"))
+    with Recorder(choice.meter, float(_energy_setting(job, "energy_hz", str(DEFAULT_HZ)))) as energy:
+        energy.idle(float(_energy_setting(job, "energy_idle_s", str(IDLE_S))))
+        result = timed_runs(session, tokens, job, energy)
+    return result | energy_figures(energy, choice)
+
+
+def energy_figures(energy: Recorder, choice: Choice) -> dict:
+    """`energy`: the source, idle power and every window's joules; `rapl_watts`: RAPL package watts per window,
+    as reports written before `energy` hold them."""
+    figures = energy.result(choice.unused(), choice.label)
+    rapl_watts = []
+    if choice.meter is not None and choice.meter.name == "rapl":
+        for w in energy.windows:
+            if (parts := energy.parts_j(w)) is not None:
+                rapl_watts.append(sum(v for k, v in parts.items() if k.startswith("package")) / (w.end.t - w.start.t))
+    return {"energy": figures, "rapl_watts": rapl_watts}
+
+
+def timed_runs(session, tokens: list[int], job: dict, energy: Recorder) -> dict:
+    lengths, n_decode = job["prompt_lengths"], job["decode_tokens"]
     for _ in range(job["warmup"]):
         first = session.prefill(tokens[: lengths[0]])
         for _ in range(min(8, n_decode)):
@@ -76,12 +100,11 @@ def profile(session, tokens: list[int], job: dict) -> dict:
         ttft, runtime_tps = [], []
         for _ in range(job["repeats"]):
             session.reset_perf()
-            j0 = meter.joules() if meter else 0.0
+            start = energy.mark()
             t0 = time.perf_counter()
             session.prefill(tokens[:length])
             ttft.append((time.perf_counter() - t0) * 1000)
-            if meter:
-                watts.append((meter.joules() - j0) / (ttft[-1] / 1000))
+            energy.window("prefill", length, start, energy.mark())
             perf = _counters(session)
             if perf and perf["prefill_ms"] > 0:
                 runtime_tps.append(perf["prefill_tokens"] / perf["prefill_ms"] * 1000)
@@ -91,13 +114,12 @@ def profile(session, tokens: list[int], job: dict) -> dict:
         token = session.prefill(tokens[: lengths[0]])
         session.reset_perf()
         steps = []
-        j0 = meter.joules() if meter else 0.0
+        start = energy.mark()
         for _ in range(n_decode):
             t0 = time.perf_counter()
             token = session.decode(token)
             steps.append((time.perf_counter() - t0) * 1000)
-        if meter:
-            watts.append((meter.joules() - j0) / (sum(steps) / 1000))
+        energy.window("decode", n_decode, start, energy.mark())
         itl.extend(steps)
         decode_tps.append(n_decode / (sum(steps) / 1000))
         perf = _counters(session)
@@ -109,59 +131,14 @@ def profile(session, tokens: list[int], job: dict) -> dict:
         "itl_ms": itl,
         "runtime_decode_tps": runtime_decode,
         "decode_context": lengths[0],
-        "rapl_watts": watts,
     }
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    peak = x.max(axis=1, keepdims=True)
-    return x - (np.log(np.exp(x - peak).sum(axis=1, keepdims=True)) + peak)
 
 
 def perplexity(session, tokens: list[int], ctx: int, chunks: int, reference: dict | None = None) -> dict:
-    """llama.cpp's perplexity method: chunks of `ctx` tokens, score the second half of each.
+    """Perplexity, KL divergence and top-1 agreement in one scoring pass (see `toolkit.quality.fidelity`)."""
+    from toolkit.quality.fidelity import perplexity as score_fidelity
 
-    With `reference`, fidelity too: the reference run writes its token ids and next-token log-probs;
-    every other variant reads them, scores the *same* token ids, and reports mean KL divergence
-    (reference || variant) and top-1 agreement, as llama.cpp's KL-divergence mode does.
-    """
-    ref_dir = Path(reference["dir"]) if reference else None
-    writing = bool(reference and reference["write"])
-    if ref_dir and not writing:
-        tokens = np.load(ref_dir / "tokens.npy").tolist()
-    available = len(tokens) // ctx
-    if available < 1:
-        raise ValueError(f"corpus has {len(tokens)} tokens, fewer than one chunk of {ctx}")
-    n_chunks = min(chunks, available)
-    first = ctx // 2
-    nll, kl, agree = [], [], []
-    for i in range(n_chunks):
-        chunk = list(tokens[i * ctx:(i + 1) * ctx])
-        if session.add_bos and session.bos is not None:
-            chunk[0] = session.bos
-        logp = log_softmax(session.logits(chunk)[first - 1:ctx - 1])
-        nll.append(-logp[np.arange(ctx - first), chunk[first:ctx]])
-        if writing:
-            np.save(ref_dir / f"logp-{i}.npy", logp.astype(np.float16))
-        elif ref_dir:
-            ref = np.load(ref_dir / f"logp-{i}.npy").astype(np.float64)
-            kl.append((np.exp(ref) * (ref - logp)).sum(axis=1))
-            agree.append(ref.argmax(axis=1) == logp.argmax(axis=1))
-    if writing:
-        np.save(ref_dir / "tokens.npy", np.asarray(tokens[: n_chunks * ctx], dtype=np.int32))
-    values = np.concatenate(nll)
-    out = {
-        "chunks": n_chunks,
-        "tokens_scored": int(values.size),
-        "perplexity": float(np.exp(values.mean())),
-        "nll_stderr": float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0,
-    }
-    if kl:
-        kls = np.concatenate(kl)
-        out |= {"kl_mean": float(kls.mean()), "kl_p99": float(np.percentile(kls, 99)),
-                "top1_agreement": float(np.concatenate(agree).mean())}
-    return out
+    return score_fidelity(session, tokens, ctx, chunks, reference)
 
 
 def lm_eval_job(job: dict) -> dict:
@@ -177,7 +154,7 @@ def lm_eval_job(job: dict) -> dict:
     manager = TaskManager(include_path=job["task_dir"]) if job["task_dir"] else TaskManager()
     runtime = importlib.import_module(job["runtime_module"])
     start = time.perf_counter()
-    if hasattr(runtime, "load_model"):  # PyTorch: lm-eval's own HF class (fp32 reference, GPTQ)
+    if job["backend"] == "hflm":  # PyTorch: lm-eval's own HF class (fp32 reference, GPTQ)
         from lm_eval.models.huggingface import HFLM
         from transformers import AutoTokenizer
 

@@ -10,11 +10,11 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from toolkit.config import Strict, read_yaml, validation_error
 from toolkit.errors import UserError
-from toolkit.recipe import Cloud, validation_error
+from toolkit.recipe import Cloud
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RESERVED = {"sample_spec", "fallback_generalizations"}  # map keys that are not models
@@ -75,10 +75,6 @@ class CloudCatalogue(BaseModel):
 
 
 # --- the catalogue of what LiteLLM's map lacks ---
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Priors(Strict):
@@ -218,12 +214,7 @@ def load_providers(path: str | Path, base: Path | None = None, settings: Cloud |
     if not path.is_absolute():
         candidates = [(base or Path.cwd()) / path, ROOT / path]
         path = next((p for p in candidates if p.exists()), candidates[0])
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError("cloud catalogue not found", file=recipe_file or path, field="cloud.providers") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"not valid YAML ({exc})", file=path) from exc
+    raw = read_yaml(path, "cloud catalogue", file=recipe_file, field="cloud.providers")
     try:
         if isinstance(raw, dict) and isinstance(raw.get("providers"), list):
             if settings.models:

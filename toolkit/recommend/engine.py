@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
 from toolkit.io import content_hash
-from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
+from toolkit.profiling.meters.summary import energy_source
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
+from toolkit.recommend.metrics import BY_BUDGET
+from toolkit.recommend.options import draws, options_at
 from toolkit.recommend.select import TIE_RULE, Limit, Option, check, choose, explain, select, shared_objectives
-from toolkit.records import Certification, DeviceReport, Profile, Record, Stat
+from toolkit.records import Certification, DeviceReport, Profile, Record
 
-LIMITS = {
-    "max_ttft_ms": ("ttft_ms", "max"),
-    "min_decode_tps": ("decode_tps", "min"),
-    "max_memory_mb": ("memory_mb", "max"),
-    "max_perplexity": ("perplexity", "max"),
-    "max_kl": ("kl", "max"),
-    "min_accuracy": ("accuracy", "min"),
-    "max_energy_j": ("energy_j", "max"),
-    "max_cost_per_1k_usd": ("cost_per_1k_usd", "max"),
-}
 # What a cloud answer is checked against: latency, speed and price; memory and energy are not the
 # edge device's, and perplexity is not comparable across tokenizers (a hosted model is far larger).
 CLOUD_LIMITS = {"ttft_ms", "decode_tps", "cost_per_1k_usd"}
-J_PER_KWH = 3.6e6
 
 
 class Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
     variant_id: str
     label: str
+    model: str = ""  # the candidate model the variant comes from
     format: str
     quant: str
     size_mb: float
@@ -120,7 +110,7 @@ def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
 
 
 def budget_limits(budget: Budget, metrics: set[str] | None = None) -> list[Limit]:
-    limits = [Limit(m, v, kind) for key, (m, kind) in LIMITS.items() if (v := getattr(budget, key)) is not None]
+    limits = [Limit(m.key, v, m.limit_kind) for field, m in BY_BUDGET.items() if (v := getattr(budget, field)) is not None]
     return [lim for lim in limits if metrics is None or lim.metric in metrics]
 
 
@@ -134,15 +124,15 @@ def recommend(
     prompt_tokens = budget.ttft_prompt_tokens or max(profiled)
     if prompt_tokens not in profiled:
         raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="ttft_prompt_tokens")
-    options, details = _options(report, prompt_tokens, budget.output_tokens, costs)
+    options, details = options_at(report, prompt_tokens, budget.output_tokens, costs)
     limits = budget_limits(budget)
     key = budget_key(budget, costs)
     vetoes = certification_vetoes(report, key)
     order = choose(options, limits, budget.priority, budget.alpha, vetoes)
     pick, tied, win = (order[0] if order else None), [], {}
     if pick:
-        draws = _draws(report, options, prompt_tokens, budget.output_tokens, costs)
-        win = noise.win_probabilities(draws, limits, budget.priority, budget.alpha, vetoes)
+        drawn = draws(report, options, prompt_tokens, budget.output_tokens, costs)
+        win = noise.win_probabilities(drawn, limits, budget.priority, budget.alpha, vetoes)
         pick, tied = noise.settle(order, win)
     explain(options, pick, budget.priority, win, tied)
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
@@ -155,7 +145,7 @@ def recommend(
         output_tokens=budget.output_tokens,
         budget=budget,
         costs=costs,
-        energy_source=_energy_source(report),
+        energy_source=energy_source(report),
         objectives=shared_objectives([o for o in options if o.feasible] or options),
         rows=_rows(report, options, details, win if pick else None),
         cloud_rows=clouds,
@@ -207,151 +197,17 @@ def contenders(report: DeviceReport, budget: Budget, costs: Costs, margin: float
     profiled = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts})
     if not profiled:
         return set()
-    options, _ = _options(report, budget.ttft_prompt_tokens or max(profiled), budget.output_tokens, costs)
+    options, _ = options_at(report, budget.ttft_prompt_tokens or max(profiled), budget.output_tokens, costs)
     vetoes = certification_vetoes(report, budget_key(budget, costs))
     return noise.can_still_win(options, budget_limits(budget), budget.priority, budget.alpha, margin, vetoes)
 
 
 def check_run(report: DeviceReport, run: Profile, budget: Budget, costs: Costs, prompt_tokens: int) -> Option:
     """One fresh-process measurement of a variant, with its fidelity and accuracy, checked against the budget."""
-    options, _ = _options(report.model_copy(update={"profiles": [run]}), prompt_tokens, budget.output_tokens, costs)
+    options, _ = options_at(report.model_copy(update={"profiles": [run]}), prompt_tokens, budget.output_tokens, costs)
     option = options[0]
     option.violations = check(option, budget_limits(budget)) if option.status == "ok" else []
     return option
-
-
-def mean_accuracy(report: DeviceReport) -> dict[str, float]:
-    """Mean score over the tasks every variant was evaluated on (variants missing a task get none)."""
-    tasks = sorted({r.task for r in report.accuracy})
-    by_variant: dict[str, dict[str, float]] = {}
-    for r in report.accuracy:
-        if r.status == "ok" and r.value is not None:
-            by_variant.setdefault(r.variant_id, {})[r.task] = r.value
-    return {vid: sum(s.values()) / len(tasks) for vid, s in by_variant.items() if tasks and len(s) == len(tasks)}
-
-
-def _options(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs: Costs):
-    quality = {q.variant_id: q for q in report.quality if q.status == "ok"}
-    accuracy = mean_accuracy(report)
-    sizes = {v.id: v.size_bytes / 2**20 for v in report.variants}
-    options, details = [], {}
-    for prof in report.profiles:
-        q = quality.get(prof.variant_id)
-        timing = prof.prompt(prompt_tokens) if prof.status == "ok" else None
-        watts = _watts(report, prof)
-        timed, response_s = _timed(_figures(timing.ttft_ms if timing else None), _figures(prof.decode_tps),
-                                   watts, output_tokens, costs)
-        metrics = {
-            "ttft_ms": timed["ttft_ms"],
-            "decode_tps": timed["decode_tps"],
-            "memory_mb": prof.deploy_rss_mb if prof.deploy_rss_mb is not None else prof.peak_rss_mb,
-            "perplexity": q.perplexity if q else None,
-            "accuracy": round(accuracy[prof.variant_id], 5) if prof.variant_id in accuracy else None,
-            "kl": q.kl_mean if q else None,
-            "energy_j": timed["energy_j"],
-            "cost_per_1k_usd": timed["cost_per_1k_usd"],
-        }
-        details[prof.variant_id] = {
-            "ttft_ms_median": round(timing.ttft_ms.median, 2) if timing else None,
-            "prefill_tps_median": round(timing.prefill_tps.median, 1) if timing else None,
-            "decode_tps_median": round(prof.decode_tps.median, 2) if prof.decode_tps else None,
-            "itl_ms_p50": round(prof.itl_ms.median, 3) if prof.itl_ms else None,
-            "itl_ms_p90": round(prof.itl_ms.p90, 3) if prof.itl_ms else None,
-            "load_ms": prof.load_ms,
-            "process_peak_mb": prof.peak_rss_mb,
-            "response_s": round(response_s, 3) if response_s else None,
-            "watts": round(watts, 2) if watts and response_s else None,
-            "top1_agreement": q.top1_agreement if q else None,
-            **_predicted(report, prof),
-            **{f"acc_{r.task}": r.value for r in report.accuracy if r.variant_id == prof.variant_id and r.status == "ok"},
-        }
-        status = prof.status if prof.status != "ok" or timing else "skipped"
-        options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status,
-                              reason=prof.reason, size_mb=sizes.get(prof.variant_id)))
-    return options, details
-
-
-Figures = dict[str, float]
-
-
-def _figures(stat: Stat | None) -> Figures | None:
-    return {"median": stat.median, "p10": stat.p10, "p90": stat.p90} if stat else None
-
-
-def _timed(ttft: Figures | None, decode: Figures | None, watts: float | None, output_tokens: int,
-           costs: Costs) -> tuple[dict[str, float | None], float | None]:
-    """The budget figures that come from timings (TTFT p90, decode p10, energy, cost) and the response time."""
-    response_s = ttft["median"] / 1000 + output_tokens / decode["median"] if ttft and decode and decode["median"] else None
-    energy = watts * response_s if watts and response_s else None
-    return {
-        "ttft_ms": round(ttft["p90"], 2) if ttft else None,
-        "decode_tps": round(decode["p10"], 2) if decode else None,
-        "energy_j": round(energy, 3) if energy is not None else None,
-        "cost_per_1k_usd": _edge_cost_per_1k(energy, response_s, costs),
-    }, response_s
-
-
-def _draws(report: DeviceReport, options: list[Option], prompt_tokens: int, output_tokens: int,
-           costs: Costs) -> Iterator[list[Option]]:
-    """noise.RESAMPLES option sets, each with the timing figures of every measured variant recomputed from
-    its repeats redrawn with replacement (see noise.py); everything else as measured."""
-    rng = np.random.default_rng(noise.SEED)
-    n = noise.RESAMPLES
-    measured = {o.id: o for o in options if o.status == "ok"}
-    profiles = [p for p in report.profiles if p.variant_id in measured]
-    ttfts = {p.variant_id: t.ttft_ms if (t := p.prompt(prompt_tokens)) else None for p in profiles}
-    sigma = {"ttft": noise.process_sigma(ttfts.values()), "decode": noise.process_sigma(p.decode_tps for p in profiles),
-             "rapl": noise.process_sigma(p.rapl_watts for p in profiles)}
-    columns = []
-    for prof in profiles:
-        o = measured[prof.variant_id]
-        ttft = noise.resample(ttfts[prof.variant_id], rng, n, sigma["ttft"])
-        decode = noise.resample(prof.decode_tps, rng, n, sigma["decode"])
-        rapl = noise.resample(prof.rapl_watts, rng, n, sigma["rapl"])
-        watts = rapl["median"] if rapl else [_watts(report, prof)] * n
-        columns.append((o, ttft, decode, watts))
-    for b in range(n):
-        drawn = []
-        for o, ttft, decode, watts in columns:
-            timed, _ = _timed(_at(ttft, b), _at(decode, b), watts[b], output_tokens, costs)
-            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed}, size_mb=o.size_mb))
-        yield drawn
-
-
-def _at(column: dict[str, list[float]] | None, b: int) -> Figures | None:
-    return {k: v[b] for k, v in column.items()} if column else None
-
-
-def _predicted(report: DeviceReport, prof: Profile) -> dict[str, float]:
-    """Roofline predictions for this variant on this device, to set beside the measured figures."""
-    variant = next((v for v in report.variants if v.id == prof.variant_id), None)
-    if report.roofline is None or variant is None:
-        return {}
-    out = {"predicted_decode_tps": round(roofline_decode_tps(variant.size_bytes, report.roofline.bandwidth_gbs), 1)}
-    if variant.n_params:
-        out["predicted_prefill_tps"] = round(roofline_prefill_tps(variant.n_params, report.roofline.gflops), 1)
-    return out
-
-
-def _watts(report: DeviceReport, prof: Profile) -> float | None:
-    if prof.rapl_watts:
-        return prof.rapl_watts.median
-    return report.power.busy_w if report.power else None
-
-
-def _energy_source(report: DeviceReport) -> str:
-    if any(p.rapl_watts for p in report.profiles):
-        return "measured: RAPL package energy during the timed runs"
-    if report.power:
-        return f"estimated: busy power {report.power.busy_w:g} W x measured response time ({report.power.note})"
-    return "unknown: no RAPL counters and no device.power figures in the recipe"
-
-
-def _edge_cost_per_1k(energy_j: float | None, response_s: float | None, costs: Costs) -> float | None:
-    if energy_j is None or response_s is None:
-        return None
-    per_response = energy_j / J_PER_KWH * costs.electricity_usd_per_kwh + costs.device_usd_per_hour * response_s / 3600
-    return round(per_response * 1000, 8)
 
 
 def _cloud_row(cloud: CloudModel, prompt_tokens: int, budget: Budget) -> CloudRow:
@@ -374,7 +230,7 @@ def _mixed(report, options, budget, costs, prompt_tokens, cloud) -> Mixed | None
         return None
     shorter = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts if p.prompt_tokens < prompt_tokens}, reverse=True)
     for length in shorter:
-        opts, _ = _options(report, length, budget.output_tokens, costs)
+        opts, _ = options_at(report, length, budget.output_tokens, costs)
         pick = select(opts, budget_limits(budget), budget.priority, budget.alpha)
         if pick:
             rule = f"prompts up to {length} tokens on {pick.label} (edge), longer prompts to {_cloud_name(cloud)}"
@@ -387,7 +243,7 @@ def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[
     rounds = {p.variant_id: p.rounds for p in report.profiles if p.status == "ok"}
     return [
         Row(
-            variant_id=o.id, label=o.label, format=variants[o.id].format, quant=variants[o.id].quant,
+            variant_id=o.id, label=o.label, model=variants[o.id].model, format=variants[o.id].format, quant=variants[o.id].quant,
             size_mb=round(variants[o.id].size_bytes / 2**20, 1), bits_per_weight=variants[o.id].bits_per_weight,
             status=o.status, metrics=o.metrics, detail=details[o.id], on_front=o.on_front, dominated_by=o.dominated_by,
             violations=o.violations, utility=round(o.utility, 4) if o.utility is not None else None,

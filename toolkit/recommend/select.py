@@ -16,28 +16,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# metric -> direction; every metric is checked against its conservative figure (p90 latency, p10 speed).
-OBJECTIVES: dict[str, str] = {
-    "ttft_ms": "min",
-    "decode_tps": "max",
-    "memory_mb": "min",
-    "perplexity": "min",
-    "accuracy": "max",
-    "energy_j": "min",
-    "cost_per_1k_usd": "min",
-}
-UNITS = {"ttft_ms": "ms", "decode_tps": "tok/s", "memory_mb": "MB", "perplexity": "", "accuracy": "", "kl": "nats",
-         "energy_j": "J", "cost_per_1k_usd": "USD"}
-NAMES = {
-    "ttft_ms": "TTFT p90", "decode_tps": "decode (p10)", "memory_mb": "deploy memory", "perplexity": "perplexity",
-    "accuracy": "mean accuracy", "kl": "KL divergence",
-    "energy_j": "energy per response", "cost_per_1k_usd": "cost per 1,000 responses",
-}
-BETTER = {
-    "ttft_ms": "lower TTFT", "decode_tps": "faster decode", "memory_mb": "less memory", "perplexity": "lower perplexity",
-    "accuracy": "higher accuracy",
-    "energy_j": "less energy", "cost_per_1k_usd": "cheaper",
-}
+from toolkit.recommend.metrics import BY_KEY, OBJECTIVES
+
+# The Pareto objectives and their directions come from the metrics table; every limit is checked against
+# the conservative figure (p90 latency, p10 speed).
 TIE_RULE = "higher win probability, then lower KL, then lower perplexity, then smaller file"
 QUALITY_SIGNALS = ("accuracy", "perplexity")
 SPEED_SIGNALS = ("decode_tps", "ttft_ms")
@@ -104,16 +86,16 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
     out = []
     for limit in limits:
         value = option.metrics.get(limit.metric)
+        metric = BY_KEY[limit.metric]
         if value is None:
-            out.append(f"{NAMES[limit.metric]} not measured")
+            out.append(f"{metric.name} not measured")
             continue
         gap = limit.violation(value)
         if gap > 0:
             sign = ">" if limit.kind == "max" else "<"
-            unit = UNITS[limit.metric]
-            digits = {"cost_per_1k_usd": 4, "kl": 4, "accuracy": 3}.get(limit.metric, 1)
+            unit, digits = metric.unit, metric.limit_digits
             out.append(
-                f"{NAMES[limit.metric]} {value:.{digits}f} {unit} {sign} {limit.bound:g} {unit} "
+                f"{metric.name} {value:.{digits}f} {unit} {sign} {limit.bound:g} {unit} "
                 f"({'over' if limit.kind == 'max' else 'under'} by {gap:.{digits}f}{(' ' + unit) if unit else ''})"
             )
     return out
@@ -245,6 +227,7 @@ def explain(options: list[Option], pick: Option | None, priority: str,
     front = {o.id for o in pareto_front(feasible, objectives)}
     for o in options:
         o.on_front = o.id in front
+    for o in options:  # after every front flag is set: the named dominator is the best one on the front
         o.dominated_by = _dominator(o, feasible, objectives) if o.feasible and not o.on_front else None
     for o in options:
         o.verdict = _verdict(o, pick, options, objectives, priority, win or {}, tied or [])
@@ -259,6 +242,8 @@ def _dominator(o: Option, feasible: list[Option], objectives: list[str]) -> str 
 
 def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: list[str], priority: str,
              win: dict[str, float], tied: list[Option]) -> str:
+    if o.status == "incomplete":
+        return f"not compared: {o.reason}"
     if o.status != "ok":
         return f"not measured: {o.status}" + (f" ({o.reason})" if o.reason else "")
     if o.violations:
@@ -277,7 +262,7 @@ def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: 
         return f"statistically tied with the pick ({chance}); tie broken by {TIE_RULE}"
     if o.dominated_by:
         winner = next(p for p in options if p.id == o.dominated_by)
-        edges = [BETTER[m] for m in objectives if _strictly_better(winner.metrics, o.metrics, m)]
+        edges = [BY_KEY[m].better for m in objectives if _strictly_better(winner.metrics, o.metrics, m)]
         return f"dominated by {winner.label} ({', '.join(edges)})"
     if pick is not None and priority == "balanced" and o.utility is not None and pick.utility is not None:
         if o.utility < pick.utility:

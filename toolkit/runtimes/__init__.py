@@ -1,4 +1,11 @@
-"""Runtimes load a variant and run it; the profiler and quality metrics are written once over this."""
+"""Runtimes load a variant and run it; the profiler, fidelity and lm-eval are written once over `Session`.
+
+Adding a runtime is one file plus one registry line: `toolkit/runtimes/<name>.py` defining IMPORTS (the
+libraries a deployment loads), `check_installed()` (raises ImportError when missing), `versions()`,
+`build_flags()` and `open_session(path, threads, n_ctx, n_batch) -> Session`; then
+`register(Runtime("<name>", "toolkit.runtimes.<name>", ("<format>",)))` below. The module is imported only
+in the child process that measures a variant, so the parent never loads a runtime's libraries.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ class Session(Protocol):
         """Append one token; return the greedy next token."""
     def logits(self, tokens: list[int]) -> np.ndarray:
         """From an empty cache, the next-token logits at every position (n_tokens x n_vocab, float32)."""
+    def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+        """For each continuation, the logits that predict its tokens after `context` (len(cont) x n_vocab)."""
     def perf(self) -> dict[str, float] | None:
         """The runtime's own counters since the last reset_perf (ms and token counts), if it has them."""
     def reset_perf(self) -> None: ...
@@ -96,6 +105,8 @@ class Runtime:
     module: str  # imported in the child process only; defines IMPORTS (the libraries a deployment loads),
     # check_installed, versions, build_flags and open_session
     formats: tuple[str, ...]
+    lm_eval_backend: str = "session"  # "session": lm-eval through our Session adapter; "hflm": the module's
+    # load_model() handed to lm-eval's own HF class
 
     def load(self):
         return importlib.import_module(self.module)
@@ -126,7 +137,7 @@ def register(runtime: Runtime) -> Runtime:
 
 register(Runtime("llama.cpp", "toolkit.runtimes.llamacpp", ("gguf",)))
 register(Runtime("onnxruntime", "toolkit.runtimes.onnxrt", ("onnx",)))
-register(Runtime("torch", "toolkit.runtimes.torch_hf", ("gptq", "hf")))
+register(Runtime("torch", "toolkit.runtimes.torch_hf", ("gptq", "hf"), lm_eval_backend="hflm"))
 
 
 def get_runtime(name: str) -> Runtime:

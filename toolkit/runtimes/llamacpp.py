@@ -1,4 +1,11 @@
-"""llama.cpp through llama-cpp-python's C API: no high-level wrapper between the timer and the runtime."""
+"""llama.cpp through llama-cpp-python's C API: no high-level wrapper between the timer and the runtime.
+
+Two contexts over one model: the one that `prefill`/`decode`/`logits` use (one sequence, as a deployment runs it,
+so profiles measure that), and, made on the first `score_many`, a scoring context that holds many sequences in
+one unified KV cache, so one `llama_decode` scores several requests (as llama.cpp's perplexity and hellaswag
+tools do) and a context shared by several continuations is evaluated once, its tokens assigned to every
+continuation's sequence.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtimes import greedy_generate
+from toolkit.runtimes.llamacpp_batch import decode_round, plan_rounds, plan_units
 
 IMPORTS = ("llama_cpp",)  # what a deployment of a variant loads
 
@@ -65,8 +73,12 @@ class LlamaCppSession:
         bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.bos = bos if bos >= 0 else None
         self.n_batch = n_batch
+        self.n_ctx = n_ctx
+        self.threads = threads
         self._pos = 0
         self._one = (llama_cpp.llama_token * 1)()
+        self._sctx = None  # the scoring context, made on first use
+        self._sbatch = None
 
     def tokenize(self, text: str) -> list[int]:
         raw = text.encode()
@@ -144,15 +156,64 @@ class LlamaCppSession:
         return self._eval(tokens, 0, all_logits=True)
 
     def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
-        """Logits predicting each continuation's tokens, evaluating the shared context only once."""
-        self.reset()
-        last = self._eval(context, 0, all_logits=False)[0].copy()
-        memory = self._ll.llama_get_memory(self.ctx)
-        out = []
-        for cont in continuations:
-            self._ll.llama_memory_seq_rm(memory, 0, len(context), -1)
-            rest = self._eval(cont[:-1], len(context), all_logits=True) if len(cont) > 1 else np.empty((0, self.n_vocab), np.float32)
-            out.append(np.concatenate([last[None, :], rest]))
+        """Logits predicting each continuation's tokens, evaluating the shared context only once: one group
+        alone in the scoring context (one decode), the same numbers as when it is batched with others."""
+        return self.score_many([(context, continuations)])[0]
+
+    # -- batched scoring: many (context, continuations) groups per llama_decode
+    SCORE_TOKENS = 1024  # tokens per decode: a round of requests packed together (n_batch and KV cells)
+    SCORE_UBATCH = 512  # tokens per compute pass inside a decode (n_ubatch)
+    SCORE_SEQS = 64  # sequences one round may hold (n_seq_max of the scoring context)
+    SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logit rows one round may return (llama.cpp's output buffer)
+    SCORE_FLASH_ATTN = True
+    FA_TILE = 64  # ggml-cpu's flash attention: ubatches of fewer query tokens take another (F16-accumulating) path
+
+    def _scoring_context(self):
+        """The multi-sequence context: unified KV (a token may belong to several sequences), n_batch = n_ctx =
+        the larger of the session's context and SCORE_TOKENS, so any request the session accepts fits one
+        decode."""
+        if self._sctx is None:
+            ll = self._ll
+            self.score_capacity = max(self.n_ctx, self.SCORE_TOKENS)
+            self._filler = self.FA_TILE if self.SCORE_FLASH_ATTN and self.SCORE_UBATCH >= self.FA_TILE else 0
+            cparams = ll.llama_context_default_params()
+            cparams.n_ctx = self.score_capacity + self._filler
+            cparams.n_batch = self.score_capacity + self._filler
+            cparams.n_ubatch = self._score_ubatch = min(self.SCORE_UBATCH, self.score_capacity)
+            cparams.n_seq_max = self.SCORE_SEQS
+            cparams.kv_unified = True
+            # Flash attention skips the KV tiles another sequence holds, so packing costs no attention; but
+            # llama.cpp's CPU kernel accumulates in F16 when a ubatch has fewer than FA_TILE query tokens and
+            # in F32 otherwise, so a request's numbers would depend on what it was batched with (1e-3 apart
+            # in logits). Every short ubatch is therefore topped up to FA_TILE tokens with a filler sequence
+            # (the last sequence id, no logits): the same kernel always, the same numbers alone or packed.
+            # Without flash attention, plain attention is batch-independent as it is.
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.SCORE_FLASH_ATTN else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            cparams.n_threads = self.threads
+            cparams.n_threads_batch = self.threads
+            cparams.no_perf = True
+            ctx = ll.llama_init_from_model(self.model, cparams)
+            if not ctx:
+                raise RuntimeError("llama.cpp could not create the batched scoring context")
+            self._sctx = ctx
+            self._score_seqs = self.SCORE_SEQS - (1 if self._filler else 0)  # for requests; the last one fills
+            self._sbatch = ll.llama_batch_init(self.score_capacity, 0, self.SCORE_SEQS)
+        return self._sctx
+
+    def score_many(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[np.ndarray]]:
+        """`score` for many groups at once: for each (context, continuations) group, per continuation the logits
+        predicting each of its tokens (len(cont) x n_vocab, float32), as `score` returns them.
+
+        Groups are packed into rounds of up to SCORE_TOKENS tokens, one `llama_decode` each, every group on
+        its own sequence ids; a context is decoded once for all its continuations (its tokens carry every
+        continuation's sequence id); logits are computed only where a continuation token is predicted."""
+        ctx = self._scoring_context()
+        out: list[list[np.ndarray | None]] = [[None] * len(conts) for _, conts in groups]
+        max_outputs = max(1, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab))
+        units = plan_units(groups, self.score_capacity, self._score_seqs)
+        for rnd in plan_rounds(units, min(self.SCORE_TOKENS, self.score_capacity), self._score_seqs, max_outputs):
+            decode_round(self._ll, ctx, self._sbatch, rnd, groups, out, self.n_vocab, self._filler, self._score_ubatch,
+                         self._score_seqs)
         return out
 
     def perf(self) -> dict[str, float]:
@@ -168,6 +229,12 @@ class LlamaCppSession:
         self._ll.llama_perf_context_reset(self.ctx)
 
     def close(self) -> None:
+        if self._sbatch is not None:
+            self._ll.llama_batch_free(self._sbatch)
+            self._sbatch = None
+        if self._sctx:
+            self._ll.llama_free(self._sctx)
+            self._sctx = None
         if self.ctx:
             self._ll.llama_free(self.ctx)
             self.ctx = None

@@ -7,6 +7,7 @@ profile measures what a deployment would hold: no torch, no transformers.
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +105,16 @@ class OrtSession(KVLoopSession):
         self.add_bos = self.tokenizer.add_bos_token
         self.bos = self.tokenizer.bos_token_id
         self.n_batch = n_batch
+        self.model_file = folder / MODEL
+        self._per_tensor_activations: bool | None = None
         self.reset()
 
     def reset(self) -> None:
-        self.past = {name: np.zeros(self.kv_shape, dtype=self.kv_dtype) for name in self.past_names}
+        self.past = self._empty_past(1)
         self.pos = 0
+
+    def _empty_past(self, rows: int) -> dict[str, np.ndarray]:
+        return {name: np.zeros((rows, *self.kv_shape[1:]), dtype=self.kv_dtype) for name in self.past_names}
 
     def _run(self, tokens: list[int], all_rows: bool = True) -> np.ndarray:
         n = len(tokens)
@@ -135,8 +141,114 @@ class OrtSession(KVLoopSession):
             out.append(np.concatenate([last[None, :], rest]).astype(np.float32, copy=False))
         return out
 
+    # -- batched scoring: requests side by side along the batch axis, padded on the right, masked
+    SCORE_TOKENS = 1024  # padded tokens (rows x length) per forward pass
+    SCORE_LOGIT_BYTES = 256 * 2**20  # the graph returns logits at every position: float32 rows per pass at most
+
+    def _token_budget(self) -> int:
+        return max(1, min(self.SCORE_TOKENS, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab)))
+
+    def quantizes_activations_per_tensor(self) -> bool:
+        """Whether the graph quantizes activations with one scale for the whole tensor (onnxruntime's dynamic
+        int8: DynamicQuantizeLinear). Such a model's numbers depend on every row in the batch, padding included,
+        so it is scored unbatched; weight-only and per-block schemes (MatMulNBits) score the same either way."""
+        if self._per_tensor_activations is None:
+            with open(self.model_file, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                self._per_tensor_activations = data.find(b"DynamicQuantizeLinear") >= 0
+        return self._per_tensor_activations
+
+    def score_many(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[np.ndarray]]:
+        """`score` for many groups at once (same output). Rows of similar length share a forward pass: a group
+        with at most one multi-token continuation is one row (context + continuation); a group with several
+        is one row for the context, then one row per continuation over a copy of that context's KV cache."""
+        if "attention_mask" not in self.inputs or not self.past_names or self.quantizes_activations_per_tensor():
+            return [self.score(context, conts) for context, conts in groups]  # padding could not be masked
+        out: list[list[np.ndarray | None]] = [[None] * len(conts) for _, conts in groups]
+        rows = []  # (group, tokens, continuations answered by this row, body of the one continuation it holds)
+        for g, (context, conts) in enumerate(groups):
+            if not context or any(not cont for cont in conts):
+                raise ValueError("score_many needs a non-empty context and non-empty continuations")
+            branching = [k for k, cont in enumerate(conts) if len(cont) > 1]
+            body = conts[branching[0]][:-1] if len(branching) == 1 else []
+            rows.append((g, list(context) + body, branching if len(branching) > 1 else []))
+        rows.sort(key=lambda row: len(row[1]))
+        for batch in _padded_batches([len(row[1]) for row in rows], self._token_budget()):
+            self._context_pass([rows[i] for i in batch], groups, out)
+        return out
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray], start: np.ndarray):
+        """One forward pass over a padded batch: `ids` rows x length, `mask` over past + new tokens, `start` the
+        position of each row's first new token."""
+        feed = {"input_ids": ids}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = mask
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = start[:, None] + np.arange(ids.shape[1], dtype=np.int64)[None, :]
+        feed.update(past)
+        outputs = self.session.run(["logits", *self.present_names], feed)
+        return outputs[0], dict(zip(self.past_names, outputs[1:], strict=True))
+
+    def _context_pass(self, rows, groups, out) -> None:
+        n_vocab = self.n_vocab
+        lengths = np.array([len(tokens) for _, tokens, _ in rows], dtype=np.int64)
+        width = int(lengths.max())
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        for r, (_, tokens, _) in enumerate(rows):
+            ids[r, :len(tokens)] = tokens
+            ids[r, len(tokens):] = tokens[-1]  # padding: any valid id, masked out
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        logits, present = self._forward(ids, mask, self._empty_past(len(rows)), np.zeros(len(rows), dtype=np.int64))
+        branches = []  # (row, group, continuation) answered over this row's KV cache
+        for r, (g, _, branching) in enumerate(rows):
+            context, conts = groups[g]
+            c = len(context)
+            for k, cont in enumerate(conts):
+                dest = out[g][k] = np.empty((len(cont), n_vocab), dtype=np.float32)
+                if len(cont) > 1 and not branching:  # the row holds this continuation's body
+                    dest[:] = logits[r, c - 1:c - 1 + len(cont)]
+                else:
+                    dest[0] = logits[r, c - 1]
+            branches += [(r, g, k) for k in branching]
+        if not branches:
+            return
+        bodies = [len(groups[g][1][k]) - 1 for _, g, k in branches]
+        order = sorted(range(len(branches)), key=lambda i: bodies[i])
+        for batch in _padded_batches([bodies[i] for i in order], self._token_budget(), fixed=width):
+            picked = [branches[order[i]] for i in batch]
+            self._branch_pass(picked, groups, out, present, mask, lengths)
+
+    def _branch_pass(self, picked, groups, out, present, mask, lengths) -> None:
+        source = np.array([r for r, _, _ in picked], dtype=np.int64)
+        bodies = [groups[g][1][k][:-1] for _, g, k in picked]
+        width = max(len(body) for body in bodies)
+        ids = np.zeros((len(picked), width), dtype=np.int64)
+        for i, body in enumerate(bodies):
+            ids[i, :len(body)] = body
+            ids[i, len(body):] = body[-1]
+        new = (np.arange(width)[None, :] < np.array([len(b) for b in bodies])[:, None]).astype(np.int64)
+        past = {name: np.take(value, source, axis=0) for name, value in present.items()}
+        # a row with several continuations holds its context only: they start right after it
+        logits, _ = self._forward(ids, np.concatenate([mask[source], new], axis=1), past, lengths[source])
+        for i, (_, g, k) in enumerate(picked):
+            dest = out[g][k]
+            dest[1:] = logits[i, :len(bodies[i])]
+
     def close(self) -> None:
         self.session = None
+
+
+def _padded_batches(lengths: list[int], budget: int, fixed: int = 0) -> list[list[int]]:
+    """Consecutive indices (lengths sorted ascending) grouped so that rows x (fixed + longest) <= budget; a row
+    longer than the budget goes alone."""
+    batches, current = [], []
+    for i, length in enumerate(lengths):
+        if current and (len(current) + 1) * (fixed + length) > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _layer_order(name: str) -> tuple[int, str]:

@@ -1,0 +1,115 @@
+"""The noise model's pieces against outcomes enumerated by hand (toolkit/recommend/noise.py, options.draws):
+what a bootstrap resample can give, the pooled process spread, win probabilities, the tie set and its pick."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tests.test_noise import report
+from toolkit.recipe import Costs
+from toolkit.recommend.noise import process_sigma, resample, settle, win_probabilities
+from toolkit.recommend.options import draws, options_at
+from toolkit.recommend.select import Option
+from toolkit.records import Stat
+
+N = 4000
+
+
+def triples(column: dict[str, list[float]]) -> Counter:
+    return Counter((round(a, 6), round(b, 6), round(c, 6)) for a, b, c in zip(column["p10"], column["median"], column["p90"], strict=True))
+
+
+def test_a_stat_without_repeats_keeps_its_figures_in_every_resample():
+    stat = Stat.of([1.0, 2.0, 3.0], keep_values=False)  # p10 = 1 + 0.2 x 1 = 1.2, p90 = 2.8
+    assert resample(stat, np.random.default_rng(0), 4) == {"median": [2.0] * 4, "p10": [1.2] * 4, "p90": [2.8] * 4}
+    assert resample(None, np.random.default_rng(0), 4) is None
+
+
+def test_one_process_of_two_repeats_gives_three_outcomes():
+    """Draws of 2 from {0, 100} with replacement: {0, 0} (1/4), {0, 100} (1/2: p10 10, median 50, p90 90), {100, 100}."""
+    seen = triples(resample(Stat.of([0.0, 100.0]), np.random.default_rng(1), N))
+    assert set(seen) == {(0, 0, 0), (10, 50, 90), (100, 100, 100)}
+    assert seen[(10, 50, 90)] / N == pytest.approx(0.5, abs=0.04) and seen[(0, 0, 0)] / N == pytest.approx(0.25, abs=0.04)
+
+
+def test_processes_of_unequal_size_are_redrawn_whole():
+    """Process A gave 10, 10, 10 and B 20, 20. Two slots, each a process drawn with replacement, each giving as
+    many repeats as that process had: AA = six 10s, BB = four 20s, AB or BA = 10, 10, 10, 20, 20 (p90 at 3.6 of 4)."""
+    stat = Stat.of([10.0, 10.0, 10.0, 20.0, 20.0], runs=[3, 2])
+    seen = triples(resample(stat, np.random.default_rng(2), N))
+    assert set(seen) == {(10, 10, 10), (20, 20, 20), (10, 10, 20)}
+    assert seen[(10, 10, 20)] / N == pytest.approx(0.5, abs=0.04) and seen[(20, 20, 20)] / N == pytest.approx(0.25, abs=0.04)
+
+
+def test_with_a_process_spread_every_process_stays_and_the_whole_draw_is_scaled():
+    stat = Stat.of([10.0, 10.0, 10.0, 20.0, 20.0], runs=[3, 2])
+    sigma = 0.5
+    column = resample(stat, np.random.default_rng(3), N, sigma)
+    p10, median, p90 = (np.asarray(column[k]) for k in ("p10", "median", "p90"))
+    assert np.allclose(p90 / median, 2.0) and np.allclose(p10, median)  # both processes, every time
+    factors = np.log(median / 10.0)  # one factor exp(N(0, sigma^2 / k)) per resample, k = 2 processes
+    assert abs(factors.mean()) < 0.03 and factors.std() == pytest.approx(sigma / math.sqrt(2), rel=0.08)
+
+
+def test_pooled_process_spread_skips_single_process_stats():
+    # process medians 10 and 20: log spread (ln 20 - ln 10) / 2 either side of the mean, 1 degree of freedom
+    two = Stat.of([10.0, 10.0, 20.0, 20.0], runs=[2, 2])
+    expected = math.sqrt(2 * (math.log(2) / 2) ** 2)
+    assert process_sigma([None, Stat.of([5.0, 6.0]), two]) == pytest.approx(expected)
+    assert process_sigma([two, None]) == pytest.approx(expected) and process_sigma([None]) == 0.0
+
+
+def _opt(vid: str, decode: float, kl: float | None = None) -> Option:
+    return Option(id=vid, label=vid, metrics={"decode_tps": decode, "kl": kl})
+
+
+def test_win_probabilities_count_the_pick_of_each_resample_and_respect_vetoes():
+    sets = [[_opt("a", 50.0), _opt("b", 40.0)]] * 3 + [[_opt("a", 30.0), _opt("b", 40.0)]]
+    assert win_probabilities(sets, [], "speed", 0.5) == {"a": 0.75, "b": 0.25}
+    assert win_probabilities(sets, [], "speed", 0.5, vetoes={"a": "failed certification"}) == {"b": 1.0}
+    assert win_probabilities([], [], "speed", 0.5) == {}
+
+
+def test_settle_takes_the_ranking_head_down_to_the_last_variant_at_five_percent():
+    a, b, c, d = _opt("a", 50.0, kl=0.2), _opt("b", 45.0, kl=0.1), _opt("c", 40.0), _opt("d", 35.0)
+    order = [a, b, c, d]
+    pick, tied = settle(order, {"a": 0.6, "b": 0.3, "c": 0.04, "d": 0.01})
+    assert pick is a and tied == [a, b]
+    pick, tied = settle(order, {"a": 0.6, "b": 0.3, "c": 0.05})  # exactly the threshold: in
+    assert pick is a and tied == [a, b, c]
+    pick, tied = settle(order, {"b": 0.7, "c": 0.3})  # a never wins a resample, yet ranks first: in the set, not the pick
+    assert pick is b and tied == [a, b, c]
+    pick, tied = settle(order, {})  # no resample has a pick: the ranking's head alone
+    assert pick is a and tied == [a]
+    pick, _ = settle(order, {"a": 0.5, "b": 0.5})  # equal chances: lower KL
+    assert pick is b
+
+
+def test_draws_resample_measured_power_reproducibly():
+    """Timings without spread (so response time is fixed at 0.1 + 128 / 50 = 2.66 s) and measured watts of
+    50, 60, 70 in one process: each resample's energy is 2.66 s x a median of three draws from {50, 60, 70}."""
+    rep = report({"ttft": [100.0] * 3, "decode": [50.0] * 3}, {"ttft": [100.0] * 3, "decode": [50.0] * 3})
+    watts = Stat.of([50.0, 60.0, 70.0])
+    rep = rep.model_copy(update={"profiles": [p.model_copy(update={"rapl_watts": watts}) for p in rep.profiles]})
+    options, _ = options_at(rep, 512, 128, Costs())
+    first = [[o.metrics["energy_j"] for o in drawn] for drawn in draws(rep, options, 512, 128, Costs())]
+    per_watt = {round(e / 2.66, 3) for row in first for e in row}
+    assert per_watt == {50.0, 60.0, 70.0}  # never the recipe's busy power (20 W)
+    assert first == [[o.metrics["energy_j"] for o in drawn] for drawn in draws(rep, options, 512, 128, Costs())]
+
+
+def test_draws_scale_decode_by_the_process_spread_when_there_is_one():
+    """Decode 40, 40 | 60, 60 in two processes: the pooled spread is > 0, so every resample keeps both processes
+    and scales them: p10 is 40 x a factor, spread out, not the 40s and 60s that redrawing whole processes gives."""
+    rep = report({"ttft": [100.0] * 4, "decode": [40.0, 40.0, 60.0, 60.0]}, {"ttft": [100.0] * 4, "decode": [50.0] * 4})
+    two = Stat.of([40.0, 40.0, 60.0, 60.0], runs=[2, 2])
+    rep = rep.model_copy(update={"profiles": [rep.profiles[0].model_copy(update={"decode_tps": two}), rep.profiles[1]]})
+    options, _ = options_at(rep, 512, 128, Costs())
+    p10s = [drawn[0].metrics["decode_tps"] for drawn in draws(rep, options, 512, 128, Costs())]
+    exact = Counter(p10s)  # redrawing whole processes: 40 in 3/4 of resamples, 60 in 1/4
+    assert len(exact) > 200 and exact[40.0] / len(p10s) < 0.05 and exact[60.0] / len(p10s) < 0.01
+    assert np.median(p10s) == pytest.approx(40.0, rel=0.05)

@@ -1,0 +1,265 @@
+"""Small pieces of the recommendation, each against figures worked out by hand: the noise margin (`shifted`,
+`can_still_win`, `contenders`), one certification run checked against a budget (`check_run`), and the cheapest
+edge variant a cloud fallback is priced against."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_noise import FP, report
+from toolkit.recipe import Budget, Costs
+from toolkit.recommend.engine import budget_key, check_run, contenders, recommend
+from toolkit.recommend.noise import can_still_win, shifted
+from toolkit.recommend.select import Limit, Option
+from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
+
+
+def test_shifted_moves_every_timing_figure_the_better_way_and_nothing_else():
+    o = Option(id="a", label="A", metrics={"ttft_ms": 100.0, "decode_tps": 50.0, "energy_j": 10.0, "cost_per_1k_usd": 0.02,
+                                           "memory_mb": 300.0, "kl": 0.1, "perplexity": None},
+               status="ok", reason="why", size_mb=42.0)
+    better = shifted(o, 1.25)
+    assert better.metrics == {"ttft_ms": 80.0, "decode_tps": 62.5, "energy_j": 8.0, "cost_per_1k_usd": 0.016,
+                              "memory_mb": 300.0, "kl": 0.1, "perplexity": None}
+    worse = shifted(o, 0.8)
+    assert worse.metrics["ttft_ms"] == pytest.approx(125.0) and worse.metrics["decode_tps"] == pytest.approx(40.0)
+    assert (better.id, better.label, better.status, better.reason, better.size_mb) == ("a", "A", "ok", "why", 42.0)
+    assert o.metrics["ttft_ms"] == 100.0  # the original is left as it was
+    crashed = shifted(Option(id="c", label="C", metrics={}, status="crash", reason="boom"), 2.0)
+    assert (crashed.status, crashed.reason) == ("crash", "boom")
+
+
+def _opt(vid: str, decode: float, status: str = "ok") -> Option:
+    return Option(id=vid, label=vid, metrics={"ttft_ms": 100.0, "decode_tps": decode}, status=status)
+
+
+def test_can_still_win_within_the_margin_past_a_failed_variant():
+    # by hand, priority speed: b (45) beats a (50) when b is 25% faster (56.25) and a 25% slower (40); c (20) cannot
+    options = [_opt("x", 0.0, status="crash"), _opt("a", 50.0), _opt("b", 45.0), _opt("c", 20.0)]
+    assert can_still_win(options, [], "speed", 0.5, 0.25) == {"a", "b"}
+    assert can_still_win(options, [], "speed", 0.5, 0.0) == {"a"}
+    assert can_still_win(options, [], "speed", 0.5, 0.25, vetoes={"a": "failed certification"}) == {"b"}
+    assert can_still_win(options, [Limit("decode_tps", 30.0, "min")], "speed", 0.5, 2.0) == {"a", "b", "c"}  # c: 20 x 3 = 60
+
+
+def test_contenders_at_the_longest_prompt_and_without_vetoed_variants():
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [105] * 3, "decode": [48] * 3},
+                 {"ttft": [400] * 3, "decode": [12] * 3})
+    budget, costs = Budget(priority="speed"), Costs()  # no ttft_prompt_tokens: the longest profiled prompt (512)
+    assert contenders(rep, budget, costs, 0.25) == {"v0", "v1"}
+    failed = Certification(variant_id="v0", budget_key=budget_key(budget, costs), prompt_tokens=512, output_tokens=128,
+                           runs=[CertRun(status="crash", violations=[])])
+    assert contenders(rep.model_copy(update={"certifications": [failed]}), budget, costs, 0.25) == {"v1"}
+    other = Certification(variant_id="v0", budget_key="another budget", prompt_tokens=512, output_tokens=128,
+                          runs=[CertRun(status="crash", violations=[])])
+    assert contenders(rep.model_copy(update={"certifications": [other]}), budget, costs, 0.25) == {"v0", "v1"}
+    assert contenders(rep.model_copy(update={"profiles": []}), budget, costs, 0.25) == set()
+
+
+def _run(ttft: list[float], decode: list[float], mem: float, status: str = "ok") -> Profile:
+    base = dict(key="v1", variant_id="v1", variant_name="m Q1", format="gguf", runtime="llama.cpp", device=FP,
+                settings={}, file_size_mb=1)
+    if status != "ok":
+        return Profile(status=status, reason="killed", **base)
+    return Profile(status="ok", load_ms=5, decode_tokens=128, peak_rss_mb=mem, **base,
+                   prompts=[PromptTiming(prompt_tokens=512, ttft_ms=Stat.of(ttft), prefill_tps=Stat.of([512e3 / t for t in ttft]))],
+                   decode_tps=Stat.of(decode), itl_ms=Stat.of([1000 / d for d in decode]))
+
+
+def test_check_run_measures_one_fresh_run_against_the_budget():
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3, "kl": 0.01, "ppl": 12.0},
+                 {"ttft": [110] * 3, "decode": [45] * 3, "kl": 0.02, "ppl": 13.0})
+    budget = Budget(max_ttft_ms=200, min_decode_tps=40, max_memory_mb=400, max_kl=0.05)
+    ok = check_run(rep, _run([150, 160, 170], [44, 46, 48], 350), budget, Costs(), 512)
+    assert (ok.id, ok.status, ok.violations) == ("v1", "ok", [])
+    # by hand: TTFT p90 of 150/160/270 is 160 + 0.8 x 110 = 248; decode p10 of 30/46/48 is 30 + 0.2 x 16 = 33.2
+    bad = check_run(rep, _run([150, 160, 270], [30, 46, 48], 450), budget, Costs(), 512)
+    assert bad.metrics["ttft_ms"] == pytest.approx(248.0) and bad.metrics["decode_tps"] == pytest.approx(33.2)
+    assert bad.metrics["kl"] == 0.02 and bad.metrics["perplexity"] == 13.0  # the variant's fidelity comes along
+    assert [" ".join(v.split()) for v in bad.violations] == [
+        "TTFT p90 248.0 ms > 200 ms (over by 48.0 ms)", "decode (p10) 33.2 tok/s < 40 tok/s (under by 6.8 tok/s)",
+        "deploy memory 450.0 MB > 400 MB (over by 50.0 MB)"]
+    crashed = check_run(rep, _run([], [], 0, status="timeout"), budget, Costs(), 512)
+    assert (crashed.status, crashed.violations) == ("timeout", [])
+
+
+def test_the_fallback_is_priced_against_the_cheapest_measured_edge_variant():
+    from toolkit.recommend.cloud import CloudModel
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [100] * 3})
+    crashed = rep.profiles[1].model_copy(update={"status": "crash", "reason": "boom", "prompts": [], "decode_tps": None})
+    rep = rep.model_copy(update={"profiles": [rep.profiles[0], crashed]})
+    cloud = CloudModel(id="c", provider="P", model="m", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=100, tokens_per_s=500)
+    rec = recommend(rep, Budget(min_decode_tps=400), Costs(), [cloud])
+    # by hand: v0 answers in 0.1 + 128 / 50 = 2.66 s at 20 W: 53.2 J, x 1000 / 3.6e6 x $0.25 = $0.0037 per 1,000
+    assert rec.answer == "cloud" and "the cheapest edge variant, m Q0, would cost $0.0037" in rec.message
+    unpowered = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [90] * 3, "decode": [60] * 3})
+    rec = recommend(unpowered.model_copy(update={"power": None}), Budget(min_decode_tps=400), Costs(), [cloud])
+    assert rec.answer == "cloud" and "cheapest edge variant" not in rec.message  # no energy, no edge price
+
+
+def test_select_takes_vetoes_and_says_why_the_pick_won():
+    from toolkit.recommend.select import select
+
+    options = [_opt("a", 50.0), _opt("b", 45.0)]
+    pick = select(options, [], "speed", 0.5, vetoes={"a": "failed certification: met the budget in 2/3 fresh runs"})
+    assert pick is options[1] and options[1].verdict == "PICK: best speed in budget"
+    assert options[0].verdict == "breaks the budget: failed certification: met the budget in 2/3 fresh runs"
+    again = [_opt("a", 50.0), _opt("b", 45.0)]
+    assert select(again, [], "memory", 0.5) is again[0]  # no memory figures: then the faster decode
+    assert again[0].verdict == "PICK: best memory in budget" and again[1].verdict == "dominated by a (faster decode)"
+
+
+def test_table_cells():
+    from toolkit.recommend.metrics import cell, fmt
+
+    assert (fmt(None), fmt(1234.567), fmt(1234.567, 0), fmt(0.5, 3)) == ("-", "1,234.6", "1,235", "0.500")
+    assert (cell("memory_mb", 1401.84), cell("kl", 0.012345), cell("cost_per_1k_usd", None)) == ("1,402", "0.0123", "-")
+
+
+def test_cloud_rows_price_a_response_and_check_the_clouds_limits():
+    from toolkit.recommend.cloud import CloudModel
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3})
+    cheap = CloudModel(id="cheap", provider="A", model="small", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=300,
+                       tokens_per_s=100, rtt_ms=50)
+    dear = cheap.model_copy(update={"id": "dear", "usd_per_1m_input": 10.0, "usd_per_1m_output": 40.0})
+    rec = recommend(rep, Budget(max_cost_per_1k_usd=0.5, max_memory_mb=1), Costs(), [cheap, dear])
+    rows = {r.id: r for r in rec.cloud_rows}
+    # by hand, 512 prompt + 128 output tokens: (512 x 0.1 + 128 x 0.4) / 1e6 = $0.0001024 per response
+    assert rows["cheap"].cost_per_1k_usd == pytest.approx(0.1024) and rows["dear"].cost_per_1k_usd == pytest.approx(10.24)
+    assert rows["cheap"].response_s == 1.63 and rows["cheap"].ttft_ms == 350  # 0.35 s + 128 / 100
+    assert rows["cheap"].violations == []  # memory is the device's: not a cloud limit
+    assert [" ".join(v.split()) for v in rows["dear"].violations] == [
+        "cost per 1,000 responses 10.2400 USD > 0.5 USD (over by 9.7400 USD)"]
+    assert rec.answer == "cloud" and rec.cloud_pick == "cheap" and "Cloud fallback: A small at $0.1024" in rec.message
+    odd = cheap.model_copy(update={"id": "odd", "usd_per_1m_input": 0.123456, "tokens_per_s": 70})
+    (row,) = recommend(rep, Budget(), Costs(), [odd]).cloud_rows
+    # by hand: (512 x 0.123456 + 128 x 0.4) / 1e6 x 1000 = 0.114409472; 0.35 s + 128 / 70 s = 2.178571
+    assert (row.cost_per_1k_usd, row.response_s) == (0.114409, 2.179)
+
+
+def test_messages_of_each_answer():
+    from toolkit.errors import UserError
+    from toolkit.recommend.cloud import CloudModel
+    from toolkit.recommend.engine import certified_line
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [200] * 3, "decode": [40] * 3})
+    rec = recommend(rep, Budget(), Costs())
+    # by hand: 0.1 + 128 / 50 = 2.66 s at 20 W = 53.2 J; x 1000 / 3.6e6 x $0.25 = $0.0037 per 1,000
+    assert rec.message.startswith("Run m Q0 on cpu (2 threads): 53.2 J and $0.0037 per 1,000 responses. Not certified")
+    rec = recommend(rep.model_copy(update={"power": None}), Budget(), Costs())
+    assert "Run m Q0 on cpu (2 threads): energy and cost unknown (no RAPL, no device.power in the recipe)." in rec.message
+    assert certified_line(None) == "Not certified for this budget (`toolkit profile` re-measures the pick for the recipe's budget)."
+    with pytest.raises(UserError) as caught:
+        recommend(rep.model_copy(update={"profiles": []}), Budget(), Costs())
+    assert caught.value.one_line() == "the device report holds no successful profile; nothing to recommend from"
+    none = recommend(rep, Budget(max_ttft_ms=50, min_decode_tps=45), Costs(), [])
+    assert none.answer == "none" and none.mixed is None  # no cloud at all: nothing mixed either
+    assert " ".join(none.message.split()) == (
+        "No variant meets the budget on this device (closest is m Q0: TTFT p90 100.0 ms > 50 ms (over by 50.0 ms)), "
+        "and no cloud option does either.")
+    both = recommend(rep, Budget(max_ttft_ms=50, min_decode_tps=60), Costs(), [])
+    assert "(closest is m Q0: TTFT p90 100.0 ms > 50 ms (over by 50.0 ms); decode (p10) 50.0 tok/s < 60" in " ".join(both.message.split())
+    crashed = rep.model_copy(update={"profiles": [p.model_copy(update={"status": "crash", "reason": "boom"}) for p in rep.profiles]})
+    cloud = CloudModel(id="c", provider="P", model="m", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=100, tokens_per_s=500)
+    gone = recommend(crashed, Budget(), Costs(), [cloud])
+    assert gone.answer == "cloud" and gone.message.startswith(
+        "No edge variant meets the budget (no variant was measured successfully). Cloud fallback: P m at $")
+    with pytest.raises(UserError):  # nothing measured at all is no report to recommend from
+        recommend(crashed.model_copy(update={"profiles": [p.model_copy(update={"prompts": []}) for p in crashed.profiles]}),
+                  Budget(), Costs(), [cloud])
+
+
+def test_the_mixed_answer_takes_the_longest_prompt_the_edge_can_serve():
+    from toolkit.recommend.cloud import CloudModel
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3})
+    timings = {64: 50.0, 256: 200.0, 512: 800.0}
+    prof = rep.profiles[0]
+    prompts = [prof.prompts[0].model_copy(update={"prompt_tokens": n, "ttft_ms": Stat.of([t] * 3)}) for n, t in timings.items()]
+    rep = rep.model_copy(update={"profiles": [prof.model_copy(update={"prompts": prompts})]})
+    cloud = CloudModel(id="c", provider="P", model="small", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=100,
+                       tokens_per_s=500)
+    rec = recommend(rep, Budget(max_ttft_ms=300, ttft_prompt_tokens=512), Costs(), [cloud])
+    assert rec.answer == "mixed" and rec.mixed.max_prompt_tokens == 256
+    assert rec.mixed.rule == "prompts up to 256 tokens on m Q0 (edge), longer prompts to P small"
+    assert rec.message.endswith("Mixed: prompts up to 256 tokens on m Q0 (edge), longer prompts to P small.")
+
+
+def test_usd_has_four_decimals_below_a_dollar_and_cents_above():
+    from toolkit.recommend.engine import _usd
+
+    assert [_usd(v) for v in (0.0036, 0.99999, 1.0, 1.5, 1234.5)] == ["$0.0036", "$1.0000", "$1.00", "$1.50", "$1,234.50"]
+
+
+def test_the_named_dominator_is_the_best_on_the_front_and_its_edges_are_listed():
+    from toolkit.recommend.select import select
+
+    # a1 and z9 are both on the front (a1 lower TTFT, z9 faster decode) and both dominate o; U by hand, alpha 0.5:
+    # a1: 0.5 + 0.5 x (10/30 + 10/10) / 2 = 0.8333; z9: 0.5 + 0.5 x (30/30 + 10/20) / 2 = 0.875: o names z9
+    a1 = Option(id="a1", label="a1", metrics={"ttft_ms": 10.0, "decode_tps": 10.0})
+    z9 = Option(id="z9", label="z9", metrics={"ttft_ms": 20.0, "decode_tps": 30.0})
+    o = Option(id="o", label="o", metrics={"ttft_ms": 30.0, "decode_tps": 5.0})
+    select([a1, z9, o], [], "speed", 0.5)
+    assert (round(a1.utility, 4), round(z9.utility, 4)) == (0.8333, 0.875)
+    assert o.dominated_by == "z9" and o.verdict == "dominated by z9 (lower TTFT, faster decode)"
+    a1.utility, z9.utility = 0.9, 0.875  # the higher utility wins the name, whatever the ids
+    from toolkit.recommend.select import _dominator, shared_objectives
+
+    assert _dominator(o, [a1, z9, o], shared_objectives([a1, z9, o])) == "a1"
+    same = Option(id="p", label="p", metrics={"ttft_ms": 40.0, "decode_tps": 30.0})  # equal decode: not an edge
+    select([z9, same], [], "speed", 0.5)
+    assert same.verdict == "dominated by z9 (lower TTFT)"
+
+
+def test_the_recommendation_record_carries_every_row_figure():
+    from toolkit.errors import UserError
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3, "kl": 0.01, "mb": 2.0},
+                 {"ttft": [300] * 3, "decode": [20] * 3, "kl": 0.02, "mb": 1.0})
+    note = "ONNX int8 from an HF reference that transformers dequantized from m.gguf"
+    v0 = rep.variants[0].model_copy(update={"bits_per_weight": 4.5, "notes": [note, "another note"]})
+    crashed = rep.profiles[1].model_copy(update={"status": "crash", "reason": "boom", "rounds": 3})
+    rep = rep.model_copy(update={"variants": [v0, rep.variants[1]], "profiles": [rep.profiles[0].model_copy(update={"rounds": 2}),
+                                                                               crashed]})
+    rec = recommend(rep, Budget(priority="pcr"), Costs(electricity_usd_per_kwh=0.25, device_usd_per_hour=0.0))
+    first, second = rec.rows
+    assert (first.model, first.format, first.quant, first.size_mb, first.bits_per_weight) == ("m", "gguf", "Q0", 2.0, 4.5)
+    assert (first.rounds, second.rounds) == (2, 0)  # a failed profile's rounds are not the variant's measurements
+    assert (second.status, second.utility, second.win_probability) == ("crash", None, None)
+    assert first.utility == 1.0 and first.win_probability == 1.0
+    # PCR = U / cost per 1,000: 53.2 J (0.1 + 128/50 s at 20 W) x 1000 / 3.6e6 x $0.25 = $0.0036944 -> 270.677
+    assert first.pcr == pytest.approx(1.0 / (53.2 * 1000 / 3.6e6 * 0.25), abs=1e-3)
+    assert rec.notes == [f"Reference weights: {note}."] and rec.device == "h-dev1: cpu, 2 threads"
+    assert rec.objectives == ["ttft_ms", "decode_tps", "memory_mb", "perplexity", "energy_j", "cost_per_1k_usd"]
+    dominated = recommend(report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [300] * 3, "decode": [20] * 3}), Budget(), Costs())
+    assert dominated.rows[1].dominated_by == "v0" and dominated.rows[0].dominated_by is None
+    with pytest.raises(UserError) as caught:
+        recommend(rep, Budget(ttft_prompt_tokens=128), Costs())
+    assert (caught.value.field, caught.value.message) == ("ttft_prompt_tokens", "no TTFT measured at 128 tokens (measured: [512])")
+
+
+def test_a_certification_is_for_the_limits_shape_and_prices_not_the_priority():
+    b, c = Budget(max_ttft_ms=200, ttft_prompt_tokens=512), Costs()
+    key = budget_key(b, c)
+    assert key == budget_key(b.model_copy(update={"priority": "speed", "alpha": 0.9}), c)
+    assert key != budget_key(b.model_copy(update={"max_ttft_ms": 300}), c)
+    assert key != budget_key(b.model_copy(update={"output_tokens": 64}), c)
+    assert key != budget_key(b, c.model_copy(update={"electricity_usd_per_kwh": 0.3}))
+
+
+def test_an_edge_pick_names_the_cheapest_cloud_that_also_meets_the_budget_and_vetoes_reach_the_bootstrap():
+    from toolkit.recommend.cloud import CloudModel
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3, "kl": 0.01}, {"ttft": [100, 101, 102], "decode": [49, 50, 51], "kl": 0.02})
+    cloud = CloudModel(id="c", provider="P", model="small", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=100,
+                       tokens_per_s=500)
+    rec = recommend(rep, Budget(), Costs(), [cloud])
+    assert rec.answer == "edge" and rec.cloud_pick is None and rec.message.endswith(" Cheapest cloud meeting the budget: P small.")
+    assert " Cheapest cloud" not in recommend(rep, Budget(), Costs(), []).message
+    budget, costs = Budget(priority="speed"), Costs()
+    failed = Certification(variant_id="v0", budget_key=budget_key(budget, costs), prompt_tokens=512, output_tokens=128,
+                           runs=[CertRun(status="crash", violations=[])])
+    vetoed = recommend(rep.model_copy(update={"certifications": [failed]}), budget, costs)
+    assert vetoed.pick == "v1" and {r.variant_id: r.win_probability for r in vetoed.rows} == {"v0": 0.0, "v1": 1.0}

@@ -1,0 +1,100 @@
+"""Commands that build a variant's life: models, tasks, compress, evaluate, profile, run, doctor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolkit import pipeline
+from toolkit.catalogue import catalogue
+from toolkit.cli.app import RecipeArg, app, progress_bar
+from toolkit.cli.decide import show_recommendation
+from toolkit.recipe import load_recipe
+from toolkit.recommend import service
+from toolkit.render import console, evaluation_table, manifest_table, models_table, show, tasks_table
+
+
+@app.command()
+def models() -> None:
+    """List the model catalogue (models/*.yaml)."""
+    show(models_table(list(catalogue().values())), wide=True)
+
+
+@app.command()
+def compress(recipe: RecipeArg) -> None:
+    """Build every variant the recipe asks for (cached by content hash)."""
+    r = load_recipe(recipe)
+    with progress_bar() as update:
+        manifest = pipeline.compress(r, update)
+    show(manifest_table(manifest), wide=True)
+
+
+@app.command()
+def evaluate(recipe: RecipeArg) -> None:
+    """Fidelity to the base model (perplexity, KL divergence, top-1) and accuracy (lm-eval), per variant."""
+    r = load_recipe(recipe)
+    with progress_bar() as update:
+        quality, accuracy = pipeline.evaluate(r, update)
+    manifest = pipeline.load_manifest(r)
+    show(evaluation_table(manifest, quality, accuracy), wide=True)
+
+
+@app.command()
+def tasks() -> None:
+    """List the offline accuracy tasks (lm-eval YAML over data from PyPI packages)."""
+    show(tasks_table(), wide=True)
+
+
+@app.command()
+def profile(
+    recipe: RecipeArg,
+    out: Annotated[Path | None, typer.Option(help="where to write the device report JSON")] = None,
+    threads: Annotated[int | None, typer.Option(help="override device.threads")] = None,
+    formats: Annotated[list[str] | None, typer.Option("--format", help="profile only these formats (repeatable)")] = None,
+) -> None:
+    """Measure every variant on this device, each in its own process; write the device report."""
+    r = load_recipe(recipe)
+    if threads is not None:
+        r = r.model_copy(update={"device": service.with_overrides(r, "device", {"threads": threads})})
+    with progress_bar() as update:
+        report, path = pipeline.profile(r, update, out, formats)
+    failed = [p for p in report.profiles if p.status != "ok"]
+    console.print(f"device report: {path} ({len(report.profiles) - len(failed)} ok, {len(failed)} not ok)")
+    for p in failed:
+        console.print(f"  {p.variant_name}: {p.status} - {p.reason}")
+
+
+@app.command()
+def doctor(
+    recipe: Annotated[Path | None, typer.Argument(help="recipe whose workspace and offline data to check")] = None,
+) -> None:
+    """Check this machine before a run: one line per check, a fix for each problem; exit 1 when something needed is missing."""
+    from toolkit.doctor import run_checks
+
+    checks = run_checks(load_recipe(recipe) if recipe else None)
+    for check in checks:
+        colour = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}[check.status]
+        console.print(f"[{colour}]{check.status:<4}[/]" + check.line()[4:], highlight=False, soft_wrap=True)
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    counts = ", ".join(f"{sum(c.status == s for c in checks)} {s}" for s in ("ok", "warn", "FAIL"))
+    console.print(f"{len(checks)} checks: {counts}" + (f" (needed: {', '.join(failed)})" if failed else ""), highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(recipe: RecipeArg) -> None:
+    """All stages: compress, evaluate, profile, recommend. Finished work is reused."""
+    r = load_recipe(recipe)
+    with progress_bar() as update:
+        manifest = pipeline.compress(r, update)
+    show(manifest_table(manifest), wide=True)
+    with progress_bar() as update:
+        pipeline.evaluate(r, update)
+    with progress_bar() as update:
+        _, path = pipeline.profile(r, update)
+    console.print(f"device report: {path}")
+    show_recommendation(r, r.budget, [path])
+

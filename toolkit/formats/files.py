@@ -1,0 +1,80 @@
+"""File helpers shared by the formats: where variants live, their size and hash, cached records."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from toolkit.io import sha256_file, write_json
+from toolkit.records import Variant
+
+
+def variant_dir(workspace: Path, variant_id: str) -> Path:
+    return workspace / "variants" / variant_id
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of the sorted (name, sha256) list of a folder's files."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}:{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_variant(folder: Path) -> Variant | None:
+    """The variant already built in `folder`, if its record and its complete files are there."""
+    record = folder / "variant.json"
+    if not record.exists():
+        return None
+    variant = Variant.load(record)
+    target = Path(variant.path)
+    if target.exists() and path_size(target) == variant.size_bytes:
+        return variant
+    return None
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the packages a format depends on ("missing" where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def record_folder_variant(
+    *, vid: str, label: str, fmt: str, runtime: str, quant: str, target: Path, ref: Path, source, seconds: float,
+    tools: dict[str, str], notes: list[str], details: dict | None = None,
+) -> Variant:
+    """The manifest entry of a variant built as a folder from an HF reference, written beside it."""
+    from toolkit.reference import count_parameters
+
+    n_params = count_parameters(ref)
+    size = path_size(target)
+    variant = Variant(
+        id=vid, label=label, model=source.model, format=fmt, runtime=runtime, quant=quant,
+        path=str(target.resolve()), size_bytes=size, sha256=path_sha256(target), n_params=n_params,
+        bits_per_weight=round(size * 8 / n_params, 3) if n_params else None, source=source.origin,
+        source_sha256=source.sha256, seconds=round(seconds, 2), tools=tools, notes=notes, details=details or {},
+    )
+    write_json(target.parent / "variant.json", variant)
+    return variant
+
+
+def dequantized_note(source, what: str) -> list[str]:
+    if source.kind == "gguf":
+        return [f"{what} from an HF reference that transformers dequantized from {source.path.name}"]
+    return []

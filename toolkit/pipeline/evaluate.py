@@ -1,0 +1,18 @@
+"""Stage 2: fidelity (pipeline/fidelity.py) and accuracy (pipeline/accuracy.py) of every variant."""
+
+from __future__ import annotations
+
+from toolkit.pipeline.accuracy import accuracy
+from toolkit.pipeline.fidelity import fidelity
+from toolkit.pipeline.workspace import Progress, corpus, load_manifest, quiet, workspace
+from toolkit.recipe import Recipe
+from toolkit.records import EvalResult, Quality
+
+
+def evaluate(recipe: Recipe, progress: Progress = quiet) -> tuple[list[Quality], list[EvalResult]]:
+    workspace(recipe)
+    manifest = load_manifest(recipe)
+    quality = fidelity(recipe, manifest, corpus(recipe), progress)
+    results = accuracy(recipe, manifest, progress)
+    progress("done", len(manifest.variants), len(manifest.variants))
+    return quality, results

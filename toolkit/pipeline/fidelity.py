@@ -1,0 +1,88 @@
+"""Stage 2a: fidelity of every variant to the base model: perplexity, KL divergence and top-1 agreement on
+identical tokens of the recipe's corpus, each variant in its own runtime and process."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from toolkit.io import content_hash, ensure_dir, sha256_file
+from toolkit.pipeline import jobs
+from toolkit.pipeline.cache import load_or_compute, stored
+from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
+from toolkit.recipe import Recipe
+from toolkit.records import Manifest, Quality, Variant
+from toolkit.runtimes import get_runtime
+
+FIDELITY_VERSION = 2  # bump when the scoring method changes, so cached results are recomputed
+
+
+def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
+    """The base model for fidelity of `model`'s variants (default: the first model's): its F16 GGUF if built,
+    else its GGUF as shipped, else its first variant. Each candidate model has its own reference: KL between
+    models with different tokenizers means nothing."""
+    own = [v for v in manifest.variants if v.model == (model or manifest.variants[0].model)]
+    by_quant = {(v.format, v.quant): v for v in own}
+    shipped = next((v for v in own if v.format == "gguf" and v.as_shipped), None)
+    return by_quant.get(("gguf", "F16")) or shipped or own[0]
+
+
+def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progress = quiet) -> list[Quality]:
+    """Per candidate model: its reference first (it writes the logits the others are compared with), then
+    every other variant of that model."""
+    digest = sha256_file(corpus)
+    results, done = [], 0
+    for model in dict.fromkeys(v.model for v in manifest.variants):
+        reference = reference_variant(manifest, model)
+        ref_key = content_hash(digest, recipe.quality.model_dump(), reference.sha256, runtime_versions(reference), FIDELITY_VERSION)
+        ref_dir = ensure_dir(recipe.workspace_dir() / "fidelity" / f"{reference.id}-{ref_key}")
+        ordered = [reference] + [v for v in manifest.variants if v.model == model and v.id != reference.id]
+        for variant in ordered:
+            progress(f"fidelity {variant.label}", done, len(manifest.variants))
+            done += 1
+            is_ref = variant.id == reference.id
+            logits = jobs.ReferenceLogits(dir=str(ref_dir), write=is_ref)
+            path = quality_path(recipe, variant, digest, reference)
+            score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id)
+            reusable = not is_ref or (ref_dir / "tokens.npy").exists()  # the reference's logits must be there too
+            results.append(load_or_compute(path, Quality, score, reusable))
+    order = {v.id: i for i, v in enumerate(manifest.variants)}
+    return sorted(results, key=lambda q: order[q.variant_id])
+
+
+def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant) -> Path:
+    """Everything a fidelity result depends on: the variant's and the reference's bytes, the corpus, the
+    settings, both runtimes' versions and the scoring method."""
+    key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "fidelity", reference.id,
+                       reference.sha256, runtime_versions(variant), runtime_versions(reference), FIDELITY_VERSION)
+    return recipe.workspace_dir() / "quality" / f"{variant.id}-{key}.json"
+
+
+def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str, reference: jobs.ReferenceLogits,
+           ref_id: str) -> Quality:
+    q = recipe.quality
+    base = dict(key=key, variant_id=variant.id, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
+    if missing := get_runtime(variant.runtime).available():
+        return Quality(status="skipped", reason=missing, **base)
+    job = jobs.measure_job(recipe, variant, "perplexity", corpus, reference)
+    log = recipe.workspace_dir() / "logs" / f"quality-{variant.id}.log"
+    child = jobs.run(job, recipe.device.timeout_s, recipe.device.memory_cap_mb, log)
+    if child.status != "ok":
+        return Quality(status=child.status, reason=child.reason, wall_s=child.wall_s, **base)
+    d = jobs.FidelityResult.model_validate(child.data)
+    base["chunks"] = d.chunks
+    own = reference.write  # the reference against itself: KL 0, top-1 agreement 1
+    return Quality(
+        status="ok", tokens_scored=d.tokens_scored, perplexity=round(d.perplexity, 4), nll_stderr=round(d.nll_stderr, 5),
+        reference_id=ref_id,
+        kl_mean=round(d.kl_mean, 6) if d.kl_mean is not None else (0.0 if own else None),
+        kl_p99=round(d.kl_p99, 6) if d.kl_p99 is not None else None,
+        top1_agreement=round(d.top1_agreement, 5) if d.top1_agreement is not None else (1.0 if own else None),
+        wall_s=round(child.wall_s, 2), **base,
+    )
+
+
+def load_quality(recipe: Recipe, manifest: Manifest, corpus_sha: str) -> list[Quality]:
+    """Stored quality results for the manifest's variants under the recipe's current settings."""
+    found = (stored(quality_path(recipe, v, corpus_sha, reference_variant(manifest, v.model)), Quality) for v in manifest.variants)
+    return [q for q in found if q is not None]

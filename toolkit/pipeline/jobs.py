@@ -1,0 +1,117 @@
+"""The jobs the stages hand to a child process (profiling/worker.py), and the results that come back.
+
+Plain typed data both ways: the parent builds a job model, the worker reads it as JSON, and the parent
+validates the worker's answer into a result model before anything is cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from toolkit.pipeline.workspace import threads
+from toolkit.profiling.harness import ChildResult, run_child
+from toolkit.recipe import Recipe
+from toolkit.records import Variant
+from toolkit.runtimes import get_runtime
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["profile", "perplexity", "lm_eval"]
+    runtime_module: str  # imported in the child only
+    path: str  # the variant's file or folder
+    threads: int
+
+
+class ReferenceLogits(BaseModel):
+    dir: str  # where the reference's tokens and logits are stored
+    write: bool  # True for the reference itself, which writes them
+
+
+class MeasureJob(Job):
+    """Profile (timings, memory, energy) or fidelity (perplexity, KL) of one variant."""
+
+    n_ctx: int
+    n_batch: int
+    corpus: str
+    prompt_lengths: list[int]
+    decode_tokens: int
+    warmup: int
+    repeats: int
+    ctx: int
+    chunks: int
+    reference: ReferenceLogits | None = None
+    energy_meter: str = "auto"  # device.energy_meter (profiling/meters)
+    power: dict[str, float | str] | None = None  # device.power, for the power-model fallback
+
+
+class LmEvalJob(Job):
+    task: str
+    task_dir: str | None  # folder of an offline task's YAML; None for a stock lm-eval task
+    limit: int | None
+    metric: str
+    max_length: int
+    batch_size: int
+    backend: Literal["session", "hflm"]  # the runtime's Session, or lm-eval's own HF class (PyTorch)
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the worker adds bookkeeping (ok, baseline memory, ...)
+
+
+class PromptResult(Result):
+    prompt_tokens: int
+    ttft_ms: list[float]
+    runtime_prefill_tps: list[float] = []
+
+
+class ProfileResult(Result):
+    prompts: list[PromptResult]
+    decode_tps: list[float]
+    itl_ms: list[float]
+    runtime_decode_tps: list[float] = []
+    rapl_watts: list[float] = []
+    load_ms: float
+    peak_rss_mb: float
+    deploy_rss_mb: float | None = None
+    energy: dict | None = None  # meters.sampler.Recorder.result(): source, idle power, every window
+
+
+class FidelityResult(Result):
+    chunks: int
+    tokens_scored: int
+    perplexity: float
+    nll_stderr: float
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
+
+
+class LmEvalResult(Result):
+    metric: str
+    filter: str
+    value: float
+    stderr: float | None
+    n: int | None
+    lm_eval_version: str
+
+
+def measure_job(recipe: Recipe, variant: Variant, kind: Literal["profile", "perplexity"], corpus: Path,
+                reference: ReferenceLogits | None = None) -> MeasureJob:
+    dev = recipe.device
+    longest = max(max(dev.prompt_lengths), recipe.quality.ctx)
+    return MeasureJob(
+        kind=kind, runtime_module=get_runtime(variant.runtime).module, path=variant.path, threads=threads(recipe),
+        n_ctx=max(max(dev.prompt_lengths) + 16, dev.prompt_lengths[0] + dev.decode_tokens + 16, recipe.quality.ctx),
+        n_batch=longest, corpus=str(corpus), prompt_lengths=dev.prompt_lengths, decode_tokens=dev.decode_tokens,
+        warmup=dev.warmup, repeats=dev.repeats, ctx=recipe.quality.ctx, chunks=recipe.quality.chunks, reference=reference,
+        energy_meter=dev.energy_meter, power=dev.power.model_dump() if dev.power else None,
+    )
+
+
+def run(job: Job, timeout_s: float, memory_cap_mb: float | None, log: Path) -> ChildResult:
+    """Run `job` in a fresh child process (timeout, memory cap, log kept)."""
+    return run_child(job.model_dump(mode="json"), timeout_s, memory_cap_mb, log)

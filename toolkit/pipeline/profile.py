@@ -1,0 +1,143 @@
+"""Stage 3, on the target device: every variant measured in rounds of fresh processes, the pick certified,
+one device report written (profiling/rounds.py explains the rounds)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from toolkit import __version__
+from toolkit.errors import UserError
+from toolkit.io import content_hash, sha256_file, write_json
+from toolkit.pipeline import jobs
+from toolkit.pipeline.accuracy import load_accuracy
+from toolkit.pipeline.cache import load_or_compute
+from toolkit.pipeline.certify import certify
+from toolkit.pipeline.fidelity import load_quality
+from toolkit.pipeline.workspace import Progress, corpus, device_fingerprint, load_manifest, quiet, workspace
+from toolkit.profiling.meters.summary import profile_energy
+from toolkit.profiling.roofline import Roofline
+from toolkit.profiling.roofline import measure as measure_roofline
+from toolkit.profiling.rounds import Rounds, run_rounds
+from toolkit.recipe import Recipe
+from toolkit.recommend.engine import contenders, recommend
+from toolkit.records import DeviceFingerprint, DevicePower, DeviceReport, Manifest, Profile, PromptTiming, Stat, Variant
+from toolkit.runtimes import get_runtime
+
+PROFILER_VERSION = 3  # bump when the measurement method changes, so cached profiles are re-measured
+# Settings that decide how many rounds run, not what one round measures: left out of a round's cache key.
+ROUND_SETTINGS = {"power", "rounds", "max_rounds", "target_win_probability", "extra_time_s", "noise_margin", "certify_runs"}
+
+
+def profile(
+    recipe: Recipe, progress: Progress = quiet, out: Path | None = None, formats: list[str] | None = None
+) -> tuple[DeviceReport, Path]:
+    """Measure every variant on this device, certify the pick, and write the device report."""
+    ws = workspace(recipe)
+    manifest = load_manifest(recipe)
+    if formats:
+        manifest = Manifest(recipe=manifest.recipe, variants=[v for v in manifest.variants if v.format in formats])
+        if not manifest.variants:
+            raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
+    device = device_fingerprint(recipe)
+    text = corpus(recipe)
+    variants = {v.id: v for v in manifest.variants}
+    count = {"done": 0}
+
+    def one_round(vid: str, index: int) -> Profile:
+        progress(f"profile {variants[vid].label} (round {index + 1})", count["done"], len(variants) * recipe.device.rounds)
+        count["done"] += 1
+        return measure_round(recipe, variants[vid], device, text, ws, index)
+
+    base = DeviceReport(
+        roofline=device_roofline(ws, device), recipe=recipe.name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        toolkit_version=__version__, device=device,
+        power=DevicePower(**recipe.device.power.model_dump()) if recipe.device.power else None,
+        variants=manifest.variants, profiles=[], quality=load_quality(recipe, manifest, sha256_file(text)),
+        accuracy=load_accuracy(recipe, manifest),
+    )
+    dev = recipe.device
+    report = run_rounds(
+        Rounds(list(variants), one_round), lambda profiles: base.model_copy(update={"profiles": profiles}),
+        lambda rep: _contenders(recipe, rep), lambda rep: _standing(recipe, rep),
+        dev.rounds, dev.max_rounds, dev.target_win_probability, dev.extra_time_s,
+    )
+    report = certify(recipe, report, lambda r, v, i: measure_round(r, v, device, text, ws, i, "certify"), progress)
+    progress("done", count["done"], count["done"])
+    target = out or ws / "reports" / f"device-{device.hostname}-{device.id}.json"
+    write_json(target, report)
+    return report, target
+
+
+def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:
+    if not report.measured:
+        return set()
+    return contenders(report, recipe.budget, recipe.costs, recipe.device.noise_margin)
+
+
+def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, list[str]]:
+    """The pick for the recipe's budget, its win probability and the variants tied with it."""
+    if not report.measured:
+        return None, 0.0, []
+    rec = recommend(report, recipe.budget, recipe.costs)
+    win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
+    return rec.pick, win, rec.tied_with
+
+
+def profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *extra) -> str:
+    settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS)
+    return content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION, *extra)
+
+
+def measure_round(recipe: Recipe, variant: Variant, device: DeviceFingerprint, corpus: Path, ws: Path, index: int,
+                  *extra) -> Profile:
+    """One fresh-process measurement, cached on its own; a failure is kept with its reason and retried next run."""
+    key = profile_key(recipe, variant, device, *extra)
+    suffix = "".join(f"-{e}" for e in extra) + (f"-r{index}" if index else "")
+    path = ws / "profiles" / f"{variant.id}-{key}{suffix}.json"
+    return load_or_compute(path, Profile, lambda: measure(recipe, variant, device, key, corpus, ws, suffix))
+
+
+def device_roofline(ws: Path, device: DeviceFingerprint) -> Roofline:
+    """Memory bandwidth and compute of this device, measured once per device fingerprint."""
+    path = ws / "profiles" / f"roofline-{device.id}.json"
+    if path.exists():
+        return Roofline.model_validate_json(path.read_text(encoding="utf-8"))
+    result = measure_roofline(device.threads_used)
+    write_json(path, result)
+    return result
+
+
+def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str, corpus: Path, ws: Path,
+            log_suffix: str = "") -> Profile:
+    """Profile one variant in a child process: load, TTFT per prompt length, decode, memory, energy."""
+    base = dict(
+        key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format, runtime=variant.runtime,
+        device=device, settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}),
+        file_size_mb=round(variant.size_bytes / 2**20, 2),
+    )
+    if missing := get_runtime(variant.runtime).available():
+        return Profile(status="skipped", reason=missing, **base)
+    dev = recipe.device
+    log = ws / "logs" / f"profile-{variant.id}{log_suffix}.log"
+    child = jobs.run(jobs.measure_job(recipe, variant, "profile", corpus), dev.timeout_s, dev.memory_cap_mb, log)
+    if child.status != "ok":
+        return Profile(status=child.status, reason=child.reason, peak_rss_mb=child.data.get("peak_rss_mb"), wall_s=child.wall_s, **base)
+    d = jobs.ProfileResult.model_validate(child.data)
+    prompts = [
+        PromptTiming(
+            prompt_tokens=p.prompt_tokens, ttft_ms=Stat.of(p.ttft_ms),
+            prefill_tps=Stat.of([p.prompt_tokens / (ms / 1000) for ms in p.ttft_ms]),
+            runtime_prefill_tps=Stat.of(p.runtime_prefill_tps) if p.runtime_prefill_tps else None,
+        )
+        for p in d.prompts
+    ]
+    return Profile(
+        status="ok", load_ms=round(d.load_ms, 2), prompts=prompts, decode_tokens=dev.decode_tokens,
+        decode_tps=Stat.of(d.decode_tps), itl_ms=Stat.of(d.itl_ms, keep_values=False),
+        runtime_decode_tps=Stat.of(d.runtime_decode_tps) if d.runtime_decode_tps else None,
+        rapl_watts=Stat.of(d.rapl_watts) if d.rapl_watts else None, energy=profile_energy(child.data),
+        peak_rss_mb=round(d.peak_rss_mb, 1),
+        deploy_rss_mb=round(d.deploy_rss_mb, 1) if d.deploy_rss_mb is not None else None,
+        wall_s=round(child.wall_s, 2), **base,
+    )

@@ -1,0 +1,78 @@
+"""What every stage shares: the workspace, the manifest, the variants a recipe asks for, this device."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.errors import UserError
+from toolkit.formats import VariantSpec, get_format
+from toolkit.io import ensure_dir, hold_lock, sweep_stale
+from toolkit.profiling.device import fingerprint, usable_cpus
+from toolkit.quality.corpus import corpus_path
+from toolkit.recipe import Recipe
+from toolkit.records import DeviceFingerprint, Manifest, Variant
+from toolkit.runtimes import get_runtime
+
+Progress = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def quiet(description: str, done: int, total: int) -> None:
+    return None
+
+
+def workspace(recipe: Recipe) -> Path:
+    """The recipe's workspace, locked for this process (a second concurrent run on it is a one-line error) and
+    rid of the temporaries a killed run left (its finished files are kept)."""
+    ws = ensure_dir(recipe.workspace_dir())
+    hold_lock(ws)
+    sweep_stale(ws, recursive=True)
+    return ws
+
+
+def corpus(recipe: Recipe) -> Path:
+    """The text that fidelity scores and the profiler's prompts come from."""
+    return corpus_path(recipe.quality.corpus)
+
+
+def variant_specs(recipe: Recipe) -> list[VariantSpec]:
+    specs: list[VariantSpec] = []
+    for name, spec in recipe.variants:
+        if spec is not None:
+            specs.extend(get_format(name).specs(spec))
+    return specs
+
+
+def load_manifest(recipe: Recipe) -> Manifest:
+    path = recipe.workspace_dir() / "manifest.json"
+    if not path.exists():
+        raise UserError(f"no manifest yet; run `toolkit compress {recipe.path}` first", file=path)
+    return Manifest.load(path)
+
+
+def threads(recipe: Recipe) -> int:
+    return recipe.device.threads or usable_cpus()
+
+
+def device_fingerprint(recipe: Recipe) -> DeviceFingerprint:
+    """This device, with the versions and build flags of the runtimes the recipe's formats run on."""
+    runtimes, flags = {}, {}
+    for name in sorted({get_format(spec.format).runtime for spec in variant_specs(recipe)}):
+        runtime = get_runtime(name)
+        if runtime.available() is None:
+            module = runtime.load()
+            runtimes.update(module.versions())
+            flags.update(module.build_flags())
+    return fingerprint(threads(recipe), runtimes, flags)
+
+
+@functools.cache
+def installed_versions(runtime: str) -> tuple[tuple[str, str], ...]:
+    """The installed package versions of a runtime (read once per process)."""
+    return tuple(sorted(get_runtime(runtime).versions().items()))
+
+
+def runtime_versions(variant: Variant) -> tuple[tuple[str, str], ...]:
+    """The installed versions of the runtime that runs `variant`: part of every result's cache key."""
+    return installed_versions(variant.runtime)

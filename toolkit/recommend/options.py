@@ -1,0 +1,174 @@
+"""From a device report to the figures selection weighs: one Option per profiled variant, at a response
+shape, with details for the reports, and bootstrap draws of the timing figures for noise.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from toolkit.profiling.meters.summary import measured_watts
+from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
+from toolkit.recipe import Costs
+from toolkit.recommend import noise
+from toolkit.recommend.metrics import BY_KEY
+from toolkit.recommend.select import Option
+from toolkit.records import DeviceReport, Profile, Stat
+
+J_PER_KWH = 3.6e6
+
+
+def mean_accuracy(report: DeviceReport) -> dict[str, float]:
+    """Mean score over the tasks every variant was evaluated on (variants missing a task get none)."""
+    tasks = sorted({r.task for r in report.accuracy})
+    by_variant: dict[str, dict[str, float]] = {}
+    for r in report.accuracy:
+        if r.status == "ok" and r.value is not None:
+            by_variant.setdefault(r.variant_id, {})[r.task] = r.value
+    return {vid: sum(s.values()) / len(tasks) for vid, s in by_variant.items() if tasks and len(s) == len(tasks)}
+
+
+def options_at(report: DeviceReport, prompt_tokens: int, output_tokens: int, costs: Costs):
+    quality = {q.variant_id: q for q in report.quality if q.status == "ok"}
+    accuracy = mean_accuracy(report)
+    sizes = {v.id: v.size_bytes / 2**20 for v in report.variants}
+    options, details = [], {}
+    for prof in report.profiles:
+        q = quality.get(prof.variant_id)
+        timing = prof.prompt(prompt_tokens) if prof.status == "ok" else None
+        watts = watts_of(report, prof)
+        timed, response_s = _timed(_figures(timing.ttft_ms if timing else None), _figures(prof.decode_tps),
+                                   watts, output_tokens, costs)
+        metrics = {
+            "ttft_ms": timed["ttft_ms"],
+            "decode_tps": timed["decode_tps"],
+            "memory_mb": prof.deploy_rss_mb if prof.deploy_rss_mb is not None else prof.peak_rss_mb,
+            "perplexity": q.perplexity if q else None,
+            "accuracy": round(accuracy[prof.variant_id], 5) if prof.variant_id in accuracy else None,
+            "kl": q.kl_mean if q else None,
+            "energy_j": timed["energy_j"],
+            "cost_per_1k_usd": timed["cost_per_1k_usd"],
+        }
+        details[prof.variant_id] = {
+            "ttft_ms_median": round(timing.ttft_ms.median, 2) if timing else None,
+            "prefill_tps_median": round(timing.prefill_tps.median, 1) if timing else None,
+            "decode_tps_median": round(prof.decode_tps.median, 2) if prof.decode_tps else None,
+            "itl_ms_p50": round(prof.itl_ms.median, 3) if prof.itl_ms else None,
+            "itl_ms_p90": round(prof.itl_ms.p90, 3) if prof.itl_ms else None,
+            "load_ms": prof.load_ms,
+            "process_peak_mb": prof.peak_rss_mb,
+            "response_s": round(response_s, 3) if response_s else None,
+            "watts": round(watts, 2) if watts and response_s else None,
+            "top1_agreement": q.top1_agreement if q else None,
+            **_predicted(report, prof),
+            **{f"acc_{r.task}": r.value for r in report.accuracy if r.variant_id == prof.variant_id and r.status == "ok"},
+        }
+        status = prof.status if prof.status != "ok" or timing else "skipped"
+        options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status,
+                              reason=prof.reason, size_mb=sizes.get(prof.variant_id)))
+    _flag_incomplete(report, options)
+    return options, details
+
+
+QUALITY_METRICS = ("perplexity", "kl", "accuracy")
+
+
+def _flag_incomplete(report: DeviceReport, options: list[Option]) -> None:
+    """A measured variant that lacks a quality figure the others have cannot be compared with them: it is set
+    aside with the reason, rather than every variant being compared on fewer objectives."""
+    measured = [o for o in options if o.status == "ok"]
+    for metric in QUALITY_METRICS:
+        lacking = [o for o in measured if o.metrics.get(metric) is None]
+        if not lacking or len(lacking) == len(measured):
+            continue
+        for o in lacking:
+            why = f"{BY_KEY[metric].name} not measured ({_why_missing(report, o.id, metric)})"
+            o.status, o.reason = "incomplete", "; ".join(filter(None, [o.reason if o.status == "incomplete" else None, why]))
+
+
+def _why_missing(report: DeviceReport, variant_id: str, metric: str) -> str:
+    if metric == "accuracy":
+        failed = [f"{r.task}: {r.status}" + (f" - {r.reason}" if r.reason else "")
+                  for r in report.accuracy if r.variant_id == variant_id and r.status != "ok"]
+        return "; ".join(failed) or "not evaluated on every task"
+    q = next((q for q in report.quality if q.variant_id == variant_id), None)
+    if q is None:
+        return "fidelity not scored"
+    return f"fidelity {q.status}" + (f": {q.reason}" if q.reason else "") if q.status != "ok" else "no reference to compare with"
+
+
+Figures = dict[str, float]
+
+
+def _figures(stat: Stat | None) -> Figures | None:
+    return {"median": stat.median, "p10": stat.p10, "p90": stat.p90} if stat else None
+
+
+def _timed(ttft: Figures | None, decode: Figures | None, watts: float | None, output_tokens: int,
+           costs: Costs) -> tuple[dict[str, float | None], float | None]:
+    """The budget figures that come from timings (TTFT p90, decode p10, energy, cost) and the response time."""
+    response_s = ttft["median"] / 1000 + output_tokens / decode["median"] if ttft and decode and decode["median"] else None
+    energy = watts * response_s if watts and response_s else None
+    return {
+        "ttft_ms": round(ttft["p90"], 2) if ttft else None,
+        "decode_tps": round(decode["p10"], 2) if decode else None,
+        "energy_j": round(energy, 3) if energy is not None else None,
+        "cost_per_1k_usd": edge_cost_per_1k(energy, response_s, costs),
+    }, response_s
+
+
+def draws(report: DeviceReport, options: list[Option], prompt_tokens: int, output_tokens: int,
+           costs: Costs) -> Iterator[list[Option]]:
+    """noise.RESAMPLES option sets, each with the timing figures of every measured variant recomputed from
+    its repeats redrawn with replacement (see noise.py); everything else as measured."""
+    rng = np.random.default_rng(noise.SEED)
+    n = noise.RESAMPLES
+    measured = {o.id: o for o in options if o.status == "ok"}
+    profiles = [p for p in report.profiles if p.variant_id in measured]
+    ttfts = {p.variant_id: t.ttft_ms if (t := p.prompt(prompt_tokens)) else None for p in profiles}
+    sigma = {"ttft": noise.process_sigma(ttfts.values()), "decode": noise.process_sigma(p.decode_tps for p in profiles),
+             "rapl": noise.process_sigma(measured_watts(p) for p in profiles)}
+    columns = []
+    for prof in profiles:
+        o = measured[prof.variant_id]
+        ttft = noise.resample(ttfts[prof.variant_id], rng, n, sigma["ttft"])
+        decode = noise.resample(prof.decode_tps, rng, n, sigma["decode"])
+        rapl = noise.resample(measured_watts(prof), rng, n, sigma["rapl"])
+        watts = rapl["median"] if rapl else [watts_of(report, prof)] * n
+        columns.append((o, ttft, decode, watts))
+    for b in range(n):
+        drawn = []
+        for o, ttft, decode, watts in columns:
+            timed, _ = _timed(_at(ttft, b), _at(decode, b), watts[b], output_tokens, costs)
+            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed}, size_mb=o.size_mb))
+        yield drawn
+
+
+def _at(column: dict[str, list[float]] | None, b: int) -> Figures | None:
+    return {k: v[b] for k, v in column.items()} if column else None
+
+
+def _predicted(report: DeviceReport, prof: Profile) -> dict[str, float]:
+    """Roofline predictions for this variant on this device, to set beside the measured figures."""
+    variant = next((v for v in report.variants if v.id == prof.variant_id), None)
+    if report.roofline is None or variant is None:
+        return {}
+    out = {"predicted_decode_tps": round(roofline_decode_tps(variant.size_bytes, report.roofline.bandwidth_gbs), 1)}
+    if variant.n_params:
+        out["predicted_prefill_tps"] = round(roofline_prefill_tps(variant.n_params, report.roofline.gflops), 1)
+    return out
+
+
+def watts_of(report: DeviceReport, prof: Profile) -> float | None:
+    if watts := measured_watts(prof):
+        return watts.median
+    return report.power.busy_w if report.power else None
+
+
+def edge_cost_per_1k(energy_j: float | None, response_s: float | None, costs: Costs) -> float | None:
+    if energy_j is None or response_s is None:
+        return None
+    per_response = energy_j / J_PER_KWH * costs.electricity_usd_per_kwh + costs.device_usd_per_hour * response_s / 3600
+    return round(per_response * 1000, 8)
+
+

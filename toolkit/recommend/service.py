@@ -1,0 +1,62 @@
+"""Recommendations for a recipe: which device reports, which budget (recipe + overrides), which cloud
+options; one device or a fleet. The CLI parses and renders; this builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import validate
+from toolkit.errors import UserError
+from toolkit.fleet import load_reports
+from toolkit.recipe import Budget, Cluster, Recipe
+from toolkit.recommend.cloud import CloudModel, load_providers
+from toolkit.recommend.engine import Recommendation, recommend
+from toolkit.records import DeviceReport
+
+
+def providers(recipe: Recipe) -> list[CloudModel]:
+    """The cloud options the recipe prices (none when `cloud.enabled` is false)."""
+    return load_providers(recipe.cloud.providers, recipe.base_dir, recipe.cloud, recipe.path) if recipe.cloud.enabled else []
+
+
+def latest_report(recipe: Recipe) -> Path:
+    """This workspace's most recent device report."""
+    folder = recipe.workspace_dir() / "reports"
+    reports = sorted(folder.glob("device-*.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        raise UserError(f"no device report yet; run `toolkit profile {recipe.path}` or pass --report", file=folder)
+    return reports[-1]
+
+
+def device_reports(recipe: Recipe, paths: list[Path] | None = None) -> list[DeviceReport]:
+    """The reports at `paths` (files or folders), or this device's latest."""
+    return load_reports(paths) if paths else [DeviceReport.load(latest_report(recipe))]
+
+
+def with_overrides(recipe: Recipe, section: str, overrides: dict[str, Any]) -> Any:
+    """A recipe section with command-line values on top (None = not given), validated like the recipe."""
+    current = getattr(recipe, section)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return current
+    return validate(type(current), current.model_dump() | given, f"{recipe.path} + command-line flags", section)
+
+
+def budget(recipe: Recipe, **overrides: Any) -> Budget:
+    return with_overrides(recipe, "budget", overrides)
+
+
+def cluster(recipe: Recipe, **overrides: Any) -> Cluster:
+    return with_overrides(recipe, "cluster", overrides)
+
+
+def recommend_each(recipe: Recipe, reports: list[DeviceReport], budget: Budget | None = None) -> list[Recommendation]:
+    """One recommendation per device report (a fleet when several), for `budget` (default: the recipe's)."""
+    clouds = providers(recipe)
+    return [recommend(report, budget or recipe.budget, recipe.costs, clouds) for report in reports]
+
+
+def recommendations(recipe: Recipe, budget: Budget | None = None, paths: list[Path] | None = None) -> list[Recommendation]:
+    """The recommendations for the device reports at `paths` (default: this device's latest)."""
+    return recommend_each(recipe, device_reports(recipe, paths), budget)
