@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tests import fakes
 from tests.conftest import write_recipe
-from tests.test_costs_reports import _report
+from tests.factories import ladder_report
 from toolkit.cli import app, entry
 from toolkit.errors import UserError
 from toolkit.io import write_json
@@ -91,7 +91,7 @@ def report(profiled, tmp_path) -> Path:
 @pytest.fixture
 def gguf_report(tmp_path) -> Path:
     """A synthetic device report whose variants are GGUF files (deploy and export need them), with a roofline."""
-    rep = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    rep = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
     rep.roofline = Roofline(bandwidth_gbs=10, gflops=100, threads=2)
     path = tmp_path / "device-gguf.json"
     write_json(path, rep)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_recipe
-from tests.test_costs_reports import _report
+from tests.factories import ladder_report
 from toolkit.cluster import deploy_files, pick_cloud
 from toolkit.errors import UserError
 from toolkit.paper import table_one
@@ -123,7 +123,7 @@ def test_per_request_and_web_search_fees(tmp_path, model_cost):
 
 def test_recommendation_names_the_map_and_the_formula(tmp_path):
     clouds = _clouds(tmp_path, "{models: [gpt-4o-mini, groq/llama-3.1-8b-instant]}")
-    rec = recommend(_report([(100, 800, 50, 300, 30)]), Budget(min_decode_tps=500), Costs(), clouds)
+    rec = recommend(ladder_report([(100, 800, 50, 300, 30)]), Budget(min_decode_tps=500), Costs(), clouds)
     assert rec.answer == "cloud" and rec.cloud_pick == "groq-llama-3.1-8b-instant"
     assert rec.cloud_rows[0].price_source.startswith("LiteLLM ")
     md = markdown(rec)
@@ -139,8 +139,8 @@ def test_demo_recipe_cloud_options_as_the_readme_says(tmp_path):
     assert cheapest.cost_usd(512, 128) * 1000 == pytest.approx(0.0358, abs=5e-5)  # README: $0.0358 per 1,000 responses
     assert pick_cloud(recipe.model_copy(update={"cluster": recipe.cluster.model_copy(update={"cloud": "gpt-4o-mini"})}),
                       clouds, 512, 128).litellm_model == "gpt-4o-mini"
-    rec = recommend(_report([(100, 800, 50, 300, 30)]), Budget(max_ttft_ms=1000), Costs(), clouds)
-    config = yaml.safe_load(deploy_files(recipe, [_report([(100, 800, 50, 300, 30)])], [rec], cheapest, tmp_path)["router"]
+    rec = recommend(ladder_report([(100, 800, 50, 300, 30)]), Budget(max_ttft_ms=1000), Costs(), clouds)
+    config = yaml.safe_load(deploy_files(recipe, [ladder_report([(100, 800, 50, 300, 30)])], [rec], cheapest, tmp_path)["router"]
                             .read_text())
     assert config["model_list"][-1]["litellm_params"] == {"model": "groq/llama-3.1-8b-instant", "api_key": "os.environ/GROQ_API_KEY"}
 

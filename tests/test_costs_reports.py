@@ -4,11 +4,11 @@ import re
 
 import pytest
 
+from tests.factories import CLOUDS, FP, POWER, ladder_report, spread  # noqa: F401
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.cloud import CloudModel, load_providers
 from toolkit.recommend.engine import recommend
 from toolkit.recommend.options import edge_cost_per_1k
-from toolkit.records import DeviceFingerprint, DevicePower, DeviceReport, Profile, PromptTiming, Quality, Stat, Variant
 from toolkit.reports import html_page, markdown
 
 
@@ -34,48 +34,8 @@ def test_shipped_provider_catalogue_loads():
     assert len(providers) >= 3 and all(p.usd_per_1m_output > 0 for p in providers)
 
 
-FP = DeviceFingerprint(id="dev1", hostname="h", cpu_model="cpu", physical_cores=2, logical_cpus=2, threads_used=2,
-                       ram_mb=1000, os="Linux", python="3.11", runtimes={"llama_cpp_python": "0.3.36"})
-
-
-POWER = DevicePower(idle_w=5, busy_w=20)
-
-
-def spread(x: float, low: float, high: float) -> list[float]:
-    """Three repeats around a median `x` that spread, so that p10 and p90 differ from the median (budgets use them)."""
-    return [x * low, x, x * high]
-
-
-def _report(rows, power: DevicePower | None = POWER) -> DeviceReport:
-    """One variant per row (TTFT median at 64 and 512 tokens, decode median, memory, perplexity); the repeats
-    spread: TTFT p90 is 1.08 x the median, decode p10 0.92 x (numpy's linear percentiles of the three)."""
-    variants, profiles, quality = [], [], []
-    for i, (ttft64, ttft512, tps, mem, ppl) in enumerate(rows):
-        vid = f"v{i}"
-        variants.append(Variant(id=vid, label=f"m Q{i}", model="m", format="gguf", runtime="llama.cpp", quant=f"Q{i}",
-                                path="/x", size_bytes=1 << 20, sha256="0", source="s", source_sha256="0", seconds=0, tools={}))
-        profiles.append(Profile(
-            key=vid, variant_id=vid, variant_name=f"m Q{i}", format="gguf", runtime="llama.cpp", device=FP, status="ok",
-            settings={}, file_size_mb=1, load_ms=10,
-            prompts=[PromptTiming(prompt_tokens=n, ttft_ms=Stat.of(spread(t, 0.95, 1.1)),
-                                  prefill_tps=Stat.of([n / x * 1000 for x in spread(t, 0.95, 1.1)]))
-                     for n, t in ((64, ttft64), (512, ttft512))],
-            decode_tokens=128, decode_tps=Stat.of(spread(tps, 0.9, 1.05)),
-            itl_ms=Stat.of([1000 / x for x in spread(tps, 0.9, 1.05)]), peak_rss_mb=mem,
-        ))
-        quality.append(Quality(key=vid, variant_id=vid, status="ok", corpus="c", corpus_sha256="0", ctx=512, chunks=1, perplexity=ppl))
-    return DeviceReport(recipe="r", created="now", toolkit_version="0", device=FP, power=power, variants=variants,
-                        profiles=profiles, quality=quality)
-
-
-CLOUDS = [
-    CloudModel(id="cheap", provider="A", model="small", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=300, tokens_per_s=100),
-    CloudModel(id="dear", provider="B", model="big", usd_per_1m_input=1, usd_per_1m_output=4, ttft_ms=300, tokens_per_s=100),
-]
-
-
 def test_edge_pick_with_energy_and_cost():
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
     rec = recommend(report, Budget(max_ttft_ms=1000), Costs(), CLOUDS)
     assert rec.answer == "edge" and rec.pick in {"v0", "v1"}
     row = next(r for r in rec.rows if r.variant_id == "v1")
@@ -86,7 +46,7 @@ def test_edge_pick_with_energy_and_cost():
 
 
 def test_impossible_budget_gives_priced_cloud_fallback():
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
     rec = recommend(report, Budget(min_decode_tps=90), Costs(), CLOUDS)
     assert rec.answer == "cloud" and rec.pick is None and rec.cloud_pick == "cheap"
     assert "decode (p10)" in rec.ruled_out_by[0]
@@ -94,26 +54,26 @@ def test_impossible_budget_gives_priced_cloud_fallback():
 
 
 def test_mixed_answer_when_short_prompts_fit_the_edge():
-    report = _report([(100, 800, 50, 300, 30)])
+    report = ladder_report([(100, 800, 50, 300, 30)])
     rec = recommend(report, Budget(max_ttft_ms=500, ttft_prompt_tokens=512), Costs(), CLOUDS)
     assert rec.answer == "mixed"
     assert rec.mixed.max_prompt_tokens == 64 and rec.mixed.edge_variant == "v0" and rec.mixed.cloud == "cheap"
 
 
 def test_no_edge_and_no_cloud():
-    report = _report([(100, 800, 50, 300, 30)])
+    report = ladder_report([(100, 800, 50, 300, 30)])
     rec = recommend(report, Budget(min_decode_tps=10_000), Costs(), CLOUDS)
     assert rec.answer == "none" and "no cloud option does either" in rec.message
 
 
 def test_pcr_priority_prefers_cheaper_utility():
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 31)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 31)])
     rec = recommend(report, Budget(priority="pcr"), Costs(), [])
     assert rec.pick == "v1" and "PCR" in next(r.verdict for r in rec.rows if r.variant_id == "v1")
 
 
 def test_reports_render_all_rows_and_plots():
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35), (90, 900, 40, 400, 40)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35), (90, 900, 40, 400, 40)])
     rec = recommend(report, Budget(max_ttft_ms=850, max_memory_mb=350), Costs(), CLOUDS)
     md = markdown(rec)
     assert all(f"| m Q{i}" in md or f"| **m Q{i} (pick)**" in md for i in range(3))

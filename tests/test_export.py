@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_costs_reports import CLOUDS, _report
+from tests.factories import CLOUDS, ladder_report
 from toolkit import export
 from toolkit.cli import app
 from toolkit.errors import UserError
@@ -110,7 +110,7 @@ def render_go(template: str, messages: list[dict[str, str]]) -> str:
 
 
 def _rec_and_report():
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
     return recommend(report, Budget(max_ttft_ms=1000), Costs(), CLOUDS), report
 
 
@@ -163,7 +163,7 @@ def test_export_files_for_gguf_onnx_and_gptq(tmp_path, monkeypatch):
 
 
 def test_export_refuses_without_an_edge_pick(tmp_path):
-    report = _report([(100, 800, 50, 300, 30)])
+    report = ladder_report([(100, 800, 50, 300, 30)])
     rec = recommend(report, Budget(min_decode_tps=10_000), Costs(), CLOUDS)
     with pytest.raises(UserError, match="no edge pick"):
         export_pick(rec, report, tmp_path)

@@ -256,11 +256,11 @@ def test_other_write_errors_stay_errors(tmp_path, monkeypatch):
 def test_the_cli_says_disk_full_in_one_line(tmp_path, monkeypatch, capsys):
     import signal
 
-    from tests.test_costs_reports import _report
+    from tests.factories import ladder_report
     from toolkit.cli import entry
 
     report = tmp_path / "device.json"
-    write_json(report, _report([(100, 800, 50, 300, 30)]))
+    write_json(report, ladder_report([(100, 800, 50, 300, 30)]))
     recipe = write_recipe(tmp_path / "r.yaml", f"name: r\nreports_dir: {tmp_path / 'out'}\ncandidates: [{{model: x}}]\n"
                                                "cloud: {enabled: false}\n")
     monkeypatch.setattr(tio.os, "fsync", _full)

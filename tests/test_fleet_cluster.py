@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_recipe
-from tests.test_costs_reports import CLOUDS, FP, _report
+from tests.factories import CLOUDS, FP, ladder_report
 from toolkit.cluster import deploy_files, pick_cloud, sim_cloud, sim_devices, workload
 from toolkit.errors import UserError
 from toolkit.fleet import fleet_summary, load_reports, predict, predicted_vs_measured
@@ -16,8 +16,8 @@ from toolkit.simulate import compare
 
 
 def _fleet(tmp_path):
-    fast = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
-    slow = _report([(300, 2400, 12, 300, 30), (250, 2000, 20, 200, 35)])
+    fast = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    slow = ladder_report([(300, 2400, 12, 300, 30), (250, 2000, 20, 200, 35)])
     slow.device = FP.model_copy(update={"id": "dev2", "hostname": "pi"})
     fast.roofline = Roofline(bandwidth_gbs=10, gflops=100, threads=2)
     for i, rep in enumerate((fast, slow)):

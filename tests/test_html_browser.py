@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_costs_reports import CLOUDS, _report
+from tests.factories import CLOUDS, ladder_report
 from toolkit.plots import DEFAULT_AXES, METRICS, front_2d, in_budget, value
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import Recommendation, recommend
@@ -78,7 +78,7 @@ def _expected_points(rec: Recommendation, x: str, y: str) -> int:
 
 
 def _recommendation() -> Recommendation:
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35), (90, 900, 40, 400, 40), (70, 700, 60, 250, 33)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35), (90, 900, 40, 400, 40), (70, 700, 60, 250, 33)])
     rec = recommend(report, Budget(max_ttft_ms=850, max_memory_mb=350), Costs(), CLOUDS)
     tie = next(r.variant_id for r in rec.rows if r.variant_id != rec.pick and in_budget(r))
     return rec.model_copy(update={"tied_with": [tie]})  # draw a tie mark too

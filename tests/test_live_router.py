@@ -26,8 +26,8 @@ pytest.importorskip("litellm")
 pytest.importorskip("llama_cpp.server")
 
 from tests.conftest import write_recipe  # noqa: E402
+from tests.factories import ladder_report  # noqa: E402
 from tests.loopback import free_port, wait_http  # noqa: E402
-from tests.test_costs_reports import _report  # noqa: E402
 from toolkit.catalogue import find_card  # noqa: E402
 from toolkit.cluster import deploy_files  # noqa: E402
 from toolkit.recipe import Budget, Costs, load_recipe  # noqa: E402
@@ -68,7 +68,7 @@ def cluster(tmp_path):
         candidates: [{{model: smollm2-135m-instruct}}]
         cluster: {{rpm: {RPM}, window_s: 60, base_port: {ports['edge0']}}}
         """))
-    reports = [_report([(100, 800, 50, 300, 30)]), _report([(100, 800, 40, 300, 30)])]
+    reports = [ladder_report([(100, 800, 50, 300, 30)]), ladder_report([(100, 800, 40, 300, 30)])]
     for i, rep in enumerate(reports):
         rep.device = rep.device.model_copy(update={"id": f"dev{i}", "hostname": f"edge{i}", "threads_used": 1})
         rep.variants[0].path, rep.variants[0].format = str(gguf), "gguf"

@@ -5,35 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.factories import FP_BARE as FP  # noqa: F401
+from tests.factories import repeats_report as report
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import recommend
 from toolkit.recommend.noise import TIE_THRESHOLD
-from toolkit.records import DeviceFingerprint, DevicePower, DeviceReport, Profile, PromptTiming, Quality, Stat, Variant
 from toolkit.reports import markdown, noise_line
-
-FP = DeviceFingerprint(id="dev1", hostname="h", cpu_model="cpu", physical_cores=2, logical_cpus=2, threads_used=2,
-                       ram_mb=1000, os="Linux", python="3.11", runtimes={})
-
-
-def report(*variants: dict) -> DeviceReport:
-    """Each variant: ttft and decode repeats, and fixed memory, perplexity, KL and file size."""
-    vs, profiles, quality = [], [], []
-    for i, v in enumerate(variants):
-        vid = f"v{i}"
-        vs.append(Variant(id=vid, label=f"m Q{i}", model="m", format="gguf", runtime="llama.cpp", quant=f"Q{i}", path="/x",
-                          size_bytes=int(v.get("mb", 100) * 2**20), sha256="0", source="s", source_sha256="0", seconds=0,
-                          tools={}))
-        profiles.append(Profile(
-            key=vid, variant_id=vid, variant_name=f"m Q{i}", format="gguf", runtime="llama.cpp", device=FP, status="ok",
-            settings={}, file_size_mb=1,
-            prompts=[PromptTiming(prompt_tokens=512, ttft_ms=Stat.of(v["ttft"]), prefill_tps=Stat.of([512 / t * 1000 for t in v["ttft"]]))],
-            decode_tokens=128, decode_tps=Stat.of(v["decode"]), itl_ms=Stat.of([1000 / d for d in v["decode"]]),
-            peak_rss_mb=v.get("mem", 300),
-        ))
-        quality.append(Quality(key=vid, variant_id=vid, status="ok", corpus="c", corpus_sha256="0", ctx=512, chunks=1,
-                               perplexity=v.get("ppl", 30), kl_mean=v.get("kl", 0.01)))
-    return DeviceReport(recipe="r", created="now", toolkit_version="0", device=FP, power=DevicePower(idle_w=5, busy_w=20),
-                        variants=vs, profiles=profiles, quality=quality)
 
 
 def row(rec, vid):

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.test_noise import report
+from tests.factories import repeats_report as report
 from toolkit.recipe import Costs
 from toolkit.recommend.noise import process_sigma, resample, settle, win_probabilities
 from toolkit.recommend.options import draws, options_at

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_noise import FP, report
+from tests.factories import FP_BARE as FP
+from tests.factories import repeats_report as report
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, check_run, contenders, recommend
 from toolkit.recommend.noise import can_still_win, shifted

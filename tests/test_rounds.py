@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_noise import FP, report
+from tests.factories import FP_BARE as FP
+from tests.factories import repeats_report as report
 from toolkit.profiling.rounds import Rounds, merge_rounds, run_rounds
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, contenders, recommend

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_costs_reports import CLOUDS, _report
+from tests.factories import CLOUDS, ladder_report
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import recommend
 from toolkit.schemas import MODELS, SCHEMA_DIR, render, write
@@ -30,7 +30,7 @@ def test_records_validate_against_the_schemas():
     validators = {n: jsonschema.Draft202012Validator(json.loads((SCHEMA_DIR / n).read_text())) for n in MODELS}
     for v in validators.values():
         v.check_schema(v.schema)
-    report = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    report = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
     rec = recommend(report, Budget(max_ttft_ms=1000), Costs(), CLOUDS)
     validators["device-report.schema.json"].validate(json.loads(report.model_dump_json()))
     validators["recommendation.schema.json"].validate(json.loads(rec.model_dump_json()))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_recipe
-from tests.test_costs_reports import FP, _report
+from tests.factories import FP, ladder_report
 from toolkit.errors import UserError
 from toolkit.io import write_json
 from toolkit.recipe import load_recipe
@@ -34,8 +34,8 @@ def _recipe(tmp_path, cloud: str = "{providers: providers.yaml}", budget: str = 
 
 
 def _write_reports(tmp_path):
-    fast = _report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
-    slow = _report([(300, 2400, 12, 300, 30), (250, 2000, 20, 200, 35)])
+    fast = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    slow = ladder_report([(300, 2400, 12, 300, 30), (250, 2000, 20, 200, 35)])
     slow.device = FP.model_copy(update={"id": "dev2", "hostname": "pi"})
     folder = tmp_path / "ws" / "reports"
     paths = [folder / "device-fast.json", folder / "device-slow.json"]

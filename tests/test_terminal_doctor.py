@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests.test_costs_reports import CLOUDS, _report
+from tests.factories import CLOUDS, ladder_report
 from toolkit import render
 from toolkit.cli import app
 from toolkit.doctor import Check, run_checks
@@ -33,7 +33,7 @@ def _rec():
     if DEMO.is_dir():  # the demo's 15 variants with their long verdicts
         budget = Budget(max_ttft_ms=2000, ttft_prompt_tokens=512, min_decode_tps=20, max_memory_mb=1024, max_kl=0.1)
         return recommend(DeviceReport.load(sorted(DEMO.glob("device-*.json"))[-1]), budget, Costs(), CLOUDS)
-    return recommend(_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)]), Budget(max_ttft_ms=700), Costs(), CLOUDS)
+    return recommend(ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)]), Budget(max_ttft_ms=700), Costs(), CLOUDS)
 
 
 def test_compact_table_fits_100_columns_as_plain_text(monkeypatch):
