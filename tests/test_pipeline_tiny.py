@@ -37,6 +37,8 @@ def _recipe(folder, tiny_llama):
           warmup: 1
           repeats: 3
           timeout_s: 300
+          max_rounds: 3       # rounds for contenders: enough to test them, without up to 6 rounds of 3 variants
+          extra_time_s: 60    # on a busy 2-core machine (the test took 50-350 s with the defaults)
         quality:
           ctx: 64
           chunks: 2
