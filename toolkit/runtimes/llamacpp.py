@@ -162,11 +162,18 @@ class LlamaCppSession:
 
     # -- batched scoring: many (context, continuations) groups per llama_decode
     SCORE_TOKENS = 1024  # tokens per decode: a round of requests packed together (n_batch and KV cells)
-    SCORE_UBATCH = 512  # tokens per compute pass inside a decode (n_ubatch)
+    # Tokens per compute pass inside a decode (n_ubatch). Below ggml-cpu's flash-attention tile (64 query rows)
+    # the kernel walks each query's keys one by one, skipping cells of other sequences, so a request's numbers
+    # do not depend on where it sits in the batch. From 64 rows up it works in 64-cell tiles that a request's
+    # keys fall into by its offset in the cache: its logits then move by up to ~3e-2 with its neighbours (F16
+    # and F32 GGUFs alike: the F16 KV cache rounds the different sums apart), for about 25% more speed here.
+    SCORE_UBATCH = 63
+    # A ubatch of 1-3 tokens takes other matmul kernels (vector dot products, not llamafile's tiles, and GEMV
+    # forms of repacked quant kernels): a round whose last ubatch would be that short is topped up to SCORE_TAIL
+    # tokens with a filler sequence of its own (the last sequence id, no logits).
+    SCORE_TAIL = 4
     SCORE_SEQS = 64  # sequences one round may hold (n_seq_max of the scoring context)
     SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logit rows one round may return (llama.cpp's output buffer)
-    SCORE_FLASH_ATTN = True
-    FA_TILE = 64  # ggml-cpu's flash attention: ubatches of fewer query tokens take another (F16-accumulating) path
 
     def _scoring_context(self):
         """The multi-sequence context: unified KV (a token may belong to several sequences), n_batch = n_ctx =
@@ -175,20 +182,15 @@ class LlamaCppSession:
         if self._sctx is None:
             ll = self._ll
             self.score_capacity = max(self.n_ctx, self.SCORE_TOKENS)
-            self._filler = self.FA_TILE if self.SCORE_FLASH_ATTN and self.SCORE_UBATCH >= self.FA_TILE else 0
             cparams = ll.llama_context_default_params()
-            cparams.n_ctx = self.score_capacity + self._filler
-            cparams.n_batch = self.score_capacity + self._filler
+            cparams.n_ctx = self.score_capacity + self.SCORE_TAIL
+            cparams.n_batch = self.score_capacity + self.SCORE_TAIL
             cparams.n_ubatch = self._score_ubatch = min(self.SCORE_UBATCH, self.score_capacity)
             cparams.n_seq_max = self.SCORE_SEQS
             cparams.kv_unified = True
-            # Flash attention skips the KV tiles another sequence holds, so packing costs no attention; but
-            # llama.cpp's CPU kernel accumulates in F16 when a ubatch has fewer than FA_TILE query tokens and
-            # in F32 otherwise, so a request's numbers would depend on what it was batched with (1e-3 apart
-            # in logits). Every short ubatch is therefore topped up to FA_TILE tokens with a filler sequence
-            # (the last sequence id, no logits): the same kernel always, the same numbers alone or packed.
-            # Without flash attention, plain attention is batch-independent as it is.
-            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.SCORE_FLASH_ATTN else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            # flash attention: a query skips the cells other sequences hold (plain attention multiplies them in,
+            # masked: packing would cost attention work)
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
             cparams.n_threads = self.threads
             cparams.n_threads_batch = self.threads
             cparams.no_perf = True
@@ -196,7 +198,7 @@ class LlamaCppSession:
             if not ctx:
                 raise RuntimeError("llama.cpp could not create the batched scoring context")
             self._sctx = ctx
-            self._score_seqs = self.SCORE_SEQS - (1 if self._filler else 0)  # for requests; the last one fills
+            self._score_seqs = self.SCORE_SEQS - 1  # for requests; the last one is the filler's
             self._sbatch = ll.llama_batch_init(self.score_capacity, 0, self.SCORE_SEQS)
         return self._sctx
 
@@ -212,8 +214,7 @@ class LlamaCppSession:
         max_outputs = max(1, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab))
         units = plan_units(groups, self.score_capacity, self._score_seqs)
         for rnd in plan_rounds(units, min(self.SCORE_TOKENS, self.score_capacity), self._score_seqs, max_outputs):
-            decode_round(self._ll, ctx, self._sbatch, rnd, groups, out, self.n_vocab, self._filler, self._score_ubatch,
-                         self._score_seqs)
+            decode_round(self._ll, ctx, self._sbatch, rnd, groups, out, self.n_vocab, (self._score_ubatch, self.SCORE_TAIL))
         return out
 
     def perf(self) -> dict[str, float]:

@@ -61,11 +61,12 @@ def plan_rounds(units: list[Unit], budget: int, max_seqs: int, max_outputs: int)
     return rounds
 
 
-def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, filler: int, ubatch: int, filler_seq: int) -> None:
-    """One llama_decode of `units` (see LlamaCppSession.score_many), logits written into `out`."""
+def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, tail: tuple[int, int]) -> None:
+    """One llama_decode of `units` (see LlamaCppSession.score_many), logits written into `out`. `tail`: (n_ubatch,
+    fewest tokens the last ubatch may hold); a shorter one is topped up by a filler sequence (the next free id)."""
     n = sum(unit.cells for unit in units)
-    short = n % ubatch  # the last ubatch's tokens (0: all full)
-    fill = filler - short if 0 < short < filler else 0
+    short = n % tail[0]
+    fill = tail[1] - short if 0 < short < tail[1] else 0
     token = np.ctypeslib.as_array(batch.token, shape=(n + fill,))
     pos = np.ctypeslib.as_array(batch.pos, shape=(n + fill,))
     n_seq = np.ctypeslib.as_array(batch.n_seq_id, shape=(n + fill,))
@@ -100,12 +101,12 @@ def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, f
                 batch.seq_id[j][0] = s
             targets.extend(([(unit.group, k)], row) for row in range(1, m + 1))
             i += m
-    if fill:  # a sequence of its own, attended by nothing else, no logits
+    if fill:  # attended by nothing else, no logits
         token[n:] = token[0]
         pos[n:] = np.arange(fill)
         n_seq[n:] = 1
         for j in range(n, n + fill):
-            batch.seq_id[j][0] = filler_seq
+            batch.seq_id[j][0] = seq
     batch.n_tokens = n + fill
     memory = ll.llama_get_memory(ctx)
     ll.llama_memory_clear(memory, True)

@@ -14,6 +14,8 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtimes import KVLoopSession
+from toolkit.runtimes.onnxrt_batch import LOGIT_ROWS, gather_logits_model
+from toolkit.runtimes.onnxrt_batch import score_many as batched_scores
 
 MODEL = "model.onnx"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -106,7 +108,9 @@ class OrtSession(KVLoopSession):
         self.bos = self.tokenizer.bos_token_id
         self.n_batch = n_batch
         self.model_file = folder / MODEL
+        self._ort, self._options = ort, options
         self._per_tensor_activations: bool | None = None
+        self._gathered: bool | None = None  # the scoring graph (logits at chosen rows) in use
         self.reset()
 
     def reset(self) -> None:
@@ -123,11 +127,13 @@ class OrtSession(KVLoopSession):
             feed["attention_mask"] = np.ones((1, self.pos + n), dtype=np.int64)
         if "position_ids" in self.inputs:
             feed["position_ids"] = np.arange(self.pos, self.pos + n, dtype=np.int64)[None, :]
+        if self._gathered:
+            feed[LOGIT_ROWS] = np.arange(n, dtype=np.int64) if all_rows else np.array([n - 1], dtype=np.int64)
         feed.update(self.past)
         outputs = self.session.run(["logits", *self.present_names], feed)
         self.past = dict(zip(self.past_names, outputs[1:], strict=True))
         self.pos += n
-        return outputs[0][0]
+        return outputs[0] if self._gathered else outputs[0][0]
 
     def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
         """Logits predicting each continuation's tokens, evaluating the shared context only once."""
@@ -141,12 +147,9 @@ class OrtSession(KVLoopSession):
             out.append(np.concatenate([last[None, :], rest]).astype(np.float32, copy=False))
         return out
 
-    # -- batched scoring: requests side by side along the batch axis, padded on the right, masked
+    # -- batched scoring (toolkit/runtimes/onnxrt_batch.py)
     SCORE_TOKENS = 1024  # padded tokens (rows x length) per forward pass
-    SCORE_LOGIT_BYTES = 256 * 2**20  # the graph returns logits at every position: float32 rows per pass at most
-
-    def _token_budget(self) -> int:
-        return max(1, min(self.SCORE_TOKENS, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab)))
+    SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logits per pass at most, where the graph returns every position
 
     def quantizes_activations_per_tensor(self) -> bool:
         """Whether the graph quantizes activations with one scale for the whole tensor (onnxruntime's dynamic
@@ -157,98 +160,47 @@ class OrtSession(KVLoopSession):
                 self._per_tensor_activations = data.find(b"DynamicQuantizeLinear") >= 0
         return self._per_tensor_activations
 
+    def _use_scoring_graph(self) -> None:
+        """On the first batched scoring, swap in the graph that computes logits only at the rows asked for (the
+        same numbers; profiles never get here, so they measure the graph as exported)."""
+        if self._gathered is None:
+            self._gathered = False
+            data = gather_logits_model(self.model_file)
+            if data is not None:
+                self.session = None  # one copy of the weights at a time
+                self.session = self._ort.InferenceSession(data, self._options, providers=["CPUExecutionProvider"])
+                self.inputs = {i.name: i for i in self.session.get_inputs()}
+                self._gathered = LOGIT_ROWS in self.inputs
+
     def score_many(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[np.ndarray]]:
-        """`score` for many groups at once (same output). Rows of similar length share a forward pass: a group
-        with at most one multi-token continuation is one row (context + continuation); a group with several
-        is one row for the context, then one row per continuation over a copy of that context's KV cache."""
+        """`score` for many groups at once (the same output), padded rows of similar length per forward pass."""
         if "attention_mask" not in self.inputs or not self.past_names or self.quantizes_activations_per_tensor():
             return [self.score(context, conts) for context, conts in groups]  # padding could not be masked
-        out: list[list[np.ndarray | None]] = [[None] * len(conts) for _, conts in groups]
-        rows = []  # (group, tokens, continuations answered by this row, body of the one continuation it holds)
-        for g, (context, conts) in enumerate(groups):
-            if not context or any(not cont for cont in conts):
-                raise ValueError("score_many needs a non-empty context and non-empty continuations")
-            branching = [k for k, cont in enumerate(conts) if len(cont) > 1]
-            body = conts[branching[0]][:-1] if len(branching) == 1 else []
-            rows.append((g, list(context) + body, branching if len(branching) > 1 else []))
-        rows.sort(key=lambda row: len(row[1]))
-        for batch in _padded_batches([len(row[1]) for row in rows], self._token_budget()):
-            self._context_pass([rows[i] for i in batch], groups, out)
-        return out
+        self._use_scoring_graph()
+        budget = self.SCORE_TOKENS if self._gathered else min(self.SCORE_TOKENS, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab))
+        return batched_scores(self, groups, max(1, budget))
 
-    def _forward(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray], start: np.ndarray):
+    def empty_past(self, rows: int) -> dict[str, np.ndarray]:
+        return self._empty_past(rows)
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray], start: np.ndarray, want: np.ndarray):
         """One forward pass over a padded batch: `ids` rows x length, `mask` over past + new tokens, `start` the
-        position of each row's first new token."""
+        position of each row's first new token; the logits at `want` (flat indices into rows x length) and the
+        new KV cache."""
         feed = {"input_ids": ids}
         if "attention_mask" in self.inputs:
             feed["attention_mask"] = mask
         if "position_ids" in self.inputs:
             feed["position_ids"] = start[:, None] + np.arange(ids.shape[1], dtype=np.int64)[None, :]
+        if self._gathered:
+            feed[LOGIT_ROWS] = want.astype(np.int64)
         feed.update(past)
         outputs = self.session.run(["logits", *self.present_names], feed)
-        return outputs[0], dict(zip(self.past_names, outputs[1:], strict=True))
-
-    def _context_pass(self, rows, groups, out) -> None:
-        n_vocab = self.n_vocab
-        lengths = np.array([len(tokens) for _, tokens, _ in rows], dtype=np.int64)
-        width = int(lengths.max())
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        for r, (_, tokens, _) in enumerate(rows):
-            ids[r, :len(tokens)] = tokens
-            ids[r, len(tokens):] = tokens[-1]  # padding: any valid id, masked out
-        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        logits, present = self._forward(ids, mask, self._empty_past(len(rows)), np.zeros(len(rows), dtype=np.int64))
-        branches = []  # (row, group, continuation) answered over this row's KV cache
-        for r, (g, _, branching) in enumerate(rows):
-            context, conts = groups[g]
-            c = len(context)
-            for k, cont in enumerate(conts):
-                dest = out[g][k] = np.empty((len(cont), n_vocab), dtype=np.float32)
-                if len(cont) > 1 and not branching:  # the row holds this continuation's body
-                    dest[:] = logits[r, c - 1:c - 1 + len(cont)]
-                else:
-                    dest[0] = logits[r, c - 1]
-            branches += [(r, g, k) for k in branching]
-        if not branches:
-            return
-        bodies = [len(groups[g][1][k]) - 1 for _, g, k in branches]
-        order = sorted(range(len(branches)), key=lambda i: bodies[i])
-        for batch in _padded_batches([bodies[i] for i in order], self._token_budget(), fixed=width):
-            picked = [branches[order[i]] for i in batch]
-            self._branch_pass(picked, groups, out, present, mask, lengths)
-
-    def _branch_pass(self, picked, groups, out, present, mask, lengths) -> None:
-        source = np.array([r for r, _, _ in picked], dtype=np.int64)
-        bodies = [groups[g][1][k][:-1] for _, g, k in picked]
-        width = max(len(body) for body in bodies)
-        ids = np.zeros((len(picked), width), dtype=np.int64)
-        for i, body in enumerate(bodies):
-            ids[i, :len(body)] = body
-            ids[i, len(body):] = body[-1]
-        new = (np.arange(width)[None, :] < np.array([len(b) for b in bodies])[:, None]).astype(np.int64)
-        past = {name: np.take(value, source, axis=0) for name, value in present.items()}
-        # a row with several continuations holds its context only: they start right after it
-        logits, _ = self._forward(ids, np.concatenate([mask[source], new], axis=1), past, lengths[source])
-        for i, (_, g, k) in enumerate(picked):
-            dest = out[g][k]
-            dest[1:] = logits[i, :len(bodies[i])]
+        logits = outputs[0] if self._gathered else outputs[0].reshape(-1, outputs[0].shape[-1])[want]
+        return logits, dict(zip(self.past_names, outputs[1:], strict=True))
 
     def close(self) -> None:
         self.session = None
-
-
-def _padded_batches(lengths: list[int], budget: int, fixed: int = 0) -> list[list[int]]:
-    """Consecutive indices (lengths sorted ascending) grouped so that rows x (fixed + longest) <= budget; a row
-    longer than the budget goes alone."""
-    batches, current = [], []
-    for i, length in enumerate(lengths):
-        if current and (len(current) + 1) * (fixed + length) > budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _layer_order(name: str) -> tuple[int, str]:
