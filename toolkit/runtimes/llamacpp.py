@@ -165,12 +165,12 @@ class LlamaCppSession:
     # Tokens per compute pass inside a decode (n_ubatch). Below ggml-cpu's flash-attention tile (64 query rows)
     # the kernel walks each query's keys one by one, skipping cells of other sequences, so a request's numbers
     # do not depend on where it sits in the batch. From 64 rows up it works in 64-cell tiles that a request's
-    # keys fall into by its offset in the cache: its logits then move by up to ~3e-2 with its neighbours (F16
-    # and F32 GGUFs alike: the F16 KV cache rounds the different sums apart), for about 25% more speed here.
+    # keys fall into by its offset in the cache: its logits then move by up to 5e-2 with its neighbours (F16
+    # GGUF; 1e-2 for F32: the F16 KV cache rounds the different sums apart), for about 25% more speed here.
     SCORE_UBATCH = 63
     # A ubatch of 1-3 tokens takes other matmul kernels (vector dot products, not llamafile's tiles, and GEMV
     # forms of repacked quant kernels): a round whose last ubatch would be that short is topped up to SCORE_TAIL
-    # tokens with a filler sequence of its own (the last sequence id, no logits).
+    # tokens with a filler sequence of its own (no logits); likewise a ubatch never has a single output row.
     SCORE_TAIL = 4
     SCORE_SEQS = 64  # sequences one round may hold (n_seq_max of the scoring context)
     SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logit rows one round may return (llama.cpp's output buffer)

@@ -63,7 +63,9 @@ def plan_rounds(units: list[Unit], budget: int, max_seqs: int, max_outputs: int)
 
 def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, tail: tuple[int, int]) -> None:
     """One llama_decode of `units` (see LlamaCppSession.score_many), logits written into `out`. `tail`: (n_ubatch,
-    fewest tokens the last ubatch may hold); a shorter one is topped up by a filler sequence (the next free id)."""
+    fewest tokens the last ubatch may hold); a shorter one is topped up by a filler sequence (the next free id).
+    llama.cpp runs a model's last layer on the output rows only, and one row takes other matmul kernels than
+    several: a ubatch with a single output gets a second one, read and dropped."""
     n = sum(unit.cells for unit in units)
     short = n % tail[0]
     fill = tail[1] - short if 0 < short < tail[1] else 0
@@ -72,7 +74,7 @@ def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, t
     n_seq = np.ctypeslib.as_array(batch.n_seq_id, shape=(n + fill,))
     flags = np.ctypeslib.as_array(batch.logits, shape=(n + fill,))
     flags[:] = 0
-    targets: list[tuple[list[tuple[int, int]], int]] = []  # per output row: (group, continuation) pairs, row
+    targets: dict[int, tuple[list[tuple[int, int]], int]] = {}  # output token -> (group, continuation) pairs, row
     i, seq = 0, 0
     for unit in units:
         context = groups[unit.group][0]
@@ -88,7 +90,7 @@ def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, t
             for s_index, s in enumerate(seqs):
                 ids[s_index] = s
         flags[i + c - 1] = 1
-        targets.append(([(unit.group, k) for k in unit.conts], 0))
+        targets[i + c - 1] = ([(unit.group, k) for k in unit.conts], 0)
         i += c
         for s, k in zip(seqs, branching, strict=False):
             body = groups[unit.group][1][k][:-1]
@@ -99,7 +101,7 @@ def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, t
             flags[i:i + m] = 1
             for j in range(i, i + m):
                 batch.seq_id[j][0] = s
-            targets.extend(([(unit.group, k)], row) for row in range(1, m + 1))
+            targets.update((i + row - 1, ([(unit.group, k)], row)) for row in range(1, m + 1))
             i += m
     if fill:  # attended by nothing else, no logits
         token[n:] = token[0]
@@ -107,14 +109,19 @@ def decode_round(ll, ctx, batch, units: list[Unit], groups, out, n_vocab: int, t
         n_seq[n:] = 1
         for j in range(n, n + fill):
             batch.seq_id[j][0] = seq
+    for start in range(0, n + fill, tail[0]):
+        if np.count_nonzero(flags[start:start + tail[0]]) == 1:
+            flags[start if not flags[start] else start + 1] = 1
+    order = np.flatnonzero(flags)
     batch.n_tokens = n + fill
     memory = ll.llama_get_memory(ctx)
     ll.llama_memory_clear(memory, True)
     rc = ll.llama_decode(ctx, batch)
     if rc != 0:
         raise RuntimeError(f"llama_decode returned {rc} while scoring a batch of {n + fill} tokens")
-    rows = np.ctypeslib.as_array(ll.llama_get_logits(ctx), shape=(len(targets), n_vocab))
-    for (owners, row), logits in zip(targets, rows, strict=True):
+    rows = np.ctypeslib.as_array(ll.llama_get_logits(ctx), shape=(len(order), n_vocab))
+    for index, logits in zip(order, rows, strict=True):
+        owners, row = targets.get(int(index), ([], 0))
         for g, k in owners:
             dest = out[g][k]
             if dest is None:

@@ -14,7 +14,6 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtimes import KVLoopSession
-from toolkit.runtimes.onnxrt_batch import LOGIT_ROWS, gather_logits_model
 from toolkit.runtimes.onnxrt_batch import score_many as batched_scores
 
 MODEL = "model.onnx"
@@ -108,9 +107,7 @@ class OrtSession(KVLoopSession):
         self.bos = self.tokenizer.bos_token_id
         self.n_batch = n_batch
         self.model_file = folder / MODEL
-        self._ort, self._options = ort, options
         self._per_tensor_activations: bool | None = None
-        self._gathered: bool | None = None  # the scoring graph (logits at chosen rows) in use
         self.reset()
 
     def reset(self) -> None:
@@ -127,13 +124,11 @@ class OrtSession(KVLoopSession):
             feed["attention_mask"] = np.ones((1, self.pos + n), dtype=np.int64)
         if "position_ids" in self.inputs:
             feed["position_ids"] = np.arange(self.pos, self.pos + n, dtype=np.int64)[None, :]
-        if self._gathered:
-            feed[LOGIT_ROWS] = np.arange(n, dtype=np.int64) if all_rows else np.array([n - 1], dtype=np.int64)
         feed.update(self.past)
         outputs = self.session.run(["logits", *self.present_names], feed)
         self.past = dict(zip(self.past_names, outputs[1:], strict=True))
         self.pos += n
-        return outputs[0] if self._gathered else outputs[0][0]
+        return outputs[0][0]
 
     def score(self, context: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
         """Logits predicting each continuation's tokens, evaluating the shared context only once."""
@@ -148,8 +143,8 @@ class OrtSession(KVLoopSession):
         return out
 
     # -- batched scoring (toolkit/runtimes/onnxrt_batch.py)
-    SCORE_TOKENS = 1024  # padded tokens (rows x length) per forward pass
-    SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logits per pass at most, where the graph returns every position
+    SCORE_TOKENS = 512  # padded tokens (rows x length) per forward pass (1024 and up: no faster on 2 cores)
+    SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logits per pass at most (the graph returns every position)
 
     def quantizes_activations_per_tensor(self) -> bool:
         """Whether the graph quantizes activations with one scale for the whole tensor (onnxruntime's dynamic
@@ -160,24 +155,11 @@ class OrtSession(KVLoopSession):
                 self._per_tensor_activations = data.find(b"DynamicQuantizeLinear") >= 0
         return self._per_tensor_activations
 
-    def _use_scoring_graph(self) -> None:
-        """On the first batched scoring, swap in the graph that computes logits only at the rows asked for (the
-        same numbers; profiles never get here, so they measure the graph as exported)."""
-        if self._gathered is None:
-            self._gathered = False
-            data = gather_logits_model(self.model_file)
-            if data is not None:
-                self.session = None  # one copy of the weights at a time
-                self.session = self._ort.InferenceSession(data, self._options, providers=["CPUExecutionProvider"])
-                self.inputs = {i.name: i for i in self.session.get_inputs()}
-                self._gathered = LOGIT_ROWS in self.inputs
-
     def score_many(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[np.ndarray]]:
         """`score` for many groups at once (the same output), padded rows of similar length per forward pass."""
         if "attention_mask" not in self.inputs or not self.past_names or self.quantizes_activations_per_tensor():
             return [self.score(context, conts) for context, conts in groups]  # padding could not be masked
-        self._use_scoring_graph()
-        budget = self.SCORE_TOKENS if self._gathered else min(self.SCORE_TOKENS, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab))
+        budget = min(self.SCORE_TOKENS, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab))
         return batched_scores(self, groups, max(1, budget))
 
     def empty_past(self, rows: int) -> dict[str, np.ndarray]:
@@ -192,12 +174,9 @@ class OrtSession(KVLoopSession):
             feed["attention_mask"] = mask
         if "position_ids" in self.inputs:
             feed["position_ids"] = start[:, None] + np.arange(ids.shape[1], dtype=np.int64)[None, :]
-        if self._gathered:
-            feed[LOGIT_ROWS] = want.astype(np.int64)
         feed.update(past)
         outputs = self.session.run(["logits", *self.present_names], feed)
-        logits = outputs[0] if self._gathered else outputs[0].reshape(-1, outputs[0].shape[-1])[want]
-        return logits, dict(zip(self.past_names, outputs[1:], strict=True))
+        return outputs[0].reshape(-1, outputs[0].shape[-1])[want], dict(zip(self.past_names, outputs[1:], strict=True))
 
     def close(self) -> None:
         self.session = None
