@@ -179,3 +179,22 @@ def tiny_llama(tmp_path_factory, pypi_data) -> Path:
 def write_recipe(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body), encoding="utf-8")
     return path
+
+
+def run_console(monkeypatch, *args: str) -> int:
+    """`toolkit ARGS` as the console script runs it (`toolkit.cli.entry`), in this process: its exit status.
+    entry() installs a SIGTERM handler; the test's own is put back."""
+    import signal
+    import sys
+
+    from toolkit.cli import entry
+
+    monkeypatch.setattr(sys, "argv", ["toolkit", *args])
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            entry()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return stop.value.code
+

@@ -18,7 +18,6 @@ from pydantic import Field
 from toolkit import formats, runtimes
 from toolkit.config import Strict
 from toolkit.formats import Format, VariantSpec
-from toolkit.formats.files import cached_variant, variant_dir
 from toolkit.io import sha256_file, write_json, write_text
 from toolkit.records import Variant
 
@@ -44,11 +43,7 @@ class FakeFormat(Format):
         return [VariantSpec("fake", f"x{s:g}", (("speed", s), ("noise", spec.noise * (s - 1)), ("step_ms", spec.step_ms)))
                 for s in spec.speeds]
 
-    def build(self, source, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
-        vid = self.variant_id(source, spec)
-        folder = variant_dir(workspace, vid)
-        if cached := cached_variant(folder):
-            return cached
+    def make(self, source, spec: VariantSpec, vid: str, folder: Path, workspace: Path, threads: int | None) -> Variant:
         target = folder / "model.json"
         write_text(target, json.dumps(dict(spec.options)))
         variant = Variant(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from tests import fakes
-from tests.conftest import write_recipe
+from tests.conftest import run_console, write_recipe
 from tests.factories import ladder_report
-from toolkit.cli import app, entry
+from toolkit.cli import app
 from toolkit.errors import UserError
 from toolkit.io import write_json
 from toolkit.profiling.roofline import Roofline
@@ -217,14 +215,8 @@ def test_schemas_writes_valid_schemas(tmp_path):
 
 def test_a_user_error_is_one_line_and_exit_2(recipe, monkeypatch, capsys):
     """What `toolkit` (the console script) does with a UserError: one line, exit status 2."""
-    monkeypatch.setattr(sys, "argv", ["toolkit", "profile", str(recipe)])  # no manifest yet
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as stop:
-            entry()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert stop.value.code == 2
+    code = run_console(monkeypatch, "profile", str(recipe))  # no manifest yet
+    assert code == 2
     out = capsys.readouterr()
     errors = [ln for ln in out.out.splitlines() if ln.startswith("error: ")]  # (after the progress bar's first line)
     assert len(errors) == 1 and "no manifest yet; run `toolkit compress" in errors[0] and "Traceback" not in out.out + out.err

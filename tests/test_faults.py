@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests import fakes
-from tests.conftest import write_recipe
+from tests.conftest import run_console, write_recipe
 from toolkit import io as tio
 from toolkit.catalogue import PyPISource
 from toolkit.errors import UserError
@@ -254,25 +254,17 @@ def test_other_write_errors_stay_errors(tmp_path, monkeypatch):
 
 
 def test_the_cli_says_disk_full_in_one_line(tmp_path, monkeypatch, capsys):
-    import signal
 
     from tests.factories import ladder_report
-    from toolkit.cli import entry
 
     report = tmp_path / "device.json"
     write_json(report, ladder_report([(100, 800, 50, 300, 30)]))
     recipe = write_recipe(tmp_path / "r.yaml", f"name: r\nreports_dir: {tmp_path / 'out'}\ncandidates: [{{model: x}}]\n"
                                                "cloud: {enabled: false}\n")
     monkeypatch.setattr(tio.os, "fsync", _full)
-    monkeypatch.setattr(sys, "argv", ["toolkit", "report", str(recipe), "--report", str(report), "--no-images"])
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as stop:
-            entry()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    code = run_console(monkeypatch, "report", str(recipe), "--report", str(report), "--no-images")
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
-    assert stop.value.code == 2 and len(lines) == 1
+    assert code == 2 and len(lines) == 1
     assert lines[0].startswith(f"error: {tmp_path / 'out'}/recommendation-dev1.json: no space left on the device")
 
 

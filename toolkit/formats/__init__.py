@@ -2,8 +2,9 @@
 
 Adding a format is one file plus one registry line:
 1. `toolkit/formats/<name>.py` with a `Format` subclass: `name`, the `runtime` that runs its files, a pydantic
-   `Spec` (what `variants.<name>` in a recipe may say), `specs()` (the variants a spec asks for), `build()`
-   (make one variant, or find it cached), and `packages` or `tool_versions()` (what its results depend on).
+   `Spec` (what `variants.<name>` in a recipe may say), `specs()` (the variants a spec asks for), `make()`
+   (build one variant into its folder; `build()` finds it there first), and `packages` or `tool_versions()`
+   (what its results depend on).
 2. `"<name>": "toolkit.formats.<name>:<Class>"` in `REGISTRY` below, or `register("<name>", Class)` at run time
    (tests/fakes.py registers a fake format this way).
 The recipe validates `variants:` through the registry, so the new format is usable from YAML at once.
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field, create_model
 
 from toolkit.config import Strict
 from toolkit.errors import UserError
-from toolkit.formats.files import package_versions
+from toolkit.formats.files import cached_variant, package_versions, variant_dir
 from toolkit.io import content_hash
 from toolkit.records import Variant
 
@@ -49,9 +50,17 @@ class Format(ABC):
     def specs(self, spec: BaseModel) -> list[VariantSpec]:
         """The variants a recipe's section asks for."""
 
-    @abstractmethod
     def build(self, source, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
-        """Build one variant (or return the cached one); None when the spec does not apply to this source."""
+        """The variant as built before (its folder is named by its content-addressed id), else made now; None
+        when the spec does not apply to this source."""
+        vid = self.variant_id(source, spec)
+        folder = variant_dir(workspace, vid)
+        return cached_variant(folder) or self.make(source, spec, vid, folder, workspace, threads)
+
+    @abstractmethod
+    def make(self, source, spec: VariantSpec, vid: str, folder: Path, workspace: Path,
+             threads: int | None) -> Variant | None:
+        """Build variant `vid` into `folder` (intermediates under `workspace`)."""
 
     def tool_versions(self) -> dict[str, str]:
         return package_versions(*self.packages)

@@ -13,7 +13,6 @@ from pydantic import Field, field_validator
 from toolkit.config import Strict
 from toolkit.errors import UserError
 from toolkit.formats import Format, VariantSpec
-from toolkit.formats.files import cached_variant, variant_dir
 from toolkit.formats.llamacpp_vendor import converter_dir, llama_cpp_version
 from toolkit.io import atomic_path, content_hash, ensure_dir, sha256_file, write_json
 from toolkit.procs import run_tool
@@ -76,15 +75,15 @@ class GGUF(Format):
         return out
 
     def build(self, source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
-        """Build (or find cached) one variant; None when the spec does not apply to this source."""
+        """The source file as shipped is described in place (nothing to build or cache); others as any format."""
         if spec.quant == SOURCE_QUANT:
             if source.kind != "gguf":
                 return None  # keep_source: an HF checkpoint has no GGUF file to keep
             return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
-        folder = variant_dir(workspace, self.variant_id(source, spec))
-        cached = cached_variant(folder)
-        if cached:
-            return cached
+        return super().build(source, spec, workspace, threads)
+
+    def make(self, source: SourceModel, spec: VariantSpec, vid: str, folder: Path, workspace: Path,
+             threads: int | None) -> Variant:
         start = time.perf_counter()
         f16 = ensure_f16(source, workspace)
         target = folder / "model.gguf"

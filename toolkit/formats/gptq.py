@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from toolkit.config import Strict
 from toolkit.errors import UserError
 from toolkit.formats import Format, VariantSpec
-from toolkit.formats.files import cached_variant, dequantized_note, record_folder_variant, variant_dir
+from toolkit.formats.files import dequantized_note, record_folder_variant
 from toolkit.io import atomic_dir, ensure_dir, write_text
 from toolkit.procs import run_tool
 from toolkit.quality.corpus import corpus_path
@@ -82,12 +82,8 @@ class GPTQ(Format):
         )
         return [VariantSpec("gptq", f"w{bits}g{spec.group_size}", (("bits", bits), *options)) for bits in spec.bits]
 
-    def build(self, source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
-        vid = self.variant_id(source, spec)
-        folder = variant_dir(workspace, vid)
-        cached = cached_variant(folder)
-        if cached:
-            return cached
+    def make(self, source: SourceModel, spec: VariantSpec, vid: str, folder: Path, workspace: Path,
+             threads: int | None) -> Variant:
         if self.tool_versions()["gptqmodel"] == "missing":
             raise UserError("GPTQ variants need gptqmodel; ./scripts/setup.sh installs it", field="variants.gptq")
         opts = dict(spec.options)

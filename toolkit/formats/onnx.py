@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from toolkit.config import Strict
 from toolkit.errors import UserError
 from toolkit.formats import Format, VariantSpec
-from toolkit.formats.files import cached_variant, dequantized_note, record_folder_variant, variant_dir
+from toolkit.formats.files import dequantized_note, record_folder_variant
 from toolkit.io import atomic_dir, content_hash
 from toolkit.procs import run_tool
 from toolkit.records import Variant
@@ -52,12 +52,8 @@ class ONNX(Format):
                 out.append(VariantSpec("onnx", precision))
         return out
 
-    def build(self, source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant:
-        vid = self.variant_id(source, spec)
-        folder = variant_dir(workspace, vid)
-        cached = cached_variant(folder)
-        if cached:
-            return cached
+    def make(self, source: SourceModel, spec: VariantSpec, vid: str, folder: Path, workspace: Path,
+             threads: int | None) -> Variant:
         if missing := self.check_available():
             raise UserError(missing, field="variants.onnx")
         start = time.perf_counter()
