@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=40, help="items per task")
     parser.add_argument("--threads", type=int, default=usable_cpus())
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-formats.yaml"))
     parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-lm-eval"))
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per backend (the best counts)")
     args = parser.parse_args()

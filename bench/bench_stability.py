@@ -8,7 +8,7 @@ certified pick met the budget in every re-measurement.
 
 Goals: every run's tie set holds the picks of all runs; memory max/min <= 1.05; certified in N/N runs.
 
-    .venv/bin/python bench/bench_stability.py [--recipe recipes/demo.yaml] [--runs 5] [--format gguf]
+    .venv/bin/python bench/bench_stability.py [--recipe recipes/smollm2-formats.yaml] [--runs 5] [--format gguf]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MEMORY_GOAL = 1.05
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-formats.yaml"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--format", default="gguf", help="the variant format to keep from the recipe")
     parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-stability"))

@@ -51,11 +51,12 @@ CLOUDS = [
 
 
 def repeats_report(*variants: dict) -> DeviceReport:
-    """Each variant: ttft and decode repeats, and fixed memory, perplexity, KL and file size."""
+    """Each variant: ttft and decode repeats, and fixed memory, perplexity, bits per byte, KL, file size and model."""
     vs, profiles, quality = [], [], []
     for i, v in enumerate(variants):
         vid = f"v{i}"
-        vs.append(Variant(id=vid, label=f"m Q{i}", model="m", format="gguf", runtime="llama.cpp", quant=f"Q{i}", path="/x",
+        model = v.get("model", "m")
+        vs.append(Variant(id=vid, label=f"{model} Q{i}", model=model, format="gguf", runtime="llama.cpp", quant=f"Q{i}", path="/x",
                           size_bytes=int(v.get("mb", 100) * 2**20), sha256="0", source="s", source_sha256="0", seconds=0,
                           tools={}))
         profiles.append(Profile(
@@ -66,6 +67,7 @@ def repeats_report(*variants: dict) -> DeviceReport:
             peak_rss_mb=v.get("mem", 300),
         ))
         quality.append(Quality(key=vid, variant_id=vid, status="ok", corpus="c", corpus_sha256="0", ctx=512, chunks=1,
-                               perplexity=v.get("ppl", 30), kl_mean=v.get("kl", 0.01)))
+                               perplexity=v.get("ppl", 30), bits_per_byte=v.get("bpb"), kl_mean=v.get("kl", 0.01),
+                               bytes_scored=4096 if "bpb" in v else 0))
     return DeviceReport(recipe="r", created="now", toolkit_version="0", device=FP_BARE, power=DevicePower(idle_w=5, busy_w=20),
                         variants=vs, profiles=profiles, quality=quality)

@@ -4,6 +4,7 @@ rolling loglikelihood, and for fidelity (perplexity, KL, top-1 from one pass).""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -149,14 +150,16 @@ def test_fidelity_one_pass_batched_and_unbatched(model, tmp_path):
 
     kind, path = model
     session = _open(kind, path)
-    tokens = session.tokenize(TEXT)
     ref = {"dir": str(tmp_path), "write": True}
-    written = perplexity(session, tokens, 64, 5, ref)
+    written = perplexity(session, TEXT, 64, 5, ref)
     packed = _open(kind, path)
     _small_batches(packed)
-    batched = perplexity(packed, tokens, 64, 5, {"dir": str(tmp_path), "write": False})
-    unbatched = perplexity(_open(kind, path), tokens, 64, 5, {"dir": str(tmp_path), "write": False}, batched=False)
-    assert written["chunks"] == 5 and written["tokens_scored"] == 5 * 32
+    batched = perplexity(packed, TEXT, 64, 5, {"dir": str(tmp_path), "write": False})
+    unbatched = perplexity(_open(kind, path), TEXT, 64, 5, {"dir": str(tmp_path), "write": False}, batched=False)
+    assert written["chunks"] == 5 and batched["tokens_scored"] == written["tokens_scored"] > 5 * 20
+    # bits per byte is the same log-likelihood per UTF-8 byte of the scored passages
+    nats = math.log(written["perplexity"]) * written["tokens_scored"]
+    assert written["bits_per_byte"] == pytest.approx(nats / math.log(2) / written["bytes_scored"], rel=1e-9)
     assert batched["perplexity"] == pytest.approx(written["perplexity"], rel=1e-5)
     assert batched["perplexity"] == pytest.approx(unbatched["perplexity"], rel=1e-5)
     # the same model against its own reference (stored as float16, and this random model's top logits lie close

@@ -40,6 +40,7 @@ class V:
     decode: list[float] = field(default_factory=lambda: [40.0, 41.0, 42.0])
     memory: float = 400.0
     ppl: float = 11.0
+    bpb: float = 1.0
     kl: float = 0.05
     acc: float | None = None
 
@@ -56,7 +57,7 @@ def report(a: V, b: V) -> DeviceReport:
             decode_tps=Stat.of(v.decode), itl_ms=Stat.of([1000 / d for d in v.decode]),
         ))
         quality.append(Quality(key=vid, variant_id=vid, status="ok", corpus="c", corpus_sha256="0", ctx=512, chunks=1,
-                               perplexity=v.ppl, kl_mean=v.kl))
+                               perplexity=v.ppl, bits_per_byte=v.bpb, kl_mean=v.kl))
         if v.acc is not None:
             accuracy.append(EvalResult(key=vid, variant_id=vid, task="t", status="ok", metric="acc", value=v.acc, n=100,
                                        runtime="llama.cpp"))
@@ -103,6 +104,8 @@ CASES = {
                       500.0, "deploy memory {value:.1f} MB > 450 MB (over by {gap:.1f} MB)"),
     "max_perplexity": (11.5, "speed", V(**FAST, ppl=12.0), V(ppl=11.0),
                        12.0, "perplexity {value:.1f} > 11.5 (over by {gap:.1f})"),
+    "max_bits_per_byte": (1.1, "speed", V(**FAST, bpb=1.25), V(bpb=1.0),
+                          1.25, "bits per byte {value:.3f} bits > 1.1 bits (over by {gap:.3f} bits)"),
     "max_kl": (0.1, "speed", V(**FAST, kl=0.2), V(kl=0.05),
                0.2, "KL divergence {value:.4f} nats > 0.1 nats (over by {gap:.4f} nats)"),
     "min_accuracy": (0.4, "speed", V(**FAST, acc=0.3), V(acc=0.5),
@@ -133,7 +136,8 @@ def test_a_limit_moves_the_pick_and_names_the_figure(limit):
     assert [" ".join(v.split()) for v in row_a.violations] == [message.format(value=value, gap=abs(value - bound))]
     assert row_a.verdict.startswith("breaks the budget: ")
     key = {"max_ttft_ms": "ttft_ms", "min_decode_tps": "decode_tps", "max_memory_mb": "memory_mb",
-           "max_perplexity": "perplexity", "max_kl": "kl", "min_accuracy": "accuracy", "max_energy_j": "energy_j",
+           "max_perplexity": "perplexity", "max_bits_per_byte": "bits_per_byte", "max_kl": "kl", "min_accuracy": "accuracy",
+           "max_energy_j": "energy_j",
            "max_cost_per_1k_usd": "cost_per_1k_usd"}[limit]
     assert row_a.metrics[key] == pytest.approx(value, rel=1e-4)
 

@@ -44,8 +44,9 @@ class FakeWorker:
         elif job["kind"] == "perplexity":
             ref = job["reference"]
             if ref["write"]:
-                np.save(Path(ref["dir"]) / "tokens.npy", np.zeros(4, dtype=np.int32))
-            data = {"chunks": job["chunks"], "tokens_scored": 64, "perplexity": 12.0, "nll_stderr": 0.1}
+                np.savez(Path(ref["dir"]) / "windows.npz", sizes=np.zeros(1, dtype=np.int64))
+            data = {"chunks": job["chunks"], "tokens_scored": 64, "bytes_scored": 256, "perplexity": 12.0,
+                    "bits_per_byte": 0.9, "nll_stderr": 0.1}
             if not ref["write"]:
                 data |= {"kl_mean": 0.01, "kl_p99": 0.05, "top1_agreement": 0.9}
         else:

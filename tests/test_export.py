@@ -169,11 +169,11 @@ def test_export_refuses_without_an_edge_pick(tmp_path):
         export_pick(rec, report, tmp_path)
 
 
-@pytest.mark.skipif(not (ROOT / "reports/demo/devices/device-vm-2threads.json").exists(), reason="no demo report")
+@pytest.mark.skipif(not (ROOT / "reports/smollm2-formats/devices/device-vm-2threads.json").exists(), reason="no demo report")
 def test_cli_exports_the_demo_pick(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "gguf_metadata", lambda v: (GgufInfo(chat_template=CHATML_JINJA, context_length=8192), "x"))
-    result = CliRunner().invoke(app, ["export", str(ROOT / "recipes/demo.yaml"), "--report",
-                                      str(ROOT / "reports/demo/devices/device-vm-2threads.json"), "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["export", str(ROOT / "recipes/smollm2-formats.yaml"), "--report",
+                                      str(ROOT / "reports/smollm2-formats/devices/device-vm-2threads.json"), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "Modelfile").read_text()
     assert "q6_k" in text.lower() and (tmp_path / "llama-server.sh").exists()

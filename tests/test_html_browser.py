@@ -21,7 +21,7 @@ from toolkit.simulate import PolicyResult
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
-DEMO = Path(__file__).resolve().parent.parent / "reports" / "demo" / "devices"
+DEMO = Path(__file__).resolve().parent.parent / "reports" / "smollm2-formats" / "devices"
 
 # Appended to a copy of a page: reports what was drawn, then picks the x axis `pick_x` (if any) through the
 # menu's own button arguments, and writes the result into the title for --dump-dom to carry out.

@@ -29,7 +29,8 @@ def test_overlapping_repeats_are_a_tie_and_the_most_likely_winner_is_picked():
         w0, w1 = row(rec, "v0").win_probability, row(rec, "v1").win_probability
         assert {rec.pick, *rec.tied_with} == {"v0", "v1"} and len(rec.tied_with) == 1
         assert rec.pick == ("v0" if w0 > w1 else "v1")  # computed here from the win probabilities
-        assert rec.tie_rule == "higher win probability, then lower KL, then lower perplexity, then smaller file"
+        assert rec.tie_rule == ("higher win probability, then lower KL, then lower perplexity (bits per byte across models), "
+                                "then smaller file")
         assert w0 >= TIE_THRESHOLD and w1 >= TIE_THRESHOLD and abs(w0 + w1 - 1) < 1e-9
         other = rec.tied_with[0]
         pick_label, other_label = f"m Q{rec.pick[1]}", f"m Q{other[1]}"

@@ -12,7 +12,7 @@ from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import recommend
 from toolkit.schemas import MODELS, SCHEMA_DIR, render, write
 
-DEMO = Path(__file__).resolve().parent.parent / "reports" / "demo"
+DEMO = Path(__file__).resolve().parent.parent / "reports" / "smollm2-formats"
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -64,7 +64,8 @@ def test_over_budget_variants_do_not_move_the_utility_or_the_pick():
 VALUES = [None, 0.0, 1.0, 2.0, 2.0, 3.0, 3.0]  # small set: ties are common; None is a missing metric
 option_rows = st.lists(
     st.tuples(st.fixed_dictionaries({m: st.sampled_from(VALUES) for m in METRICS}),
-              st.sampled_from(["ok", "ok", "ok", "crash"]), st.sampled_from([None, 1.0, 2.0])),
+              st.sampled_from(["ok", "ok", "ok", "crash"]), st.sampled_from([None, 1.0, 2.0]),
+              st.sampled_from(["a", "a", "a", "b"])),
     min_size=1, max_size=8,
 )
 limit_lists = st.lists(
@@ -75,7 +76,18 @@ alphas = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1))
 
 
 def build(rows) -> list[Option]:
-    return [Option(id=f"v{i}", label=f"v{i}", metrics=dict(m), status=s, size_mb=size) for i, (m, s, size) in enumerate(rows)]
+    return [Option(id=f"v{i}", label=f"v{i}", metrics=dict(m), status=s, size_mb=size, model=model)
+            for i, (m, s, size, model) in enumerate(rows)]
+
+
+def ref_likelihood(options: list[Option]) -> str:
+    """README: perplexity compares one model's variants; across models, bits per byte."""
+    return "bits_per_byte" if len({o.model for o in options if o.status == "ok"}) > 1 else "perplexity"
+
+
+def ref_objectives(feasible: list[Option]) -> list[str]:
+    other = {"perplexity", "bits_per_byte"} - {ref_likelihood(feasible)}
+    return [m for m in OBJECTIVES if m not in other and all(o.metrics[m] is not None for o in feasible)]
 
 
 def ref_feasible(o: Option, limits: list[Limit]) -> bool:
@@ -93,7 +105,7 @@ def ref_utility(o: Option, feasible: list[Option], alpha: float) -> float | None
     option of the basis (a signal counts when every basis option has it and its best is > 0; an option
     without a counted signal, or at 0 on a lower-is-better one, has no utility)."""
     quality, speed = [], []
-    for m, bucket, higher in (("accuracy", quality, True), ("perplexity", quality, False),
+    for m, bucket, higher in (("accuracy", quality, True), (ref_likelihood(feasible), quality, False),
                               ("decode_tps", speed, True), ("ttft_ms", speed, False)):
         values = [p.metrics[m] for p in feasible]
         if None in values:
@@ -109,7 +121,7 @@ def ref_utility(o: Option, feasible: list[Option], alpha: float) -> float | None
     return alpha * q + (1 - alpha) * s
 
 
-def ref_score(o: Option, u: float, priority: str) -> tuple[float, ...]:
+def ref_score(o: Option, u: float, priority: str, likelihood: str = "perplexity") -> tuple[float, ...]:
     """Lower is better; a missing figure is the worst."""
     m = o.metrics
 
@@ -125,7 +137,7 @@ def ref_score(o: Option, u: float, priority: str) -> tuple[float, ...]:
         "balanced": (-u,),
         "pcr": (high(pcr), -u),
         "cost": (low(cost), high(m["decode_tps"])),
-        "quality": (high(m["accuracy"]), low(m["perplexity"]), high(m["decode_tps"])),
+        "quality": (high(m["accuracy"]), low(m[likelihood]), high(m["decode_tps"])),
         "speed": (high(m["decode_tps"]), low(m["ttft_ms"])),
         "memory": (low(m["memory_mb"]), high(m["decode_tps"])),
     }[priority]
@@ -165,18 +177,20 @@ def test_pick_is_the_best_feasible_option_by_brute_force(rows, limits, priority,
             assert o.utility is None if expected is None else math.isclose(o.utility, expected, rel_tol=1e-9, abs_tol=1e-12)
         return
     assert pick.status == "ok" and ref_feasible(pick, limits)
-    best = ref_score(pick, utility[pick.id], priority)
-    assert not any(beats(ref_score(o, utility[o.id], priority), best) for o in feasible)
+    lik = ref_likelihood(feasible)
+    best = ref_score(pick, utility[pick.id], priority, lik)
+    assert not any(beats(ref_score(o, utility[o.id], priority, lik), best) for o in feasible)
     # the front flag is the Pareto front of the feasible options over the objectives they all have
-    objectives = [m for m in OBJECTIVES if all(o.metrics[m] is not None for o in feasible)]
+    objectives = ref_objectives(feasible)
     front = {o.id for o in feasible if not any(ref_dominates(p, o, objectives) for p in feasible)}
-    # among exact ties on the priority: undominated first, then lower KL, lower perplexity, smaller file, id
-    tied = [o for o in feasible if not beats(best, ref_score(o, utility[o.id], priority))]
+    # among exact ties on the priority: undominated first, then lower KL, lower perplexity (bits per byte
+    # across models), smaller file, id
+    tied = [o for o in feasible if not beats(best, ref_score(o, utility[o.id], priority, lik))]
 
     def low(v):
         return math.inf if v is None else v
 
-    assert pick is min(tied, key=lambda o: (o.id not in front, low(o.metrics["kl"]), low(o.metrics["perplexity"]),
+    assert pick is min(tied, key=lambda o: (o.id not in front, low(o.metrics["kl"]), low(o.metrics[lik]),
                                             low(o.size_mb), o.id))
     assert {o.id for o in opts if o.on_front} == front
     for o in opts:

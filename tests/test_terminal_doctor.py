@@ -18,7 +18,7 @@ from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import recommend
 from toolkit.records import DeviceReport
 
-DEMO = Path(__file__).resolve().parent.parent / "reports" / "demo" / "devices"
+DEMO = Path(__file__).resolve().parent.parent / "reports" / "smollm2-formats" / "devices"
 BOX = set("┏┓┗┛┃━│─┌┐└┘├┤┬┴┼╇╈╋┡┩")
 
 

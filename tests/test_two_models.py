@@ -4,10 +4,12 @@ objectives than the rest."""
 
 from __future__ import annotations
 
-from tests import fakes
+import pytest
+
+from tests import factories, fakes
 from tests.conftest import write_recipe
 from toolkit import pipeline
-from toolkit.recipe import load_recipe
+from toolkit.recipe import Budget, Costs, load_recipe
 from toolkit.recommend.engine import recommend
 
 
@@ -47,10 +49,40 @@ def test_a_variant_without_its_quality_is_set_aside_with_the_reason(tmp_path, mo
     pipeline.evaluate(recipe)
     report, _ = pipeline.profile(recipe)
     broken = manifest.variants[3].id
-    quality = [q.model_copy(update={"status": "crash", "reason": "boom", "perplexity": None, "kl_mean": None})
-               if q.variant_id == broken else q for q in report.quality]
+    quality = [q.model_copy(update={"status": "crash", "reason": "boom", "perplexity": None, "bits_per_byte": None,
+                                    "kl_mean": None}) if q.variant_id == broken else q for q in report.quality]
     rec = recommend(report.model_copy(update={"quality": quality}), recipe.budget, recipe.costs)
     row = next(r for r in rec.rows if r.variant_id == broken)
     assert row.status == "incomplete" and row.verdict.startswith("not compared: perplexity not measured (fidelity crash: boom)")
-    assert "perplexity" in rec.objectives and "KL divergence not measured" in row.verdict
+    assert "bits per byte not measured" in row.verdict and "KL divergence not measured" in row.verdict
+    assert "bits_per_byte" in rec.objectives and "perplexity" not in rec.objectives  # two models: per byte, not per token
     assert rec.pick != broken and rec.pick is not None
+
+
+def test_across_tokenizers_quality_is_bits_per_byte_not_perplexity():
+    """Model b's larger vocabulary gives it the higher per-token perplexity, yet it predicts the same text in
+    fewer bits per byte: across models the pick, the front and the utility follow bits per byte."""
+    same = {"ttft": [100, 100, 100], "decode": [50, 50, 50], "mem": 300}
+    report = factories.repeats_report({**same, "model": "a", "ppl": 20.0, "bpb": 1.20},
+                                      {**same, "model": "b", "ppl": 30.0, "bpb": 1.00})
+    rec = recommend(report, Budget(priority="quality"), Costs())
+    assert rec.pick == "v1" and rec.objectives.count("bits_per_byte") == 1 and "perplexity" not in rec.objectives
+    loser = next(r for r in rec.rows if r.variant_id == "v0")
+    assert loser.dominated_by == "v1" and "fewer bits per byte" in loser.verdict
+    assert any("bits per byte on the same 4,096 bytes" in n for n in rec.notes)
+    balanced = recommend(report, Budget(priority="balanced", alpha=1.0), Costs())
+    by_id = {r.variant_id: r for r in balanced.rows}  # quality alone: best bits per byte / own bits per byte
+    assert by_id["v1"].utility == pytest.approx(1.0) and by_id["v0"].utility == pytest.approx(1.00 / 1.20, abs=1e-4)
+
+
+def test_one_model_keeps_perplexity_and_bits_per_byte_does_not_count_twice():
+    same = {"ttft": [100, 100, 100], "decode": [50, 50, 50], "mem": 300}
+    report = factories.repeats_report({**same, "ppl": 20.0, "bpb": 1.0}, {**same, "ppl": 22.0, "bpb": 1.05})
+    rec = recommend(report, Budget(priority="balanced", alpha=1.0), Costs())
+    assert "perplexity" in rec.objectives and "bits_per_byte" not in rec.objectives
+    by_id = {r.variant_id: r for r in rec.rows}
+    assert by_id["v1"].utility == pytest.approx(20.0 / 22.0, abs=1e-4)  # best perplexity / own: the one quality signal
+    assert not any("Quality across models" in n for n in rec.notes)
+    capped = recommend(report, Budget(max_bits_per_byte=1.02), Costs())  # a limit still applies within one model
+    assert capped.pick == "v0" and "bits per byte 1.050 bits > 1.02 bits" in next(
+        r for r in capped.rows if r.variant_id == "v1").verdict

@@ -28,7 +28,7 @@ METRICS: dict[str, tuple[str, int]] = {
     **{m.key: (m.axis, 1 if m.direction == "max" else -1) for m in TABLE},
     "size_mb": ("file size (MB)", -1),
 }
-DEFAULT_AXES = ("ttft_ms", "perplexity")
+DEFAULT_AXES = ("ttft_ms", "perplexity")  # y: bits per byte when the rows span several models (default_axes)
 SYMBOLS = {"gguf": "circle", "onnx": "square", "gptq": "diamond", "hf": "triangle-up"}
 BAND = "rgba(214,39,40,0.10)"
 # Recomputes each panel's 2-D front (in-budget variants, on the axes shown) after an axis picker changes.
@@ -60,6 +60,13 @@ gd.on('plotly_update', edgefirstFront);
 
 def value(row: Row, metric: str) -> float | None:
     return row.size_mb if metric == "size_mb" else row.metrics.get(metric)
+
+
+def default_axes(recs: list[Recommendation]) -> tuple[str, str]:
+    """TTFT against perplexity for one model's variants; against bits per byte (which compares across
+    tokenizers) when the rows span several models."""
+    several = len({model_of(r) for rec in recs for r in rec.rows}) > 1
+    return DEFAULT_AXES[0], "bits_per_byte" if several else DEFAULT_AXES[1]
 
 
 def model_of(row: Row) -> str:
@@ -149,7 +156,7 @@ def pareto_figure(recs: list[Recommendation], titles: list[str] | None = None) -
     metrics = _metrics(recs)
     models = sorted({model_of(r) for rec in recs for r in rec.rows})
     colours = {m: qualitative.D3[i % len(qualitative.D3)] for i, m in enumerate(models)}
-    x0, y0 = (m if m in metrics else metrics[0] for m in DEFAULT_AXES)
+    x0, y0 = (m if m in metrics else metrics[0] for m in default_axes(recs))
     roles: list[tuple[int, str, list[Row]]] = []  # per trace: panel, role, rows behind its points
     shown: set[str] = set()
     for p, rec in enumerate(recs):

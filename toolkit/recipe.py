@@ -97,6 +97,8 @@ class Budget(Strict):
     min_decode_tps: float | None = Field(None, gt=0, description="decode tokens/s, slow end (p10)")
     max_memory_mb: float | None = Field(None, gt=0, description="deploy memory (runtime + model), MB")
     max_perplexity: float | None = Field(None, gt=1, description="perplexity on the recipe's corpus")
+    max_bits_per_byte: float | None = Field(None, gt=0, description="bits per byte on the recipe's corpus (compares "
+                                            "across tokenizers)")
     max_kl: float | None = Field(None, gt=0, description="mean KL divergence from the reference")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="mean accuracy over the evaluated tasks")
     max_energy_j: float | None = Field(None, gt=0, description="energy per response, joules")
@@ -158,6 +160,9 @@ class Recipe(Strict):
     cloud: Cloud = Field(default_factory=Cloud)
     cluster: Cluster = Field(default_factory=Cluster)
     reports_dir: str = "reports/{name}"
+    search: Literal["staged", "exhaustive"] = Field(
+        "staged", description="staged: measure only what can still be the pick, cheapest first (pipeline/search.py); "
+        "exhaustive: every variant fully measured, for every point on the plots")
 
     path: Path | None = Field(None, exclude=True)
 
@@ -188,7 +193,8 @@ class Recipe(Strict):
         return raw if raw.is_absolute() else Path.cwd() / raw
 
     def settings_for_hash(self) -> dict:
-        return self.model_dump(mode="json", exclude={"description", "budget", "workspace", "costs", "cloud", "cluster", "reports_dir"})
+        return self.model_dump(mode="json", exclude={"description", "budget", "workspace", "costs", "cloud", "cluster", "reports_dir",
+                                                        "search"})
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -161,7 +161,8 @@ class Profile(Record):
 
 
 class Quality(Record):
-    """Fidelity of one variant on a local text: perplexity over fixed chunks."""
+    """Fidelity of one variant on a local text: perplexity (per token of its own tokenizer), bits per byte (on
+    the same text for every model) and, against its model's reference, KL divergence and top-1 agreement."""
 
     key: str
     variant_id: str
@@ -172,7 +173,9 @@ class Quality(Record):
     ctx: int
     chunks: int
     tokens_scored: int = 0
+    bytes_scored: int = 0
     perplexity: float | None = None
+    bits_per_byte: float | None = None
     nll_stderr: float | None = None
     reference_id: str | None = None
     kl_mean: float | None = None

@@ -105,7 +105,7 @@ def _wide_table(rec: Recommendation, plain_text: bool | None) -> RichTable:
     table = new_table(title=f"{rec.recipe} on {rec.device} - TTFT at {rec.prompt_tokens} prompt tokens", show_lines=False,
                   caption="front: on the Pareto front of the variants that meet the budget", plain_text=plain_text)
     cols = ["", "variant", "MB", "bpw", "TTFT p90 ms", "prefill tok/s", "decode tok/s p50/p10", "ITL p50/p90 ms",
-            "deploy MB", "process MB", "ppl", "KL", "acc", "J/resp", "USD/1k", "front", "why"]
+            "deploy MB", "process MB", "ppl", "bpb", "KL", "acc", "J/resp", "USD/1k", "front", "why"]
     for col in cols:
         table.add_column(col, no_wrap=col != "why", justify="left" if col in ("variant", "why", "") else "right")
     for r in rec.rows:
@@ -122,7 +122,7 @@ def _wide_table(rec: Recommendation, plain_text: bool | None) -> RichTable:
             f"{_f(d['itl_ms_p50'], 2)}/{_f(d['itl_ms_p90'], 2)}",
             _f(m["memory_mb"], 0),
             _f(d.get("process_peak_mb"), 0),
-            *(cell(k, m.get(k)) for k in ("perplexity", "kl", "accuracy", "energy_j", "cost_per_1k_usd")),
+            *(cell(k, m.get(k)) for k in ("perplexity", "bits_per_byte", "kl", "accuracy", "energy_j", "cost_per_1k_usd")),
             "yes" if r.on_front else "",
             r.verdict,
         )
@@ -144,14 +144,14 @@ def cloud_table(rec: Recommendation) -> RichTable:
 def evaluation_table(manifest: Manifest, quality: list[Quality], accuracy: list[EvalResult]) -> RichTable:
     tasks = sorted({a.task for a in accuracy})
     table = new_table(title="Fidelity to the base model, and accuracy through each variant's runtime")
-    for col in ("variant", "runtime", "ppl", "KL mean", "KL p99", "top-1 agree", *tasks):
+    for col in ("variant", "runtime", "ppl", "bits/byte", "KL mean", "KL p99", "top-1 agree", *tasks):
         table.add_column(col, justify="left" if col in ("variant", "runtime") else "right")
     q_by = {q.variant_id: q for q in quality}
     a_by = {(a.variant_id, a.task): a for a in accuracy}
     for v in manifest.variants:
         q = q_by.get(v.id)
-        cells = [_f(q.perplexity, 2), _f(q.kl_mean, 4), _f(q.kl_p99, 3), _f(q.top1_agreement, 3)] if q and q.status == "ok" else [
-            q.status if q else "-", "", "", ""]
+        cells = [_f(q.perplexity, 2), _f(q.bits_per_byte, 3), _f(q.kl_mean, 4), _f(q.kl_p99, 3), _f(q.top1_agreement, 3)] \
+            if q and q.status == "ok" else [q.status if q else "-", "", "", "", ""]
         for task in tasks:
             a = a_by.get((v.id, task))
             if a and a.status == "ok":

@@ -8,8 +8,8 @@ from pathlib import Path
 from toolkit.fleet import fleet_summary
 from toolkit.io import write_json, write_text
 from toolkit.plots import (
-    DEFAULT_AXES,
     METRICS,
+    default_axes,
     figure_html,
     latency_figure,
     page_head,
@@ -30,7 +30,8 @@ COLUMNS = [
     ("ITL p50/p90 ms", lambda r: f"{_f(r.detail['itl_ms_p50'], 2)}/{_f(r.detail['itl_ms_p90'], 2)}"),
     ("deploy MB", lambda r: cell("memory_mb", r.metrics["memory_mb"])),
     ("process peak MB", lambda r: _f(r.detail.get("process_peak_mb"), 0)),
-    *((BY_KEY[k].column, lambda r, k=k: cell(k, r.metrics.get(k))) for k in ("perplexity", "kl", "accuracy", "energy_j", "cost_per_1k_usd")),
+    *((BY_KEY[k].column, lambda r, k=k: cell(k, r.metrics.get(k))) for k in ("perplexity", "bits_per_byte", "kl", "accuracy", "energy_j",
+                                                                          "cost_per_1k_usd")),
     ("PCR", lambda r: _f(r.pcr, 1)),
     ("runs", lambda r: str(r.rounds) if r.rounds else "-"),
     ("win p", lambda r: _f(r.win_probability, 2)),
@@ -119,7 +120,7 @@ def markdown(rec: Recommendation, image: str | None = None) -> str:
         "",
         f"**{rec.message}**",
         "",
-        *([f"![Pareto plot: {METRICS[DEFAULT_AXES[0]][0]} vs {METRICS[DEFAULT_AXES[1]][0]}]({image})", ""] if image else []),
+        *([f"![Pareto plot: {' vs '.join(METRICS[a][0] for a in default_axes([rec]))}]({image})", ""] if image else []),
         f"- Answer: {rec.answer}; priority: {rec.budget.priority} (alpha {rec.budget.alpha:g})",
         f"- Response shape: {rec.prompt_tokens} prompt tokens, {rec.output_tokens} output tokens",
         f"- Budget: {'; '.join(_budget_lines(rec))}",

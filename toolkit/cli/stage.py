@@ -85,16 +85,25 @@ def doctor(
 
 
 @app.command()
-def run(recipe: RecipeArg) -> None:
-    """All stages: compress, evaluate, profile, recommend. Finished work is reused."""
+def run(
+    recipe: RecipeArg,
+    exhaustive: Annotated[bool, typer.Option("--exhaustive", help="measure every variant fully (recipe `search: "
+                                             "exhaustive`), not only those that can still be the pick")] = False,
+) -> None:
+    """All stages: compress, evaluate, profile, recommend; the staged search measures only what can still be the
+    pick (pipeline/search.py). Finished work is reused."""
     r = load_recipe(recipe)
+    if exhaustive:
+        r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:
         manifest = pipeline.compress(r, update)
     show(manifest_table(manifest), wide=True)
     with progress_bar() as update:
-        pipeline.evaluate(r, update)
-    with progress_bar() as update:
-        _, path = pipeline.profile(r, update)
+        if r.search == "staged":
+            _, path = pipeline.search(r, update)
+        else:
+            pipeline.evaluate(r, update)
+            _, path = pipeline.profile(r, update)
     console.print(f"device report: {path}")
     show_recommendation(r, r.budget, [path])
 

@@ -52,14 +52,19 @@ def eval_path(recipe: Recipe, variant: Variant, task: str) -> tuple[str, Path]:
     return key, recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
 
 
-def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet) -> list[EvalResult]:
-    results = []
+def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
+             ruled_out: dict[str, str] | None = None) -> list[EvalResult]:
+    """Every variant on every task, except those in `ruled_out` (pipeline/search.py): they get the reason."""
+    results, ruled_out = [], ruled_out or {}
     for task in recipe.accuracy.tasks:
         folder = task_dir(task)
         metric = TASKS[task].metric if task in TASKS else "acc"
         for done, variant in enumerate(manifest.variants):
             progress(f"{task} {variant.label}", done, len(manifest.variants))
             key, path = eval_path(recipe, variant, task)
+            if variant.id in ruled_out:
+                results.append(stored(path, EvalResult) or _not_run(recipe, variant, task, key, ruled_out[variant.id]))
+                continue
             evaluate = functools.partial(_eval_task, recipe, variant, task, folder, metric, key)
             results.append(load_or_compute(path, EvalResult, evaluate))
     return results
@@ -88,7 +93,18 @@ def _eval_task(recipe: Recipe, variant: Variant, task: str, folder: str | None, 
     )
 
 
-def load_accuracy(recipe: Recipe, manifest: Manifest) -> list[EvalResult]:
-    """Stored accuracy results for the manifest's variants under the recipe's current settings."""
-    found = (stored(eval_path(recipe, v, task)[1], EvalResult) for task in recipe.accuracy.tasks for v in manifest.variants)
-    return [r for r in found if r is not None]
+def _not_run(recipe: Recipe, variant: Variant, task: str, key: str, reason: str) -> EvalResult:
+    return EvalResult(key=key, variant_id=variant.id, task=task, limit=recipe.accuracy.limit, runtime=variant.runtime,
+                      status="skipped", reason=reason)
+
+
+def load_accuracy(recipe: Recipe, manifest: Manifest, ruled_out: dict[str, str] | None = None) -> list[EvalResult]:
+    """Stored accuracy results for the manifest's variants under the recipe's current settings; a variant in
+    `ruled_out` without one gets the reason it was not evaluated."""
+    out, ruled_out = [], ruled_out or {}
+    for task in recipe.accuracy.tasks:
+        for v in manifest.variants:
+            key, path = eval_path(recipe, v, task)
+            if found := stored(path, EvalResult) or (_not_run(recipe, v, task, key, ruled_out[v.id]) if v.id in ruled_out else None):
+                out.append(found)
+    return out

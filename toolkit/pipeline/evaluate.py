@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from toolkit.pipeline.accuracy import accuracy
 from toolkit.pipeline.fidelity import fidelity
+from toolkit.pipeline.gates import quality_gate
 from toolkit.pipeline.workspace import Progress, corpus, load_manifest, quiet, workspace
 from toolkit.recipe import Recipe
 from toolkit.records import EvalResult, Quality
@@ -13,6 +14,7 @@ def evaluate(recipe: Recipe, progress: Progress = quiet) -> tuple[list[Quality],
     workspace(recipe)
     manifest = load_manifest(recipe)
     quality = fidelity(recipe, manifest, corpus(recipe), progress)
-    results = accuracy(recipe, manifest, progress)
+    ruled_out = quality_gate(recipe, quality) if recipe.search == "staged" else {}  # pipeline/search.py
+    results = accuracy(recipe, manifest, progress, ruled_out)
     progress("done", len(manifest.variants), len(manifest.variants))
     return quality, results

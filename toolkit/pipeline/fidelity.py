@@ -1,5 +1,5 @@
-"""Stage 2a: fidelity of every variant to the base model: perplexity, KL divergence and top-1 agreement on
-identical tokens of the recipe's corpus, each variant in its own runtime and process."""
+"""Stage 2a: fidelity of every variant to its model's reference: perplexity, bits per byte, KL divergence and
+top-1 agreement on identical tokens of the recipe's corpus, each variant in its own runtime and process."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from toolkit.recipe import Recipe
 from toolkit.records import Manifest, Quality, Variant
 from toolkit.runtimes import get_runtime
 
-FIDELITY_VERSION = 3  # bump when the scoring method changes, so cached results are recomputed
+FIDELITY_VERSION = 4  # bump when the scoring method changes, so cached results are recomputed
 
 
 def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
@@ -44,7 +44,7 @@ def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progres
             logits = jobs.ReferenceLogits(dir=str(ref_dir), write=is_ref)
             path = quality_path(recipe, variant, digest, reference)
             score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id)
-            reusable = not is_ref or (ref_dir / "tokens.npy").exists()  # the reference's logits must be there too
+            reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
             results.append(load_or_compute(path, Quality, score, reusable))
     order = {v.id: i for i, v in enumerate(manifest.variants)}
     return sorted(results, key=lambda q: order[q.variant_id])
@@ -73,7 +73,8 @@ def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str
     base["chunks"] = d.chunks
     own = reference.write  # the reference against itself: KL 0, top-1 agreement 1
     return Quality(
-        status="ok", tokens_scored=d.tokens_scored, perplexity=round(d.perplexity, 4), nll_stderr=round(d.nll_stderr, 5),
+        status="ok", tokens_scored=d.tokens_scored, bytes_scored=d.bytes_scored, perplexity=round(d.perplexity, 4),
+        bits_per_byte=round(d.bits_per_byte, 5), nll_stderr=round(d.nll_stderr, 5),
         reference_id=ref_id,
         kl_mean=round(d.kl_mean, 6) if d.kl_mean is not None else (0.0 if own else None),
         kl_p99=round(d.kl_p99, 6) if d.kl_p99 is not None else None,

@@ -83,7 +83,9 @@ class ProfileResult(Result):
 class FidelityResult(Result):
     chunks: int
     tokens_scored: int
+    bytes_scored: int
     perplexity: float
+    bits_per_byte: float
     nll_stderr: float
     kl_mean: float | None = None
     kl_p99: float | None = None

@@ -14,6 +14,7 @@ from toolkit.pipeline.accuracy import load_accuracy
 from toolkit.pipeline.cache import load_or_compute
 from toolkit.pipeline.certify import certify
 from toolkit.pipeline.fidelity import load_quality
+from toolkit.pipeline.gates import quality_gate
 from toolkit.pipeline.workspace import Progress, corpus, device_fingerprint, load_manifest, quiet, workspace
 from toolkit.profiling.meters.summary import profile_energy
 from toolkit.profiling.roofline import Roofline
@@ -30,9 +31,13 @@ ROUND_SETTINGS = {"power", "rounds", "max_rounds", "target_win_probability", "ex
 
 
 def profile(
-    recipe: Recipe, progress: Progress = quiet, out: Path | None = None, formats: list[str] | None = None
+    recipe: Recipe, progress: Progress = quiet, out: Path | None = None, formats: list[str] | None = None,
+    ruled_out: dict[str, str] | None = None, certify_pick: bool = True, write: bool = True,
+    not_evaluated: dict[str, str] | None = None,
 ) -> tuple[DeviceReport, Path]:
-    """Measure every variant on this device, certify the pick, and write the device report."""
+    """Measure every variant on this device, certify the pick, and write the device report. Variants in
+    `ruled_out` are not measured, and those in `not_evaluated` have no accuracy (pipeline/search.py): their
+    rows carry the reason."""
     ws = workspace(recipe)
     manifest = load_manifest(recipe)
     if formats:
@@ -41,7 +46,10 @@ def profile(
             raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
     device = device_fingerprint(recipe)
     text = corpus(recipe)
-    variants = {v.id: v for v in manifest.variants}
+    quality = load_quality(recipe, manifest, sha256_file(corpus(recipe)))
+    if ruled_out is None:  # the staged search profiles nothing whose fidelity already breaks the budget
+        ruled_out = quality_gate(recipe, quality) if recipe.search == "staged" else {}
+    variants = {v.id: v for v in manifest.variants if v.id not in ruled_out}
     count = {"done": 0}
 
     def one_round(vid: str, index: int) -> Profile:
@@ -53,20 +61,30 @@ def profile(
         roofline=device_roofline(ws, device), recipe=recipe.name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         toolkit_version=__version__, device=device,
         power=DevicePower(**recipe.device.power.model_dump()) if recipe.device.power else None,
-        variants=manifest.variants, profiles=[], quality=load_quality(recipe, manifest, sha256_file(text)),
-        accuracy=load_accuracy(recipe, manifest),
+        variants=manifest.variants, profiles=[], quality=quality,
+        accuracy=load_accuracy(recipe, manifest, ruled_out | (not_evaluated or {})),
     )
+    unmeasured = [_ruled_out(recipe, v, device, ruled_out[v.id]) for v in manifest.variants if v.id in ruled_out]
     dev = recipe.device
     report = run_rounds(
-        Rounds(list(variants), one_round), lambda profiles: base.model_copy(update={"profiles": profiles}),
+        Rounds(list(variants), one_round), lambda profiles: base.model_copy(update={"profiles": profiles + unmeasured}),
         lambda rep: _contenders(recipe, rep), lambda rep: _standing(recipe, rep),
         dev.rounds, dev.max_rounds, dev.target_win_probability, dev.extra_time_s,
     )
-    report = certify(recipe, report, lambda r, v, i: measure_round(r, v, device, text, ws, i, "certify"), progress)
+    if certify_pick:
+        report = certify(recipe, report, lambda r, v, i: measure_round(r, v, device, text, ws, i, "certify"), progress)
     progress("done", count["done"], count["done"])
     target = out or ws / "reports" / f"device-{device.hostname}-{device.id}.json"
-    write_json(target, report)
+    if write:
+        write_json(target, report)
     return report, target
+
+
+def _ruled_out(recipe: Recipe, variant: Variant, device: DeviceFingerprint, reason: str) -> Profile:
+    """The row of a variant the staged search did not profile: what it is, and why it was not measured."""
+    return Profile(key="", variant_id=variant.id, variant_name=variant.label, format=variant.format, runtime=variant.runtime,
+                   device=device, status="skipped", reason=reason, file_size_mb=round(variant.size_bytes / 2**20, 2),
+                   settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}))
 
 
 def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:

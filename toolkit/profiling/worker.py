@@ -42,12 +42,11 @@ def run_job(job: dict) -> dict:
     session = runtime.open_session(job["path"], job["threads"], n_ctx, job["n_batch"])
     load_ms = (time.perf_counter() - start) * 1000
     text = Path(job["corpus"]).read_text(encoding="utf-8")
-    tokens = session.tokenize(text)
     try:
         if job["kind"] == "profile":
-            result = profile(session, tokens, job)
+            result = profile(session, session.tokenize(text), job)
         else:
-            result = perplexity(session, tokens, job["ctx"], job["chunks"], job.get("reference"))
+            result = perplexity(session, text, job["ctx"], job["chunks"], job.get("reference"))
     finally:
         session.close()
     result["load_ms"] = load_ms
@@ -134,11 +133,11 @@ def timed_runs(session, tokens: list[int], job: dict, energy: Recorder) -> dict:
     }
 
 
-def perplexity(session, tokens: list[int], ctx: int, chunks: int, reference: dict | None = None) -> dict:
-    """Perplexity, KL divergence and top-1 agreement in one scoring pass (see `toolkit.quality.fidelity`)."""
+def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None) -> dict:
+    """Perplexity, bits per byte, KL divergence and top-1 agreement in one pass (`toolkit.quality.fidelity`)."""
     from toolkit.quality.fidelity import perplexity as score_fidelity
 
-    return score_fidelity(session, tokens, ctx, chunks, reference)
+    return score_fidelity(session, text, ctx, chunks, reference)
 
 
 def lm_eval_job(job: dict) -> dict:

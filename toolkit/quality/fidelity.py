@@ -1,5 +1,6 @@
-"""Scoring token windows: the one pass that perplexity, KL divergence, top-1 agreement and lm-eval's rolling
-log-likelihood all read. Only numpy here: the fidelity worker of an ONNX variant loads neither torch nor lm-eval.
+"""Scoring token windows: the one pass that perplexity, bits per byte, KL divergence, top-1 agreement and
+lm-eval's rolling log-likelihood all read. Only numpy here: the fidelity worker of an ONNX variant loads neither
+torch nor lm-eval.
 
 A window is (context, target): the log-probabilities of `target`'s tokens given everything before them. Sessions
 with `score_many` (llama.cpp, onnxruntime) score many windows per runtime call and compute logits only where a
@@ -78,30 +79,75 @@ def rolling_loglikelihood(session, windows: list[tuple[list[int], list[int]]], b
             for logits, (_, target) in zip(window_logits(session, windows, batched), windows, strict=True)]
 
 
-def perplexity(session, tokens: list[int], ctx: int, chunks: int, reference: dict | None = None, batched: bool = True) -> dict:
-    """llama.cpp's perplexity method: chunks of `ctx` tokens, score the second half of each.
+PASSAGE_BYTES_PER_CTX = 2  # a passage holds ctx * 2 bytes of text: about ctx / 2 tokens of English BPE
 
-    With `reference`, fidelity too: the reference run writes its token ids and next-token log-probs;
-    every other variant reads them, scores the *same* token ids, and reports mean KL divergence
-    (reference || variant) and top-1 agreement, as llama.cpp's KL-divergence mode does. Perplexity, KL and
-    top-1 come from one pass: each chunk's second half is scored once (several chunks per runtime call where
-    the session batches), and its log-softmax serves all three.
+
+def passages(text: str, ctx: int, count: int) -> list[str]:
+    """The first `count` passages of whole lines, each at least ctx * 2 bytes: the same text for every tokenizer,
+    so that bits per byte compare across models."""
+    out, current, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        size += len(line.encode())
+        if size >= ctx * PASSAGE_BYTES_PER_CTX:
+            out.append("".join(current))
+            current, size = [], 0
+            if len(out) == count:
+                break
+    return out
+
+
+def text_windows(session, text: str, ctx: int, chunks: int) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """Scoring windows over `chunks` pairs of passages: the second passage of each pair given the first, in
+    pieces of at most ctx / 2 tokens, each with as much preceding text as fits in ctx tokens. Returns the
+    windows and, per window, the UTF-8 bytes its target tokens cover (the whole second passage per pair)."""
+    found = passages(text, ctx, 2 * chunks)
+    if len(found) < 2:
+        raise ValueError(f"corpus has fewer than two passages of {ctx * PASSAGE_BYTES_PER_CTX} bytes")
+    windows, sizes = [], []
+    bos = [session.bos] if session.add_bos and session.bos is not None else []
+    pairs = len(found) // 2
+    for first, second in zip(found[0:2 * pairs:2], found[1:2 * pairs:2], strict=True):
+        context = bos + session.tokenize(first)
+        joint = bos + session.tokenize(first + second)
+        cut = _common_prefix(context, joint)  # a tokenizer may merge across the line break: score from there
+        piece = max(1, ctx // 2)
+        for start in range(cut, len(joint), piece):
+            end = min(start + piece, len(joint))
+            windows.append((joint[max(0, end - ctx):start], joint[start:end]))
+            sizes.append(0)
+        exact = cut == len(context)  # else the bytes of the tokens scored, as the tokenizer spells them
+        sizes[-1] = len(second.encode()) if exact else len(session.detokenize(joint[cut:]).encode())
+    return windows, sizes
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return max(n, 1)
+
+
+def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None, batched: bool = True) -> dict:
+    """Perplexity and bits per byte on the same text for every model, and fidelity to a reference.
+
+    The text is cut into passages of whole lines (`text_windows`); each pair's second passage is scored given
+    the first. Perplexity is per token of the model's own tokenizer; bits per byte divides the same
+    log-likelihood by the text's UTF-8 bytes, which compares across tokenizers (lm-eval's `bits_per_byte`).
+    With `reference`, fidelity too: the reference run writes its windows and next-token log-probs; every other
+    variant of the model reads them, scores the *same* token ids, and reports mean KL divergence
+    (reference || variant) and top-1 agreement, as llama.cpp's KL-divergence mode does. All of it comes from
+    one pass: each window's log-softmax serves every figure.
     """
     ref_dir = Path(reference["dir"]) if reference else None
     writing = bool(reference and reference["write"])
     if ref_dir and not writing:
-        tokens = np.load(ref_dir / "tokens.npy").tolist()
-    available = len(tokens) // ctx
-    if available < 1:
-        raise ValueError(f"corpus has {len(tokens)} tokens, fewer than one chunk of {ctx}")
-    n_chunks = min(chunks, available)
-    first = ctx // 2
-    windows = []
-    for i in range(n_chunks):
-        chunk = list(tokens[i * ctx:(i + 1) * ctx])
-        if session.add_bos and session.bos is not None:
-            chunk[0] = session.bos
-        windows.append((chunk[:first], chunk[first:]))
+        stored = np.load(ref_dir / "windows.npz")
+        n = len(stored["sizes"])
+        windows = [(stored[f"c{i}"].tolist(), stored[f"t{i}"].tolist()) for i in range(n)]
+        sizes = stored["sizes"].tolist()
+    else:
+        windows, sizes = text_windows(session, text, ctx, chunks)
     nll, kl, agree = [], [], []
     for i, (logits, (_, target)) in enumerate(zip(window_logits(session, windows, batched), windows, strict=True)):
         logp = log_softmax(logits)
@@ -112,13 +158,17 @@ def perplexity(session, tokens: list[int], ctx: int, chunks: int, reference: dic
             ref = np.load(ref_dir / f"logp-{i}.npy").astype(np.float64)
             kl.append((np.exp(ref) * (ref - logp)).sum(axis=1))
             agree.append(ref.argmax(axis=1) == logp.argmax(axis=1))
-    if writing:
-        np.save(ref_dir / "tokens.npy", np.asarray(tokens[: n_chunks * ctx], dtype=np.int32))
+    if writing:  # last, so that its presence means the logits are all there
+        arrays = {f"c{i}": np.asarray(c, np.int32) for i, (c, _) in enumerate(windows)}
+        arrays |= {f"t{i}": np.asarray(t, np.int32) for i, (_, t) in enumerate(windows)}
+        np.savez(ref_dir / "windows.npz", sizes=np.asarray(sizes, np.int64), **arrays)
     values = np.concatenate(nll)
     out = {
-        "chunks": n_chunks,
+        "chunks": sum(1 for s in sizes if s),
         "tokens_scored": int(values.size),
+        "bytes_scored": int(sum(sizes)),
         "perplexity": float(np.exp(values.mean())),
+        "bits_per_byte": float(values.sum() / np.log(2) / sum(sizes)),
         "nll_stderr": float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0,
     }
     if kl:

@@ -13,7 +13,7 @@ from toolkit.recipe import Budget, Costs
 from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.metrics import BY_BUDGET
-from toolkit.recommend.options import draws, options_at
+from toolkit.recommend.options import draws, noise_margin, options_at
 from toolkit.recommend.select import TIE_RULE, Limit, Option, check, choose, explain, select, shared_objectives
 from toolkit.records import Certification, DeviceReport, Profile, Record
 
@@ -131,7 +131,8 @@ def recommend(
     order = choose(options, limits, budget.priority, budget.alpha, vetoes)
     pick, tied, win = (order[0] if order else None), [], {}
     if pick:
-        drawn = draws(report, options, prompt_tokens, budget.output_tokens, costs)
+        reach = noise.within_reach(options, limits, noise_margin(report), vetoes)
+        drawn = draws(report, options, prompt_tokens, budget.output_tokens, costs, reach)
         win = noise.win_probabilities(drawn, limits, budget.priority, budget.alpha, vetoes)
         pick, tied = noise.settle(order, win)
     explain(options, pick, budget.priority, win, tied)
@@ -256,8 +257,15 @@ def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[
 
 
 def _notes(report: DeviceReport) -> list[str]:
-    notes = sorted({n for v in report.variants for n in v.notes if "dequantized" in n})
-    return [f"Reference weights: {n}." for n in notes]
+    notes = [f"Reference weights: {n}." for n in sorted({n for v in report.variants for n in v.notes if "dequantized" in n})]
+    models = sorted({v.model for v in report.variants if v.model})
+    if len(models) > 1:
+        scored = next((q.bytes_scored for q in report.quality if q.status == "ok" and q.bytes_scored), None)
+        text = f"the same {scored:,} bytes of {report.quality[0].corpus}" if scored else "the same text"
+        notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
+                     "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
+                     "reference, so neither compares across models.")
+    return notes
 
 
 def _closest(options: list[Option]) -> tuple[str, list[str]]:

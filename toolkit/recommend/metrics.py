@@ -41,6 +41,8 @@ METRICS: tuple[Metric, ...] = (
            "max_memory_mb", "deploy memory <= {bound:g} MB", "less memory"),
     Metric("perplexity", "perplexity", "", "min", 2, "ppl", "ppl", "perplexity",
            "max_perplexity", "perplexity <= {bound:g}", "lower perplexity"),
+    Metric("bits_per_byte", "bits per byte", "bits", "min", 3, "bits/byte", "bpb", "bits per byte (lower is better)",
+           "max_bits_per_byte", "bits per byte <= {bound:g}", "fewer bits per byte", 3),
     Metric("kl", "KL divergence", "nats", "min", 4, "KL", "KL", "KL divergence (nats)",
            "max_kl", "KL divergence <= {bound:g}", None, 4),
     Metric("accuracy", "mean accuracy", "", "max", 3, "acc", "acc", "mean accuracy",

@@ -1,7 +1,8 @@
 """Noise-aware comparison: how often each variant would be the pick again, and when variants are tied.
 
 Win probability: a bootstrap over the timing repeats. In each of RESAMPLES resamples (numpy, fixed SEED, so
-a report is reproducible) every measured variant's repeats are redrawn with replacement: TTFT at the
+a report is reproducible) the repeats of every variant within reach of the budget (`within_reach`: it meets
+every limit with its timings `device.noise_margin` better) are redrawn with replacement: TTFT at the
 prompt length, decode tok/s and RAPL watts where measured. The figures the budget sees are recomputed
 from the redrawn repeats exactly as from the measured ones (TTFT p90, decode p10, energy and cost from the
 medians), and the same selection (`select.choose`: feasibility, then utility and priority among the
@@ -11,8 +12,8 @@ fidelity and accuracy have no repeats and stay fixed.
 Tie set: the shortest head of the ranking on the measured figures that holds every in-budget variant with
 win probability >= TIE_THRESHOLD (a variant that wins at least 1 resample in 20 cannot be told apart from
 the best; taking the head keeps every variant that ranks above a tied one in the set). The pick is the
-tie set's most likely winner (`select.TIE_RULE`: higher win probability, then lower KL, lower perplexity,
-smaller file). A rule by fidelity first was tried and measured (bench/bench_stability.py): a variant that
+tie set's most likely winner (`select.TIE_RULE`: higher win probability, then lower KL, lower perplexity or,
+across models, bits per byte, smaller file). A rule by fidelity first was tried and measured (bench/bench_stability.py): a variant that
 wins 5-25% of resamples enters the tie set in some runs and not in others, and with it the pick flipped
 between runs; the most likely winner is in every run's tie set.
 """
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from toolkit.recommend.select import Limit, Option, choose, tiebreak
+from toolkit.recommend.select import Limit, Option, check, choose, likelihood_measure, tiebreak
 from toolkit.records import Stat
 
 RESAMPLES = 1000
@@ -101,7 +102,8 @@ def settle(order: list[Option], win: dict[str, float], threshold: float = TIE_TH
     """The final pick and the tie set (see the module docstring); `order` is the feasible ranking, best first."""
     last = max((i for i, o in enumerate(order) if win.get(o.id, 0.0) >= threshold), default=0)
     tied = order[: last + 1]
-    return min(tied, key=lambda o: (-win.get(o.id, 0.0), *tiebreak(o))), tied
+    likelihood = likelihood_measure(order)
+    return min(tied, key=lambda o: (-win.get(o.id, 0.0), *tiebreak(o, likelihood))), tied
 
 
 TIMED = {"ttft_ms": "min", "decode_tps": "max", "energy_j": "min", "cost_per_1k_usd": "min"}  # figures timings move
@@ -113,7 +115,17 @@ def shifted(o: Option, factor: float) -> Option:
     for metric, direction in TIMED.items():
         if metrics.get(metric) is not None:
             metrics[metric] = metrics[metric] * factor if direction == "max" else metrics[metric] / factor
-    return Option(id=o.id, label=o.label, metrics=metrics, status=o.status, reason=o.reason, size_mb=o.size_mb)
+    return Option(id=o.id, label=o.label, metrics=metrics, status=o.status, reason=o.reason, size_mb=o.size_mb,
+                  model=o.model)
+
+
+def within_reach(options: list[Option], limits: list[Limit], margin: float, vetoes: dict[str, str] | None = None) -> set[str]:
+    """Measured variants that would meet every limit with their timings `margin` better: the only ones a
+    resample could make the pick. The bootstrap leaves the rest out, and they do not pool into the process
+    spread, so a variant far over budget changes nobody's win probability, whether it was measured
+    (`search: exhaustive`) or ruled out before measuring (pipeline/search.py)."""
+    vetoes = vetoes or {}
+    return {o.id for o in options if o.status == "ok" and o.id not in vetoes and not check(shifted(o, 1 + margin), limits)}
 
 
 def can_still_win(options: list[Option], limits: list[Limit], priority: str, alpha: float, margin: float,

@@ -3,16 +3,17 @@ shape, with details for the reports, and bootstrap draws of the timing figures f
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
 
 from toolkit.profiling.meters.summary import measured_watts
 from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
-from toolkit.recipe import Costs
+from toolkit.recipe import Costs, Device
 from toolkit.recommend import noise
 from toolkit.recommend.metrics import BY_KEY
-from toolkit.recommend.select import Option
+from toolkit.recommend.select import RULED_OUT, Option
 from toolkit.records import DeviceReport, Profile, Stat
 
 J_PER_KWH = 3.6e6
@@ -32,6 +33,7 @@ def options_at(report: DeviceReport, prompt_tokens: int, output_tokens: int, cos
     quality = {q.variant_id: q for q in report.quality if q.status == "ok"}
     accuracy = mean_accuracy(report)
     sizes = {v.id: v.size_bytes / 2**20 for v in report.variants}
+    models = {v.id: v.model for v in report.variants}
     options, details = [], {}
     for prof in report.profiles:
         q = quality.get(prof.variant_id)
@@ -44,6 +46,7 @@ def options_at(report: DeviceReport, prompt_tokens: int, output_tokens: int, cos
             "decode_tps": timed["decode_tps"],
             "memory_mb": prof.deploy_rss_mb if prof.deploy_rss_mb is not None else prof.peak_rss_mb,
             "perplexity": q.perplexity if q else None,
+            "bits_per_byte": q.bits_per_byte if q else None,
             "accuracy": round(accuracy[prof.variant_id], 5) if prof.variant_id in accuracy else None,
             "kl": q.kl_mean if q else None,
             "energy_j": timed["energy_j"],
@@ -65,12 +68,12 @@ def options_at(report: DeviceReport, prompt_tokens: int, output_tokens: int, cos
         }
         status = prof.status if prof.status != "ok" or timing else "skipped"
         options.append(Option(id=prof.variant_id, label=prof.variant_name, metrics=metrics, status=status,
-                              reason=prof.reason, size_mb=sizes.get(prof.variant_id)))
+                              reason=prof.reason, size_mb=sizes.get(prof.variant_id), model=models.get(prof.variant_id, "")))
     _flag_incomplete(report, options)
     return options, details
 
 
-QUALITY_METRICS = ("perplexity", "kl", "accuracy")
+QUALITY_METRICS = ("perplexity", "bits_per_byte", "kl", "accuracy")
 
 
 def _flag_incomplete(report: DeviceReport, options: list[Option]) -> None:
@@ -82,15 +85,18 @@ def _flag_incomplete(report: DeviceReport, options: list[Option]) -> None:
         if not lacking or len(lacking) == len(measured):
             continue
         for o in lacking:
-            why = f"{BY_KEY[metric].name} not measured ({_why_missing(report, o.id, metric)})"
-            o.status, o.reason = "incomplete", "; ".join(filter(None, [o.reason if o.status == "incomplete" else None, why]))
+            missing = _why_missing(report, o.id, metric)
+            why = missing if missing.startswith(RULED_OUT) else f"{BY_KEY[metric].name} not measured ({missing})"
+            earlier = o.reason if o.status == "incomplete" else None
+            o.status, o.reason = "incomplete", earlier if earlier == why else "; ".join(filter(None, [earlier, why]))
 
 
 def _why_missing(report: DeviceReport, variant_id: str, metric: str) -> str:
     if metric == "accuracy":
-        failed = [f"{r.task}: {r.status}" + (f" - {r.reason}" if r.reason else "")
-                  for r in report.accuracy if r.variant_id == variant_id and r.status != "ok"]
-        return "; ".join(failed) or "not evaluated on every task"
+        failed = [r for r in report.accuracy if r.variant_id == variant_id and r.status != "ok"]
+        if failed and all(r.reason == failed[0].reason and (r.reason or "").startswith(RULED_OUT) for r in failed):
+            return failed[0].reason  # one reason for every task: the staged search did not evaluate it
+        return "; ".join(f"{r.task}: {r.status}" + (f" - {r.reason}" if r.reason else "") for r in failed) or "not evaluated on every task"
     q = next((q for q in report.quality if q.variant_id == variant_id), None)
     if q is None:
         return "fidelity not scored"
@@ -118,12 +124,12 @@ def _timed(ttft: Figures | None, decode: Figures | None, watts: float | None, ou
 
 
 def draws(report: DeviceReport, options: list[Option], prompt_tokens: int, output_tokens: int,
-           costs: Costs) -> Iterator[list[Option]]:
-    """noise.RESAMPLES option sets, each with the timing figures of every measured variant recomputed from
-    its repeats redrawn with replacement (see noise.py); everything else as measured."""
-    rng = np.random.default_rng(noise.SEED)
+          costs: Costs, reach: set[str] | None = None) -> Iterator[list[Option]]:
+    """noise.RESAMPLES option sets, each with the timing figures of every measured variant in `reach` (default:
+    all) recomputed from its repeats redrawn with replacement (see noise.py); everything else as measured.
+    Each variant draws from its own random stream, so who else is in the set does not change its draws."""
     n = noise.RESAMPLES
-    measured = {o.id: o for o in options if o.status == "ok"}
+    measured = {o.id: o for o in options if o.status == "ok" and (reach is None or o.id in reach)}
     profiles = [p for p in report.profiles if p.variant_id in measured]
     ttfts = {p.variant_id: t.ttft_ms if (t := p.prompt(prompt_tokens)) else None for p in profiles}
     sigma = {"ttft": noise.process_sigma(ttfts.values()), "decode": noise.process_sigma(p.decode_tps for p in profiles),
@@ -131,6 +137,7 @@ def draws(report: DeviceReport, options: list[Option], prompt_tokens: int, outpu
     columns = []
     for prof in profiles:
         o = measured[prof.variant_id]
+        rng = np.random.default_rng([noise.SEED, zlib.crc32(o.id.encode())])
         ttft = noise.resample(ttfts[prof.variant_id], rng, n, sigma["ttft"])
         decode = noise.resample(prof.decode_tps, rng, n, sigma["decode"])
         rapl = noise.resample(measured_watts(prof), rng, n, sigma["rapl"])
@@ -140,7 +147,7 @@ def draws(report: DeviceReport, options: list[Option], prompt_tokens: int, outpu
         drawn = []
         for o, ttft, decode, watts in columns:
             timed, _ = _timed(_at(ttft, b), _at(decode, b), watts[b], output_tokens, costs)
-            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed}, size_mb=o.size_mb))
+            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed}, size_mb=o.size_mb, model=o.model))
         yield drawn
 
 
@@ -157,6 +164,12 @@ def _predicted(report: DeviceReport, prof: Profile) -> dict[str, float]:
     if variant.n_params:
         out["predicted_prefill_tps"] = round(roofline_prefill_tps(variant.n_params, report.roofline.gflops), 1)
     return out
+
+
+def noise_margin(report: DeviceReport) -> float:
+    """The run-to-run swing the profile's rounds allowed for (`device.noise_margin`, kept in each profile)."""
+    found = next((p.settings["noise_margin"] for p in report.profiles if "noise_margin" in p.settings), None)
+    return float(found) if found is not None else Device.model_fields["noise_margin"].default
 
 
 def watts_of(report: DeviceReport, prof: Profile) -> float | None:

@@ -20,9 +20,12 @@ from toolkit.recommend.metrics import BY_KEY, OBJECTIVES
 
 # The Pareto objectives and their directions come from the metrics table; every limit is checked against
 # the conservative figure (p90 latency, p10 speed).
-TIE_RULE = "higher win probability, then lower KL, then lower perplexity, then smaller file"
-QUALITY_SIGNALS = ("accuracy", "perplexity")
+TIE_RULE = "higher win probability, then lower KL, then lower perplexity (bits per byte across models), then smaller file"
 SPEED_SIGNALS = ("decode_tps", "ttft_ms")
+# How well a model predicts the corpus: perplexity is per token of the model's own tokenizer, so it compares
+# variants of one model only; bits per byte (the same text, per UTF-8 byte) compares across models.
+PER_TOKEN, PER_BYTE = "perplexity", "bits_per_byte"
+RULED_OUT = "not measured further: "  # the reason's start for a variant the staged search left (pipeline/search.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Option:
     status: str = "ok"
     reason: str | None = None
     size_mb: float | None = None
+    model: str = ""  # the candidate model: perplexity compares within one model only
     on_front: bool = False
     violations: list[str] = field(default_factory=list)
     dominated_by: str | None = None
@@ -71,10 +75,18 @@ def dominates(a: dict[str, float | None], b: dict[str, float | None], objectives
     return strictly
 
 
+def likelihood_measure(options: list[Option]) -> str:
+    """The corpus-likelihood figure these options compare on: perplexity when they all come from one model
+    (one tokenizer), bits per byte when they span several models."""
+    return PER_BYTE if len({o.model for o in options if o.status == "ok"}) > 1 else PER_TOKEN
+
+
 def shared_objectives(options: list[Option]) -> list[str]:
-    """Objectives every measured option in `options` has a value for."""
+    """Objectives every measured option in `options` has a value for (one of perplexity and bits per byte,
+    see `likelihood_measure`: the two order one model's variants alike)."""
     ok = [o for o in options if o.status == "ok"]
-    return [m for m in OBJECTIVES if ok and all(o.metrics.get(m) is not None for o in ok)]
+    unused = ({PER_TOKEN, PER_BYTE} - {likelihood_measure(ok)})
+    return [m for m in OBJECTIVES if ok and m not in unused and all(o.metrics.get(m) is not None for o in ok)]
 
 
 def pareto_front(options: list[Option], objectives: list[str]) -> list[Option]:
@@ -106,12 +118,13 @@ def utilities(options: list[Option], alpha: float) -> dict[str, float | None]:
 
     The basis is the feasible options (all measured ones when none is feasible). A signal counts when every
     basis option has it and its best value is > 0: quality = mean of accuracy / best and best perplexity /
-    perplexity (1 when neither counts), responsiveness = mean of decode / best and best TTFT / TTFT (1 when
+    perplexity (bits per byte in place of perplexity across models; 1 when neither counts), responsiveness = mean of decode / best and best TTFT / TTFT (1 when
     neither counts). A feasible option's U is <= 1; an option lacking a counted signal gets None.
     """
     ok = [o for o in options if o.status == "ok"]
     basis = [o for o in ok if o.feasible] or ok
-    best = {m: _best(basis, m) for m in QUALITY_SIGNALS + SPEED_SIGNALS}
+    quality_signals = ("accuracy", likelihood_measure(basis))
+    best = {m: _best(basis, m) for m in quality_signals + SPEED_SIGNALS}
     used = [m for m, b in best.items() if b is not None and b > 0 and all(o.metrics.get(m) is not None for o in basis)]
     out: dict[str, float | None] = {}
     for o in ok:
@@ -119,7 +132,7 @@ def utilities(options: list[Option], alpha: float) -> dict[str, float | None]:
         if any(r is None for r in ratios.values()):
             out[o.id] = None
             continue
-        quality = [r for m, r in ratios.items() if m in QUALITY_SIGNALS]
+        quality = [r for m, r in ratios.items() if m in quality_signals]
         speed = [r for m, r in ratios.items() if m in SPEED_SIGNALS]
         out[o.id] = alpha * _mean(quality) + (1 - alpha) * _mean(speed)
     return out
@@ -161,32 +174,37 @@ def _high(value: float | None) -> float:
     return math.inf if value is None else -value
 
 
-PRIORITY_KEY: dict[str, Callable[[Option], tuple[float, ...]]] = {
-    "balanced": lambda o: (_high(o.utility),),
-    "pcr": lambda o: (_high(o.pcr), _high(o.utility)),
-    "cost": lambda o: (_low(o.metrics.get("cost_per_1k_usd")), _high(o.metrics.get("decode_tps"))),
-    "quality": lambda o: (_high(o.metrics.get("accuracy")), _low(o.metrics.get("perplexity")),
-                          _high(o.metrics.get("decode_tps"))),
-    "speed": lambda o: (_high(o.metrics.get("decode_tps")), _low(o.metrics.get("ttft_ms"))),
-    "memory": lambda o: (_low(o.metrics.get("memory_mb")), _high(o.metrics.get("decode_tps"))),
+# Sort keys, best first, of (option, likelihood measure: see likelihood_measure).
+PRIORITY_KEY: dict[str, Callable[[Option, str], tuple[float, ...]]] = {
+    "balanced": lambda o, _: (_high(o.utility),),
+    "pcr": lambda o, _: (_high(o.pcr), _high(o.utility)),
+    "cost": lambda o, _: (_low(o.metrics.get("cost_per_1k_usd")), _high(o.metrics.get("decode_tps"))),
+    "quality": lambda o, lik: (_high(o.metrics.get("accuracy")), _low(o.metrics.get(lik)), _high(o.metrics.get("decode_tps"))),
+    "speed": lambda o, _: (_high(o.metrics.get("decode_tps")), _low(o.metrics.get("ttft_ms"))),
+    "memory": lambda o, _: (_low(o.metrics.get("memory_mb")), _high(o.metrics.get("decode_tps"))),
 }
 
 
-def tiebreak(o: Option) -> tuple:
-    """Exact ties in one draw: better fidelity (KL, then perplexity), then the smaller file, then the id."""
-    return _low(o.metrics.get("kl")), _low(o.metrics.get("perplexity")), _low(o.size_mb), o.id
+def tiebreak(o: Option, likelihood: str = PER_TOKEN) -> tuple:
+    """Exact ties in one draw: better fidelity (KL, then perplexity, or bits per byte across models), then the
+    smaller file, then the id."""
+    return _low(o.metrics.get("kl")), _low(o.metrics.get(likelihood)), _low(o.size_mb), o.id
 
 
 def ranking(options: list[Option], priority: str) -> list[Option]:
     """Feasible options, best first: by the priority; exact ties go to undominated options, then TIE_RULE."""
     feasible = [o for o in options if o.feasible]
     objectives = shared_objectives(feasible)
-    key = PRIORITY_KEY[priority]
+    likelihood = likelihood_measure(feasible)
+    rank = PRIORITY_KEY[priority]
+
+    def key(o: Option) -> tuple[float, ...]:
+        return rank(o, likelihood)
     order: list[Option] = []
     for _, group in itertools.groupby(sorted(feasible, key=key), key=key):
         tied = list(group)
         if len(tied) > 1:
-            tied.sort(key=lambda o: (any(dominates(p.metrics, o.metrics, objectives) for p in feasible), tiebreak(o)))
+            tied.sort(key=lambda o: (any(dominates(p.metrics, o.metrics, objectives) for p in feasible), tiebreak(o, likelihood)))
         order += tied
     return order
 
@@ -242,6 +260,8 @@ def _dominator(o: Option, feasible: list[Option], objectives: list[str]) -> str 
 
 def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: list[str], priority: str,
              win: dict[str, float], tied: list[Option]) -> str:
+    if o.reason and o.reason.startswith(RULED_OUT):
+        return o.reason
     if o.status == "incomplete":
         return f"not compared: {o.reason}"
     if o.status != "ok":

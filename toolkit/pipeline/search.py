@@ -1,0 +1,50 @@
+"""The staged search (recipe `search: staged`, the default): measure only what can still be the pick, cheapest
+work first.
+
+1. compress every variant (compress.py);
+2. fidelity of every variant (seconds each); a variant that breaks the budget's quality limits (KL,
+   perplexity, bits per byte) is not measured further;
+3. profile the rest in rounds (profile.py), without certification yet;
+4. accuracy (the slowest stage) only for variants that would meet every timing and memory limit even with
+   their timings `device.noise_margin` better: the others cannot be the pick;
+5. the rounds again with accuracy known (cached rounds are reused; contenders may get more), then the pick is
+   certified and the device report written.
+
+A variant ruled out keeps its row in every report, with what was measured and "not measured further:
+<reason>". Early exits never change the answer on the same measurements: each rules out only variants that
+break the budget whatever else is measured, selection decides feasibility before anything else
+(recommend/select.py), and such variants stay out of the bootstrap in both modes (noise.within_reach), so they
+move neither the pick, the front, any utility, nor the rounds. `search: exhaustive` measures every variant
+fully (every point on the plots), in the order compress, evaluate, profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.pipeline.accuracy import accuracy
+from toolkit.pipeline.fidelity import fidelity
+from toolkit.pipeline.gates import quality_gate, timing_gate
+from toolkit.pipeline.profile import profile
+from toolkit.pipeline.workspace import Progress, corpus, load_manifest, quiet, workspace
+from toolkit.recipe import Recipe
+from toolkit.records import DeviceReport
+
+
+def search(recipe: Recipe, progress: Progress = quiet, out: Path | None = None,
+           on_step: Callable[[str], None] = lambda _: None) -> tuple[DeviceReport, Path]:
+    """Steps 2-5 of the module docstring on a compressed workspace; returns the device report and its path.
+    `on_step` hears each step's name as it starts (bench/bench_pipeline.py times them)."""
+    workspace(recipe)
+    manifest = load_manifest(recipe)
+    on_step("fidelity")
+    quality = fidelity(recipe, manifest, corpus(recipe), progress)
+    ruled = quality_gate(recipe, quality)
+    on_step("profile")
+    first, _ = profile(recipe, progress, ruled_out=ruled, certify_pick=False, write=False)
+    slow = timing_gate(recipe, first)
+    on_step("accuracy")
+    accuracy(recipe, manifest, progress, ruled_out=ruled | slow)
+    on_step("profile + certify")
+    return profile(recipe, progress, out=out, ruled_out=ruled, not_evaluated=slow)
