@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +96,19 @@ def test_perplexity_then_profile_then_recommend(manifest, recipe):
     quality, _ = pipeline.evaluate(recipe)
     assert [q.status for q in quality] == ["ok"] * 3
     vocab = 320
+    from toolkit.quality.corpus import corpus_path
+
+    passages, current = [], ""  # whole lines, each passage >= 2 x ctx = 128 bytes; the second of each pair is scored
+    for line in corpus_path("flores-eng").read_text(encoding="utf-8").splitlines(keepends=True):
+        current += line
+        if len(current.encode()) >= 128:
+            passages, current = [*passages, current], ""
     for q in quality:
         assert 1 < q.perplexity < 10 * vocab  # a random model is near-uniform over its vocabulary
-        assert q.tokens_scored == 2 * 32
+        assert q.chunks == 2 and q.bytes_scored == len(passages[1].encode()) + len(passages[3].encode())
+        assert q.tokens_scored == quality[0].tokens_scored > 2 * 32  # every variant scores the reference's tokens
+        assert q.bits_per_byte == pytest.approx(math.log(q.perplexity) * q.tokens_scored / q.bytes_scored / math.log(2),
+                                                rel=1e-3)
     report, path = pipeline.profile(recipe)
     assert path.exists()
     assert [p.status for p in report.profiles] == ["ok"] * 3, [p.reason for p in report.profiles]

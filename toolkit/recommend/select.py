@@ -105,11 +105,9 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
         gap = limit.violation(value)
         if gap > 0:
             sign = ">" if limit.kind == "max" else "<"
-            unit, digits = metric.unit, metric.limit_digits
-            out.append(
-                f"{metric.name} {value:.{digits}f} {unit} {sign} {limit.bound:g} {unit} "
-                f"({'over' if limit.kind == 'max' else 'under'} by {gap:.{digits}f}{(' ' + unit) if unit else ''})"
-            )
+            unit, digits = f" {metric.unit}" if metric.unit else "", metric.limit_digits
+            out.append(f"{metric.name} {value:.{digits}f}{unit} {sign} {limit.bound:g}{unit} "
+                       f"({'over' if limit.kind == 'max' else 'under'} by {gap:.{digits}f}{unit})")
     return out
 
 
