@@ -61,10 +61,10 @@ def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
         metric = TASKS[task].metric if task in TASKS else "acc"
         for done, variant in enumerate(manifest.variants):
             progress(f"{task} {variant.label}", done, len(manifest.variants))
-            key, path = eval_path(recipe, variant, task)
             if variant.id in ruled_out:
-                results.append(stored(path, EvalResult) or _not_run(recipe, variant, task, key, ruled_out[variant.id]))
+                results.append(_stored_or_ruled_out(recipe, variant, task, ruled_out))
                 continue
+            key, path = eval_path(recipe, variant, task)
             evaluate = functools.partial(_eval_task, recipe, variant, task, folder, metric, key)
             results.append(load_or_compute(path, EvalResult, evaluate))
     return results
@@ -93,18 +93,17 @@ def _eval_task(recipe: Recipe, variant: Variant, task: str, folder: str | None, 
     )
 
 
-def _not_run(recipe: Recipe, variant: Variant, task: str, key: str, reason: str) -> EvalResult:
+def _stored_or_ruled_out(recipe: Recipe, variant: Variant, task: str, ruled_out: dict[str, str]) -> EvalResult | None:
+    """The stored result of `variant` on `task`; else, when it is in `ruled_out`, a skipped result with the reason."""
+    key, path = eval_path(recipe, variant, task)
+    if (found := stored(path, EvalResult)) is not None or variant.id not in ruled_out:
+        return found
     return EvalResult(key=key, variant_id=variant.id, task=task, limit=recipe.accuracy.limit, runtime=variant.runtime,
-                      status="skipped", reason=reason)
+                      status="skipped", reason=ruled_out[variant.id])
 
 
 def load_accuracy(recipe: Recipe, manifest: Manifest, ruled_out: dict[str, str] | None = None) -> list[EvalResult]:
     """Stored accuracy results for the manifest's variants under the recipe's current settings; a variant in
     `ruled_out` without one gets the reason it was not evaluated."""
-    out, ruled_out = [], ruled_out or {}
-    for task in recipe.accuracy.tasks:
-        for v in manifest.variants:
-            key, path = eval_path(recipe, v, task)
-            if found := stored(path, EvalResult) or (_not_run(recipe, v, task, key, ruled_out[v.id]) if v.id in ruled_out else None):
-                out.append(found)
-    return out
+    found = (_stored_or_ruled_out(recipe, v, task, ruled_out or {}) for task in recipe.accuracy.tasks for v in manifest.variants)
+    return [r for r in found if r is not None]

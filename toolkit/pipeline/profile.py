@@ -82,9 +82,16 @@ def profile(
 
 def _ruled_out(recipe: Recipe, variant: Variant, device: DeviceFingerprint, reason: str) -> Profile:
     """The row of a variant the staged search did not profile: what it is, and why it was not measured."""
-    return Profile(key="", variant_id=variant.id, variant_name=variant.label, format=variant.format, runtime=variant.runtime,
-                   device=device, status="skipped", reason=reason, file_size_mb=round(variant.size_bytes / 2**20, 2),
-                   settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}))
+    return Profile(status="skipped", reason=reason, **_identity(recipe, variant, device, key=""))
+
+
+def _identity(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str) -> dict:
+    """The fields every profile of `variant` carries, measured or not."""
+    return dict(
+        key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format, runtime=variant.runtime,
+        device=device, settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}),
+        file_size_mb=round(variant.size_bytes / 2**20, 2),
+    )
 
 
 def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:
@@ -129,11 +136,7 @@ def device_roofline(ws: Path, device: DeviceFingerprint) -> Roofline:
 def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str, corpus: Path, ws: Path,
             log_suffix: str = "") -> Profile:
     """Profile one variant in a child process: load, TTFT per prompt length, decode, memory, energy."""
-    base = dict(
-        key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format, runtime=variant.runtime,
-        device=device, settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}),
-        file_size_mb=round(variant.size_bytes / 2**20, 2),
-    )
+    base = _identity(recipe, variant, device, key)
     if missing := get_runtime(variant.runtime).available():
         return Profile(status="skipped", reason=missing, **base)
     dev = recipe.device

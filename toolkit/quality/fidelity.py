@@ -106,12 +106,11 @@ def text_windows(session, text: str, ctx: int, chunks: int) -> tuple[list[tuple[
         raise ValueError(f"corpus has fewer than two passages of {ctx * PASSAGE_BYTES_PER_CTX} bytes")
     windows, sizes = [], []
     bos = [session.bos] if session.add_bos and session.bos is not None else []
-    pairs = len(found) // 2
+    pairs, piece = len(found) // 2, max(1, ctx // 2)
     for first, second in zip(found[0:2 * pairs:2], found[1:2 * pairs:2], strict=True):
         context = bos + session.tokenize(first)
         joint = bos + session.tokenize(first + second)
         cut = _common_prefix(context, joint)  # a tokenizer may merge across the line break: score from there
-        piece = max(1, ctx // 2)
         for start in range(cut, len(joint), piece):
             end = min(start + piece, len(joint))
             windows.append((joint[max(0, end - ctx):start], joint[start:end]))

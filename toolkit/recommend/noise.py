@@ -13,9 +13,9 @@ Tie set: the shortest head of the ranking on the measured figures that holds eve
 win probability >= TIE_THRESHOLD (a variant that wins at least 1 resample in 20 cannot be told apart from
 the best; taking the head keeps every variant that ranks above a tied one in the set). The pick is the
 tie set's most likely winner (`select.TIE_RULE`: higher win probability, then lower KL, lower perplexity or,
-across models, bits per byte, smaller file). A rule by fidelity first was tried and measured (bench/bench_stability.py): a variant that
-wins 5-25% of resamples enters the tie set in some runs and not in others, and with it the pick flipped
-between runs; the most likely winner is in every run's tie set.
+across models, bits per byte, smaller file). A rule by fidelity first was tried and measured
+(bench/bench_stability.py): a variant that wins 5-25% of resamples enters the tie set in some runs and not in
+others, and with it the pick flipped between runs; the most likely winner is in every run's tie set.
 """
 
 from __future__ import annotations
