@@ -30,6 +30,7 @@ class FakeWorker:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.fail: set[str] = set()
+        self.tasks: list[list[str]] = []  # per lm-eval job, the tasks it was asked for
 
     def __call__(self, job: dict, timeout_s: float, memory_cap_mb: float | None, log_path: Path) -> ChildResult:
         self.calls.append((job["kind"], Path(job["path"]).name))
@@ -50,7 +51,9 @@ class FakeWorker:
             if not ref["write"]:
                 data |= {"kl_mean": 0.01, "kl_p99": 0.05, "top1_agreement": 0.9}
         else:
-            data = {"metric": "acc", "filter": "none", "value": 0.5, "stderr": 0.05, "n": 10, "lm_eval_version": "x"}
+            self.tasks.append(job["tasks"])
+            score = {"metric": "acc", "filter": "none", "value": 0.5, "stderr": 0.05, "n": 10}
+            data = {"tasks": {task: score for task in job["tasks"]}, "lm_eval_version": "x"}
         return ChildResult("ok", data, None, 0.1)
 
     def count(self, kind: str) -> list[str]:
@@ -132,6 +135,19 @@ def test_accuracy_key_names_variant_task_settings_and_lm_eval(setup, monkeypatch
     monkeypatch.setattr(accuracy, "lm_eval_version", lambda: "0.0.1")
     pipeline.evaluate(recipe)
     assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
+
+
+def test_one_child_per_variant_scores_only_the_tasks_not_cached(setup):
+    recipe, worker, _, _ = setup
+    pipeline.evaluate(recipe)
+    assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"] and worker.tasks == [["mmlu_offline"]] * 2
+    worker.tasks.clear()
+    both = _recipe_with(recipe, "accuracy", tasks=["mmlu_offline", "social_iqa_bb"])
+    _, results = pipeline.evaluate(both)
+    assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"] and worker.tasks == [["social_iqa_bb"]] * 2
+    assert [(r.task, r.status) for r in results] == [("mmlu_offline", "ok")] * 2 + [("social_iqa_bb", "ok")] * 2
+    pipeline.evaluate(both)
+    assert worker.count("lm_eval") == []
 
 
 def test_profile_key_names_variant_settings_and_device(setup):

@@ -25,13 +25,14 @@ def evaluated(monkeypatch):
     accuracy = importlib.import_module("toolkit.pipeline.accuracy")
     asked: list[str] = []
 
-    def stand_in(recipe, variant, task, folder, metric, key):
+    def stand_in(recipe, variant, folders, paths):
         asked.append(variant.quant)
-        return EvalResult(key=key, variant_id=variant.id, task=task, limit=recipe.accuracy.limit, runtime=variant.runtime,
-                          status="ok", metric="acc", value=ACCURACY[variant.quant], stderr=0.01, n=100, lm_eval_version="x")
+        return {task: EvalResult(key=paths[task][0], variant_id=variant.id, task=task, limit=recipe.accuracy.limit,
+                                 runtime=variant.runtime, status="ok", metric="acc", value=ACCURACY[variant.quant],
+                                 stderr=0.01, n=100, lm_eval_version="x") for task in folders}
 
     monkeypatch.setattr(accuracy, "task_dir", lambda name: None)
-    monkeypatch.setattr(accuracy, "_eval_task", stand_in)
+    monkeypatch.setattr(accuracy, "_eval_tasks", stand_in)
     return asked
 
 

@@ -74,18 +74,12 @@ class GgufInfo:
 
 def read_gguf(path: Path) -> GgufInfo:
     """The metadata a runner needs from a GGUF file: chat template, context length, end token, licence."""
-    from gguf import GGUFReader
+    from toolkit.formats.gguf_header import read_header
 
-    reader = GGUFReader(path)
-
-    def get(key: str):
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else None
-
+    get = read_header(path).fields.get
     arch = get("general.architecture") or ""
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    eos_id = get("tokenizer.ggml.eos_token_id")
-    eos = bytes(tokens.parts[tokens.data[eos_id]]).decode(errors="replace") if tokens is not None and eos_id is not None else None
+    tokens, eos_id = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.eos_token_id")
+    eos = tokens[eos_id].decode(errors="replace") if tokens is not None and eos_id is not None else None
     return GgufInfo(architecture=arch, chat_template=get("tokenizer.chat_template"), context_length=get(f"{arch}.context_length"),
                     eos=eos, license=get("general.license"),
                     sampling={name: get(key) for key, name in SAMPLING.items() if get(key) is not None})

@@ -164,11 +164,10 @@ def check_gguf_header(path: Path) -> None:
         raise UserError(f"cannot read model file ({exc.strerror})", file=path) from exc
     if magic != GGUF_MAGIC:
         raise UserError("not a GGUF file (bad magic bytes)", file=path)
-    from gguf import GGUFReader
+    from toolkit.formats.gguf_header import read_header
 
     try:
-        reader = GGUFReader(path)
-        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+        end = read_header(path).end
     except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
         raise UserError(f"corrupt or truncated GGUF ({type(exc).__name__}: {exc})", file=path) from exc
     if end > size:

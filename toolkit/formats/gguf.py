@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from toolkit.config import Strict
 from toolkit.errors import UserError
 from toolkit.formats import Format, VariantSpec
+from toolkit.formats.gguf_header import read_header
 from toolkit.formats.llamacpp_vendor import converter_dir, llama_cpp_version
 from toolkit.io import atomic_path, content_hash, ensure_dir, sha256_file, write_json
 from toolkit.procs import run_tool
@@ -135,19 +136,17 @@ def _describe(source, spec, path: Path, workspace: Path, seconds: float, copied:
 
 def gguf_info(path: Path) -> dict:
     """File type name and parameter count read from the GGUF header."""
-    from gguf import GGUFReader, LlamaFileType
+    from gguf import LlamaFileType
 
-    reader = GGUFReader(path)
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    field = reader.fields.get("general.file_type")
+    header = read_header(path)
+    value = header.fields.get("general.file_type")
     file_type = "unknown"
-    if field is not None:
-        value = int(field.parts[field.data[0]][0])
+    if value is not None:
         try:
-            file_type = LlamaFileType(value).name.removeprefix("MOSTLY_").replace("ALL_", "")
+            file_type = LlamaFileType(int(value)).name.removeprefix("MOSTLY_").replace("ALL_", "")
         except ValueError:
             file_type = f"ftype{value}"
-    return {"n_params": n_params, "file_type": file_type}
+    return {"n_params": header.n_params, "file_type": file_type}
 
 
 def ensure_f16(source: SourceModel, workspace: Path) -> Path:

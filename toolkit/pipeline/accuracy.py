@@ -8,7 +8,7 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.io import content_hash
 from toolkit.pipeline import jobs
-from toolkit.pipeline.cache import load_or_compute, stored
+from toolkit.pipeline.cache import save, stored
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions, threads
 from toolkit.recipe import Recipe
 from toolkit.records import EvalResult, Manifest, Variant
@@ -16,7 +16,7 @@ from toolkit.runtimes import get_runtime
 from toolkit.tasks import TASKS
 from toolkit.tasks import prepare as prepare_task
 
-ACCURACY_VERSION = 2  # bump when the lm-eval job changes, so cached results are recomputed
+ACCURACY_VERSION = 3  # bump when the lm-eval job changes, so cached results are recomputed
 
 
 def task_dir(name: str) -> str | None:
@@ -54,43 +54,58 @@ def eval_path(recipe: Recipe, variant: Variant, task: str) -> tuple[str, Path]:
 
 def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
              ruled_out: dict[str, str] | None = None) -> list[EvalResult]:
-    """Every variant on every task, except those in `ruled_out` (pipeline/search.py): they get the reason."""
-    results, ruled_out = [], ruled_out or {}
-    for task in recipe.accuracy.tasks:
-        folder = task_dir(task)
-        metric = TASKS[task].metric if task in TASKS else "acc"
-        for done, variant in enumerate(manifest.variants):
-            progress(f"{task} {variant.label}", done, len(manifest.variants))
-            if variant.id in ruled_out:
-                results.append(_stored_or_ruled_out(recipe, variant, task, ruled_out))
-                continue
-            key, path = eval_path(recipe, variant, task)
-            evaluate = functools.partial(_eval_task, recipe, variant, task, folder, metric, key)
-            results.append(load_or_compute(path, EvalResult, evaluate))
-    return results
+    """Every variant on every task, except those in `ruled_out` (pipeline/search.py): they get the reason.
+    One child per variant scores all of its tasks that are not cached yet (one model load, one lm-eval start)."""
+    tasks, ruled_out = recipe.accuracy.tasks, ruled_out or {}
+    folders = {task: task_dir(task) for task in tasks}
+    by_task: dict[str, list[EvalResult]] = {task: [] for task in tasks}
+    for done, variant in enumerate(manifest.variants):
+        progress(f"accuracy {variant.label}", done, len(manifest.variants))
+        if variant.id in ruled_out:
+            found = {task: _stored_or_ruled_out(recipe, variant, task, ruled_out) for task in tasks}
+        else:
+            found = _variant_accuracy(recipe, variant, folders)
+        for task, result in found.items():
+            by_task[task].append(result)
+    return [result for task in tasks for result in by_task[task]]
 
 
-def _eval_task(recipe: Recipe, variant: Variant, task: str, folder: str | None, metric: str, key: str) -> EvalResult:
+def _variant_accuracy(recipe: Recipe, variant: Variant, folders: dict[str, str | None]) -> dict[str, EvalResult]:
+    """The variant's stored ok result per task; the others computed in one child and stored."""
+    paths = {task: eval_path(recipe, variant, task) for task in folders}
+    found = {task: stored(path, EvalResult) for task, (_, path) in paths.items()}
+    missing = [task for task, result in found.items() if result is None or result.status != "ok"]
+    if missing:
+        for task, result in _eval_tasks(recipe, variant, {t: folders[t] for t in missing}, paths).items():
+            found[task] = save(paths[task][1], result)
+    return found
+
+
+def _eval_tasks(recipe: Recipe, variant: Variant, folders: dict[str, str | None],
+                paths: dict[str, tuple[str, Path]]) -> dict[str, EvalResult]:
     spec = recipe.accuracy
-    base = dict(key=key, variant_id=variant.id, task=task, limit=spec.limit, runtime=variant.runtime)
+    base = {task: dict(key=paths[task][0], variant_id=variant.id, task=task, limit=spec.limit, runtime=variant.runtime)
+            for task in folders}
     runtime = get_runtime(variant.runtime)
     if missing := runtime.available():
-        return EvalResult(status="skipped", reason=missing, **base)
+        return {task: EvalResult(status="skipped", reason=missing, **b) for task, b in base.items()}
     job = jobs.LmEvalJob(
-        kind="lm_eval", runtime_module=runtime.module, path=variant.path, threads=threads(recipe), task=task,
-        task_dir=folder, limit=spec.limit, metric=metric, max_length=spec.max_length, batch_size=spec.batch_size,
-        backend=runtime.lm_eval_backend,
+        kind="lm_eval", runtime_module=runtime.module, path=variant.path, threads=threads(recipe), tasks=list(folders),
+        task_dirs=sorted({f for f in folders.values() if f}), stock_tasks=any(f is None for f in folders.values()),
+        metrics=[TASKS[task].metric if task in TASKS else "acc" for task in folders], limit=spec.limit,
+        max_length=spec.max_length, batch_size=spec.batch_size, backend=runtime.lm_eval_backend,
     )
-    log = recipe.workspace_dir() / "logs" / f"lm-eval-{task}-{variant.id}.log"
-    child = jobs.run(job, recipe.device.timeout_s * 4, recipe.device.memory_cap_mb, log)
+    log = recipe.workspace_dir() / "logs" / f"lm-eval-{variant.id}.log"
+    child = jobs.run(job, recipe.device.timeout_s * 4 * len(folders), recipe.device.memory_cap_mb, log)
+    wall_s = round(child.wall_s, 2)
     if child.status != "ok":
-        return EvalResult(status=child.status, reason=child.reason, wall_s=round(child.wall_s, 2), **base)
+        return {task: EvalResult(status=child.status, reason=child.reason, wall_s=wall_s, **b) for task, b in base.items()}
     d = jobs.LmEvalResult.model_validate(child.data)
-    return EvalResult(
-        status="ok", metric=d.metric, filter=d.filter, value=round(d.value, 5),
-        stderr=round(d.stderr, 5) if d.stderr is not None else None, n=d.n, lm_eval_version=d.lm_eval_version,
-        wall_s=round(child.wall_s, 2), **base,
-    )
+    return {task: EvalResult(
+        status="ok", metric=s.metric, filter=s.filter, value=round(s.value, 5),
+        stderr=round(s.stderr, 5) if s.stderr is not None else None, n=s.n, lm_eval_version=d.lm_eval_version,
+        wall_s=wall_s, **base[task],
+    ) for task, s in d.tasks.items()}
 
 
 def _stored_or_ruled_out(recipe: Recipe, variant: Variant, task: str, ruled_out: dict[str, str]) -> EvalResult | None:

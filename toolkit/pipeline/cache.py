@@ -35,7 +35,11 @@ def load_or_compute(path: Path, record: type[R], compute: Callable[[], R], reusa
     """The stored ok record at `path` (when `reusable`), else `compute()`, written atomically unless skipped."""
     if reusable and (found := stored(path, record)) is not None and getattr(found, "status", "ok") == "ok":
         return found
-    result = compute()
+    return save(path, compute())
+
+
+def save(path: Path, result: R) -> R:
+    """Write `result` atomically unless it is `skipped` (that depends on this machine, not on the inputs)."""
     if getattr(result, "status", "ok") != "skipped":
         write_json(path, result)
     return result

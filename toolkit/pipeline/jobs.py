@@ -49,10 +49,11 @@ class MeasureJob(Job):
 
 
 class LmEvalJob(Job):
-    task: str
-    task_dir: str | None  # folder of an offline task's YAML; None for a stock lm-eval task
+    tasks: list[str]
+    task_dirs: list[str]  # folders of the offline tasks' YAML
+    stock_tasks: bool  # some task is one of lm-eval's own (its whole task index is loaded, 9 s)
+    metrics: list[str]  # per task, the metric reported
     limit: int | None
-    metric: str
     max_length: int
     batch_size: int
     backend: Literal["session", "hflm"]  # the runtime's Session, or lm-eval's own HF class (PyTorch)
@@ -92,12 +93,16 @@ class FidelityResult(Result):
     top1_agreement: float | None = None
 
 
-class LmEvalResult(Result):
+class TaskScore(BaseModel):
     metric: str
     filter: str
     value: float
     stderr: float | None
     n: int | None
+
+
+class LmEvalResult(Result):
+    tasks: dict[str, TaskScore]
     lm_eval_version: str
 
 

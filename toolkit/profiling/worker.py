@@ -141,7 +141,7 @@ def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None
 
 
 def lm_eval_job(job: dict) -> dict:
-    """Score one variant on one lm-eval task, through the variant's own runtime."""
+    """Score one variant on its lm-eval tasks, through the variant's own runtime, with one model load."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,8 +149,8 @@ def lm_eval_job(job: dict) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    task, limit = job["task"], job["limit"]
-    manager = TaskManager(include_path=job["task_dir"]) if job["task_dir"] else TaskManager()
+    # lm-eval's own task index takes 9 s to build: only when a stock task needs it
+    manager = TaskManager(include_path=job["task_dirs"] or None, include_defaults=job["stock_tasks"])
     runtime = importlib.import_module(job["runtime_module"])
     start = time.perf_counter()
     if job["backend"] == "hflm":  # PyTorch: lm-eval's own HF class (fp32 reference, GPTQ)
@@ -166,9 +166,15 @@ def lm_eval_job(job: dict) -> dict:
         session = runtime.open_session(job["path"], job["threads"], job["max_length"], job["max_length"])
         lm = SessionLM(session, job["max_length"])
     load_s = time.perf_counter() - start
-    results = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, task_manager=manager, log_samples=False)
+    results = lm_eval.simple_evaluate(model=lm, tasks=job["tasks"], limit=job["limit"], task_manager=manager,
+                                      log_samples=False)
+    return {"tasks": {task: _task_score(results, task, metric) for task, metric in zip(job["tasks"], job["metrics"], strict=True)},
+            "load_s": load_s, "lm_eval_version": lm_eval.__version__}
+
+
+def _task_score(results: dict, task: str, metric: str) -> dict:
     scores = results["results"][task]
-    metric_key = next(k for k in scores if k.startswith(job["metric"] + ",") and "stderr" not in k)
+    metric_key = next(k for k in scores if k.startswith(metric + ",") and "stderr" not in k)
     stderr = scores.get(metric_key.replace(",", "_stderr,", 1))
     n = results.get("n-samples", {}).get(task, {}).get("effective")
     return {
@@ -177,8 +183,6 @@ def lm_eval_job(job: dict) -> dict:
         "value": float(scores[metric_key]),
         "stderr": float(stderr) if isinstance(stderr, int | float) else None,
         "n": int(n) if n is not None else None,
-        "load_s": load_s,
-        "lm_eval_version": lm_eval.__version__,
     }
 
 

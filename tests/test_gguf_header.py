@@ -1,0 +1,69 @@
+"""The fast GGUF header reader against gguf-py's own writer and reader on files with every value kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFEndian, GGUFReader, GGUFWriter
+from gguf.quants import quantize
+
+from toolkit.errors import UserError
+from toolkit.formats.gguf_header import read_header
+from toolkit.sources import check_gguf_header
+
+
+def write_gguf(path, endian=GGUFEndian.LITTLE, alignment=None):
+    writer = GGUFWriter(str(path), "llama", endianess=endian)
+    if alignment:
+        writer.add_custom_alignment(alignment)
+    writer.add_uint32("llama.context_length", 2048)
+    writer.add_float32("llama.rope.freq_base", 10000.5)
+    writer.add_bool("tokenizer.ggml.add_bos_token", False)
+    writer.add_string("tokenizer.chat_template", "{{ messages }} \u00e9")
+    writer.add_token_list(["<s>", "</s>", "h\u00e9llo", ""] + [f"t{i}" for i in range(300)])
+    writer.add_token_scores([float(i) / 7 for i in range(304)])
+    writer.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+    writer.add_tensor("a.weight", rng.standard_normal((3, 5)).astype(np.float32))
+    writer.add_tensor("b.weight", rng.standard_normal((7,)).astype(np.float16))
+    q8 = quantize(rng.standard_normal((4, 64)).astype(np.float32), GGMLQuantizationType.Q8_0)
+    writer.add_tensor("c.weight", q8, raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(("endian", "alignment"), [(GGUFEndian.LITTLE, None), (GGUFEndian.LITTLE, 64), (GGUFEndian.BIG, None)])
+def test_header_matches_gguf_py(tmp_path, endian, alignment):
+    path = write_gguf(tmp_path / "m.gguf", endian, alignment)
+    header, reader = read_header(path), GGUFReader(path)
+    real = {key: field for key, field in reader.fields.items() if not key.startswith("GGUF.")}  # gguf-py's own counts
+    assert set(header.fields) == set(real)
+    for key, field in real.items():
+        got = header.fields[key]
+        if key == "tokenizer.ggml.tokens":
+            assert got == [bytes(field.parts[i]) for i in field.data]
+        elif isinstance(got, np.ndarray):
+            np.testing.assert_array_equal(got, np.asarray(field.contents()))
+        else:
+            assert got == pytest.approx(field.contents())
+    expected = [(t.name, int(t.data_offset), int(t.n_bytes), int(t.n_elements)) for t in reader.tensors]
+    assert [(t.name, t.offset, t.n_bytes, t.n_elements) for t in header.tensors] == expected
+    assert header.end == max(o + n for _, o, n, _ in expected)
+    assert header.n_params == 3 * 5 + 7 + 4 * 64
+    assert header.fields["tokenizer.ggml.tokens"][2].decode() == "h\u00e9llo"
+
+
+def test_truncated_file_is_refused_with_the_sizes(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf")
+    check_gguf_header(path)
+    data, end = path.read_bytes(), GGUFReader(path).tensors[-1]
+    need = int(end.data_offset) + int(end.n_bytes)
+    path.write_bytes(data[:need - 10])
+    with pytest.raises(UserError, match=rf"m.gguf: truncated GGUF: tensors need {need} bytes, file has {need - 10}"):
+        check_gguf_header(path)
+    path.write_bytes(data[:200])  # inside the metadata
+    with pytest.raises(UserError, match=r"m.gguf: corrupt or truncated GGUF"):
+        check_gguf_header(path)
