@@ -40,7 +40,7 @@ def _recipe(tmp_path, tiny_llama, variants: str):
 def onnx_run(tiny_llama, tmp_path_factory):
     pytest.importorskip("optimum.exporters.onnx")
     tmp = tmp_path_factory.mktemp("onnx")
-    recipe = _recipe(tmp, tiny_llama, "  onnx: {precisions: [fp32, int8, int4], int4_block_sizes: [32, 128]}")
+    recipe = _recipe(tmp, tiny_llama, "  onnx: {builder: optimum, precisions: [fp32, int8, int4], int4_block_sizes: [32, 128]}")
     return recipe, pipeline.compress(recipe)
 
 

@@ -154,22 +154,27 @@ def onnx_snippet(variant: Variant, rec: Recommendation, report: DeviceReport) ->
     threads = report.device.threads_used
     head = f'"""{variant.label}, the pick on {rec.device}, through ONNX Runtime ({{how}})."""\n\n'
     if (Path(variant.path) / "genai_config.json").exists():
-        return head.format(how="onnxruntime-genai") + f"""import onnxruntime_genai as og
+        return head.format(how="onnxruntime-genai") + f"""import json
 
-model = og.Model({variant.path!r})
-tokenizer = og.Tokenizer(model)
-prompt = tokenizer.apply_chat_template('[{{"role": "user", "content": "What is the capital of France?"}}]', add_generation_prompt=True)
+import onnxruntime_genai as og
+from transformers import AutoTokenizer  # og.Tokenizer mis-encodes some byte-level BPE vocabularies (SmolLM2)
+
+PATH = {variant.path!r}
+config = og.Config(PATH)
+config.overlay(json.dumps({{"model": {{"decoder": {{"session_options": {{"intra_op_num_threads": {threads}}}}}}}}}))  # as profiled
+model = og.Model(config)
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+messages = [{{"role": "user", "content": "What is the capital of France?"}}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 params = og.GeneratorParams(model)
-params.set_search_options(max_length=1024, do_sample=False)
+params.set_search_options(max_length=len(ids) + {rec.output_tokens}, do_sample=False)
 generator = og.Generator(model, params)
-generator.append_tokens(tokenizer.encode(prompt))
-stream = tokenizer.create_stream()
-for _ in range({rec.output_tokens}):
-    if generator.is_done():
-        break
+generator.append_tokens(ids)
+out = []
+while not generator.is_done():
     generator.generate_next_token()
-    print(stream.decode(generator.get_next_tokens()[0]), end="", flush=True)
-print()
+    out.append(int(generator.get_next_tokens()[0]))
+print(tokenizer.decode(out, skip_special_tokens=True))
 """
     return head.format(how="optimum's ORTModelForCausalLM over the exported folder") + f"""import onnxruntime as ort
 from optimum.onnxruntime import ORTModelForCausalLM

@@ -71,9 +71,23 @@ class Variant(Record):
         return self.sha256 == self.source_sha256
 
 
+class BuildFailure(BaseModel):
+    """A variant the recipe asked for that could not be built here, and why (the sweep went on without it)."""
+
+    model: str
+    format: str
+    quant: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.format} {self.quant}"
+
+
 class Manifest(Record):
     recipe: str
     variants: list[Variant]
+    not_built: list[BuildFailure] = Field(default_factory=list)
 
 
 class DeviceFingerprint(BaseModel):
@@ -255,6 +269,7 @@ class DeviceReport(Record):
     power: DevicePower | None = None
     roofline: Roofline | None = None
     variants: list[Variant]
+    not_built: list[BuildFailure] = Field(default_factory=list)
     profiles: list[Profile]
     quality: list[Quality] = Field(default_factory=list)
     accuracy: list[EvalResult] = Field(default_factory=list)

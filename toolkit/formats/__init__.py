@@ -65,14 +65,23 @@ class Format(ABC):
     def tool_versions(self) -> dict[str, str]:
         return package_versions(*self.packages)
 
-    def check_available(self) -> str | None:
-        """None when every tool the format needs is installed, else what is missing."""
-        missing = [name for name, ver in self.tool_versions().items() if ver == "missing"]
+    def spec_tool_versions(self, spec: VariantSpec) -> dict[str, str]:
+        """The tool versions this spec's variant depends on (a format with several builders may differ per spec)."""
+        return self.tool_versions()
+
+    def runtime_of(self, spec: VariantSpec) -> str:
+        """The runtime that runs this spec's variant (a format with several builders may differ per spec)."""
+        return self.runtime
+
+    def check_available(self, packages: tuple[str, ...] | None = None) -> str | None:
+        """None when every tool the format (or `packages` of it) needs is installed, else what is missing."""
+        versions = package_versions(*packages) if packages else self.tool_versions()
+        missing = [name for name, ver in versions.items() if ver == "missing"]
         return f"{self.name} variants need {', '.join(missing)}; ./scripts/setup.sh installs them" if missing else None
 
     def variant_id(self, source, spec: VariantSpec) -> str:
         """Readable and content-addressed: model, format, quant, then a hash of source, spec and tool versions."""
-        return f"{source.model}-{spec.format}-{spec.quant.lower()}-{content_hash(source.sha256, spec, self.tool_versions(), length=8)}"
+        return f"{source.model}-{spec.format}-{spec.quant.lower()}-{content_hash(source.sha256, spec, self.spec_tool_versions(spec), length=8)}"
 
 
 REGISTRY: dict[str, str | type[Format]] = {

@@ -1,4 +1,11 @@
-"""ONNX variants through optimum (export with KV cache) and onnxruntime quantization (int8, int4)."""
+"""ONNX variants, built one of two ways (`variants.onnx.builder`):
+
+- `genai` (default): onnxruntime-genai's model builder from the HF reference (int4 MatMulNBits with the
+  embedding quantized too and shared with the LM head; fp32), run by onnxruntime-genai's generator. This is how
+  ONNX LLMs ship to devices.
+- `optimum`: optimum's export with KV cache, then onnxruntime quantization (int8 dynamic, int4 MatMulNBits),
+  run by the toolkit's own onnxruntime loop. The embedding and LM head stay fp32.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from pydantic import Field, field_validator
 from toolkit.config import Strict
 from toolkit.errors import UserError
 from toolkit.formats import Format, VariantSpec
-from toolkit.formats.files import dequantized_note, record_folder_variant
+from toolkit.formats.files import dequantized_note, package_versions, record_folder_variant
 from toolkit.io import atomic_dir, content_hash
 from toolkit.procs import run_tool
 from toolkit.records import Variant
@@ -22,11 +29,23 @@ from toolkit.sources import SourceModel
 
 MODEL = "model.onnx"
 PACKAGES = ("optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers")
+GENAI_PACKAGES = ("onnxruntime-genai", "onnxruntime", "onnx-ir", "transformers")
+Builder = Literal["genai", "optimum"]
+GENAI_PRECISIONS = ("fp32", "int4")  # what onnxruntime-genai's builder writes for the CPU
 
 
 class ONNXSpec(Strict):
-    precisions: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int8", "int4"], min_length=1)
+    builder: Builder | list[Builder] = "genai"  # one, or several side by side
+    precisions: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int4"], min_length=1)  # int8: optimum
     int4_block_sizes: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
+    int4_accuracy_level: Literal[1, 2, 3, 4] = 4  # genai: MatMulNBits compute type (4: int8 activations, 1: fp32)
+    # genai: the builder's int4 method; k_quant_mixed keeps sensitive weights in int8 (SmolLM2: KL 0.18 against
+    # 0.44, 117 MB against 108, build 35 s against 9)
+    int4_algo: Literal["default", "rtn", "rtn_last", "k_quant", "k_quant_mixed", "k_quant_last"] = "default"
+
+    @property
+    def builders(self) -> list[str]:
+        return [self.builder] if isinstance(self.builder, str) else list(dict.fromkeys(self.builder))
 
     @field_validator("int4_block_sizes")
     @classmethod
@@ -45,16 +64,28 @@ class ONNX(Format):
 
     def specs(self, spec: ONNXSpec) -> list[VariantSpec]:
         out = []
-        for precision in spec.precisions:
-            if precision == "int4":
-                out += [VariantSpec("onnx", f"int4-b{b}", (("block_size", b),)) for b in spec.int4_block_sizes]
-            else:
-                out.append(VariantSpec("onnx", precision))
+        for builder in spec.builders:
+            prefix, extra = ("genai-", (("builder", "genai"),)) if builder == "genai" else ("", ())
+            for precision in spec.precisions:
+                if precision == "int4":
+                    level = (("accuracy_level", spec.int4_accuracy_level), ("algo", spec.int4_algo)) if builder == "genai" else ()
+                    out += [VariantSpec("onnx", f"{prefix}int4-b{b}", (("block_size", b), *level, *extra))
+                            for b in spec.int4_block_sizes]
+                else:
+                    out.append(VariantSpec("onnx", prefix + precision, extra))
         return out
+
+    def runtime_of(self, spec: VariantSpec) -> str:
+        return "onnxruntime-genai" if dict(spec.options).get("builder") == "genai" else self.runtime
+
+    def spec_tool_versions(self, spec: VariantSpec) -> dict[str, str]:
+        return package_versions(*GENAI_PACKAGES) if self.runtime_of(spec) == "onnxruntime-genai" else self.tool_versions()
 
     def make(self, source: SourceModel, spec: VariantSpec, vid: str, folder: Path, workspace: Path,
              threads: int | None) -> Variant:
-        if missing := self.check_available():
+        if dict(spec.options).get("builder") == "genai":
+            return self.make_genai(source, spec, vid, folder, workspace)
+        if missing := self.check_available(PACKAGES):
             raise UserError(missing, field="variants.onnx")
         start = time.perf_counter()
         ref = reference_dir(source, workspace)
@@ -74,6 +105,40 @@ class ONNX(Format):
             vid=vid, label=f"{source.model} ONNX {spec.quant}", fmt="onnx", runtime="onnxruntime", quant=spec.quant,
             target=target, ref=ref, source=source, seconds=time.perf_counter() - start, tools=self.tool_versions(),
             notes=dequantized_note(source, "exported"),
+        )
+
+
+    def make_genai(self, source: SourceModel, spec: VariantSpec, vid: str, folder: Path, workspace: Path) -> Variant:
+        """onnxruntime-genai's model builder from the HF reference, never trusting remote code."""
+        if missing := self.check_available(GENAI_PACKAGES):
+            raise UserError(missing, field="variants.onnx.builder")
+        precision = spec.quant.removeprefix("genai-").split("-")[0]
+        if precision not in GENAI_PRECISIONS:
+            raise UserError(f"onnxruntime-genai's builder writes {' and '.join(GENAI_PRECISIONS)} for the CPU, "
+                            f"not {precision}; use builder: optimum for it", field="variants.onnx.precisions")
+        start = time.perf_counter()
+        ref = reference_dir(source, workspace)
+        options = dict(spec.options)
+        extra = ["hf_remote=false", "hf_token=false"]
+        if precision == "int4":
+            extra += [f"int4_block_size={options['block_size']}", f"int4_accuracy_level={options['accuracy_level']}"]
+            if options["algo"] == "default":  # MatMuls and the embedding in int4, shared with the LM head where it can
+                extra += ["int4_op_types_to_quantize=MatMul/Gather", "shared_embeddings=true"]
+            else:
+                extra.append(f"int4_algo_config={options['algo']}")
+        target = folder / "model"
+        cache = workspace / "intermediate" / f"genai-cache-{vid}"
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ref), "-p", precision, "-e", "cpu",
+               "-c", str(cache), "--extra_options", *extra]
+        with atomic_dir(target) as tmp:
+            run_tool([*cmd, "-o", str(tmp)], None, workspace / "logs" / f"onnx-genai-{vid}.log",
+                     f"build ONNX {precision} with onnxruntime-genai")  # it saves the reference's tokenizer too
+        shutil.rmtree(cache, ignore_errors=True)
+        notes = dequantized_note(source, "built by onnxruntime-genai's model builder")
+        return record_folder_variant(
+            vid=vid, label=f"{source.model} ONNX {spec.quant}", fmt="onnx", runtime="onnxruntime-genai",
+            quant=spec.quant, target=target, ref=ref, source=source, seconds=time.perf_counter() - start,
+            tools=package_versions(*GENAI_PACKAGES), notes=notes,
         )
 
 

@@ -58,7 +58,7 @@ def threads(recipe: Recipe) -> int:
 def device_fingerprint(recipe: Recipe) -> DeviceFingerprint:
     """This device, with the versions and build flags of the runtimes the recipe's formats run on."""
     runtimes, flags = {}, {}
-    for name in sorted({get_format(spec.format).runtime for spec in variant_specs(recipe)}):
+    for name in sorted({get_format(spec.format).runtime_of(spec) for spec in variant_specs(recipe)}):
         runtime = get_runtime(name)
         if runtime.available() is None:
             module = runtime.load()

@@ -265,6 +265,7 @@ def _notes(report: DeviceReport) -> list[str]:
         notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
                      "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
                      "reference, so neither compares across models.")
+    notes += [f"Not built: {f.label}: {f.reason}" for f in report.not_built]
     return notes
 
 

@@ -136,7 +136,8 @@ def register(runtime: Runtime) -> Runtime:
 
 
 register(Runtime("llama.cpp", "toolkit.runtimes.llamacpp", ("gguf",)))
-register(Runtime("onnxruntime", "toolkit.runtimes.onnxrt", ("onnx",)))
+register(Runtime("onnxruntime", "toolkit.runtimes.onnxrt", ("onnx",)))  # optimum's export
+register(Runtime("onnxruntime-genai", "toolkit.runtimes.onnxrt_genai", ("onnx",)))  # onnxruntime-genai's builder
 register(Runtime("torch", "toolkit.runtimes.torch_hf", ("gptq", "hf"), lm_eval_backend="hflm"))
 
 
