@@ -87,7 +87,7 @@ def test_unsupported_architecture_for_onnx_export(tmp_path, tiny_llama):
     config = json.loads((odd / "config.json").read_text())
     config["model_type"] = "no_such_arch"
     (odd / "config.json").write_text(json.dumps(config))
-    recipe = _recipe(tmp_path, odd, "  onnx: {precisions: [fp32]}")
+    recipe = _recipe(tmp_path, odd, "  onnx: {builder: optimum, precisions: [fp32]}")
     with pytest.raises(UserError, match="cannot export .* to ONNX"):
         pipeline.compress(recipe)
 
