@@ -138,7 +138,7 @@ class ONNX(Format):
         return record_folder_variant(
             vid=vid, label=f"{source.model} ONNX {spec.quant}", fmt="onnx", runtime="onnxruntime-genai",
             quant=spec.quant, target=target, ref=ref, source=source, seconds=time.perf_counter() - start,
-            tools=package_versions(*GENAI_PACKAGES), notes=notes,
+            tools=self.spec_tool_versions(spec), notes=notes,
         )
 
 
