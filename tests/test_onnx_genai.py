@@ -106,3 +106,30 @@ def test_unreadable_genai_model_is_a_clear_error(genai_run, tmp_path):
 def test_runtime_is_registered_for_onnx():
     runtime = get_runtime("onnxruntime-genai")
     assert runtime.available() is None and "onnx" in runtime.formats
+
+
+def test_export_snippet_runs_and_generates_what_the_generator_does(genai_run, tmp_path):
+    """The deployment snippet `toolkit export` writes for a genai pick runs as is (the tiny model has no chat
+    template, so the plain-text branch) and prints the greedy continuation our own session produces."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from toolkit.export import onnx_snippet
+    from toolkit.runtimes.onnxrt_genai import open_session
+
+    variant = genai_run[1].variants[1]
+    script = tmp_path / "run.py"
+    script.write_text(onnx_snippet(variant, SimpleNamespace(device="here", output_tokens=8),
+                                   SimpleNamespace(device=SimpleNamespace(threads_used=1))), encoding="utf-8")
+    printed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=300).stdout
+    tokenizer = AutoTokenizer.from_pretrained(variant.path)
+    session = open_session(variant.path, 1, 64, 64)
+    token, tokens = session.prefill(tokenizer("What is the capital of France?")["input_ids"]), []
+    while len(tokens) < 8 and (not tokens or tokens[-1] != tokenizer.eos_token_id):
+        tokens.append(token)
+        token = session.decode(token)
+    session.close()
+    assert printed.strip() == tokenizer.decode(tokens, skip_special_tokens=True).strip()

@@ -164,8 +164,11 @@ config = og.Config(PATH)
 config.overlay(json.dumps({{"model": {{"decoder": {{"session_options": {{"intra_op_num_threads": {threads}}}}}}}}}))  # as profiled
 model = og.Model(config)
 tokenizer = AutoTokenizer.from_pretrained(PATH)
-messages = [{{"role": "user", "content": "What is the capital of France?"}}]
-ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+question = "What is the capital of France?"
+if tokenizer.chat_template:
+    ids = tokenizer.apply_chat_template([{{"role": "user", "content": question}}], add_generation_prompt=True)
+else:  # a base model without a chat template: plain text
+    ids = tokenizer(question)["input_ids"]
 params = og.GeneratorParams(model)
 params.set_search_options(max_length=len(ids) + {rec.output_tokens}, do_sample=False)
 generator = og.Generator(model, params)
@@ -185,8 +188,12 @@ options = ort.SessionOptions()
 options.intra_op_num_threads = {threads}  # as profiled
 tokenizer = AutoTokenizer.from_pretrained(PATH)
 model = ORTModelForCausalLM.from_pretrained(PATH, session_options=options, provider="CPUExecutionProvider")
-messages = [{{"role": "user", "content": "What is the capital of France?"}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+question = "What is the capital of France?"
+if tokenizer.chat_template:
+    inputs = tokenizer.apply_chat_template([{{"role": "user", "content": question}}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+else:  # a base model without a chat template: plain text
+    inputs = tokenizer(question, return_tensors="pt")
 output = model.generate(**inputs, max_new_tokens={rec.output_tokens}, do_sample=False)
 print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 """

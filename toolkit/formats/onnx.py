@@ -39,8 +39,10 @@ class ONNXSpec(Strict):
     precisions: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int4"], min_length=1)  # int8: optimum
     int4_block_sizes: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
     int4_accuracy_level: Literal[1, 2, 3, 4] = 4  # genai: MatMulNBits compute type (4: int8 activations, 1: fp32)
-    # genai: the builder's int4 method; k_quant_mixed keeps sensitive weights in int8 (SmolLM2: KL 0.18 against
-    # 0.44, 117 MB against 108, build 35 s against 9)
+    # genai: the builder's int4 method. "default" decodes fastest; rtn shares an int4 embedding with the LM head
+    # (smallest), rtn_last an int8 one (closest to F16, slowest); the k_quant ones break Gemma 3. Measured
+    # (bench_onnx_builders, KL to F16 / MiB / decode tok/s): SmolLM2 default 0.44/103/147, rtn 0.60/86/126,
+    # rtn_last 0.41/99/76; Gemma 3 default 0.51/338/112, rtn 0.61/238/72, rtn_last 0.43/318/36
     int4_algo: Literal["default", "rtn", "rtn_last", "k_quant", "k_quant_mixed", "k_quant_last"] = "default"
 
     @property
