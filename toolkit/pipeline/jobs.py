@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from toolkit.pipeline.workspace import threads
+from toolkit.pipeline.workspace import llama_cpp_bin, threads
 from toolkit.profiling.harness import ChildResult, run_child
 from toolkit.recipe import Recipe
 from toolkit.records import Variant
@@ -46,6 +46,10 @@ class MeasureJob(Job):
     reference: ReferenceLogits | None = None
     energy_meter: str = "auto"  # device.energy_meter (profiling/meters)
     power: dict[str, float | str] | None = None  # device.power, for the power-model fallback
+    profiler: Literal["session", "module"] = "session"  # the runtime's Runtime.profiler
+    llama_cpp_bin: str | None = None  # device.llama_cpp.bin_dir, for the native llama.cpp runtime
+    n_gpu_layers: int | Literal["auto"] = 0
+    decode_target: float | None = None  # budget.min_decode_tps, for n_gpu_layers: auto
 
 
 class LmEvalJob(Job):
@@ -79,6 +83,9 @@ class ProfileResult(Result):
     peak_rss_mb: float
     deploy_rss_mb: float | None = None
     energy: dict | None = None  # meters.sampler.Recorder.result(): source, idle power, every window
+    llama_bench: dict | None = None  # llamacpp_native.llama_bench(): llama-bench's samples
+    gpu_layers: int | None = None  # native llama.cpp: the layers it ran on the GPU
+    offload: str | None = None  # and how that number was chosen
 
 
 class FidelityResult(Result):
@@ -107,11 +114,15 @@ class LmEvalResult(Result):
 
 
 def measure_job(recipe: Recipe, variant: Variant, kind: Literal["profile", "perplexity"], corpus: Path,
-                reference: ReferenceLogits | None = None) -> MeasureJob:
+                reference: ReferenceLogits | None = None, runtime: str | None = None) -> MeasureJob:
+    """The job for `variant` in its own runtime, or in `runtime` (one that runs the same format)."""
     dev = recipe.device
     longest = max(max(dev.prompt_lengths), recipe.quality.ctx)
+    chosen = get_runtime(runtime or variant.runtime)
     return MeasureJob(
-        kind=kind, runtime_module=get_runtime(variant.runtime).module, path=variant.path, threads=threads(recipe),
+        kind=kind, runtime_module=chosen.module, profiler=chosen.profiler, n_gpu_layers=dev.llama_cpp.n_gpu_layers,
+        decode_target=recipe.budget.min_decode_tps,
+        llama_cpp_bin=llama_cpp_bin(recipe), path=variant.path, threads=threads(recipe),
         n_ctx=max(max(dev.prompt_lengths) + 16, dev.prompt_lengths[0] + dev.decode_tokens + 16, recipe.quality.ctx),
         n_batch=longest, corpus=str(corpus), prompt_lengths=dev.prompt_lengths, decode_tokens=dev.decode_tokens,
         warmup=dev.warmup, repeats=dev.repeats, ctx=recipe.quality.ctx, chunks=recipe.quality.chunks, reference=reference,

@@ -22,7 +22,17 @@ from toolkit.profiling.roofline import measure as measure_roofline
 from toolkit.profiling.rounds import Rounds, run_rounds
 from toolkit.recipe import Recipe
 from toolkit.recommend.engine import contenders, recommend
-from toolkit.records import DeviceFingerprint, DevicePower, DeviceReport, Manifest, Profile, PromptTiming, Stat, Variant
+from toolkit.records import (
+    DeviceFingerprint,
+    DevicePower,
+    DeviceReport,
+    LlamaBench,
+    Manifest,
+    Profile,
+    PromptTiming,
+    Stat,
+    Variant,
+)
 from toolkit.runtimes import get_runtime
 
 PROFILER_VERSION = 3  # bump when the measurement method changes, so cached profiles are re-measured
@@ -45,6 +55,7 @@ def profile(
         if not manifest.variants:
             raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
     device = device_fingerprint(recipe)
+    check_offload(recipe, manifest)
     text = corpus(recipe)
     quality = load_quality(recipe, manifest, sha256_file(corpus(recipe)))
     if ruled_out is None:  # the staged search profiles nothing whose fidelity already breaks the budget
@@ -88,8 +99,8 @@ def _ruled_out(recipe: Recipe, variant: Variant, device: DeviceFingerprint, reas
 def _identity(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: str) -> dict:
     """The fields every profile of `variant` carries, measured or not."""
     return dict(
-        key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format, runtime=variant.runtime,
-        device=device, settings=recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power"}),
+        key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format,
+        runtime=profiling_runtime(recipe, variant), device=device, settings=_settings(recipe, set()),
         file_size_mb=round(variant.size_bytes / 2**20, 2),
     )
 
@@ -109,8 +120,38 @@ def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, 
     return rec.pick, win, rec.tied_with
 
 
+def _settings(recipe: Recipe, exclude: set[str]) -> dict:
+    """The device settings a measurement depends on; llama_cpp's only where the native runtime is chosen."""
+    settings = recipe.device.model_dump(mode="json", exclude=exclude | {"prompt_lengths", "power", "llama_cpp"})
+    if recipe.device.llama_cpp.runtime == "native":
+        settings |= {f"llama_cpp_{k}": v for k, v in recipe.device.llama_cpp.model_dump(mode="json").items()}
+    return settings
+
+
+def profiling_runtime(recipe: Recipe, variant: Variant) -> str:
+    """The runtime that profiles `variant`: its own, or llama.cpp's native binaries where the recipe says."""
+    native = variant.runtime == "llama.cpp" and recipe.device.llama_cpp.runtime == "native"
+    return "llama.cpp-native" if native else variant.runtime
+
+
+def check_offload(recipe: Recipe, manifest: Manifest) -> None:
+    """GPU offload asked of a llama.cpp build without a GPU backend is an error, never silently CPU (auto
+    falls back to the CPU, and each profile says so in `offload`)."""
+    layers = recipe.device.llama_cpp.n_gpu_layers
+    native = get_runtime("llama.cpp-native")
+    if not layers or layers == "auto" or native.available() or not any(profiling_runtime(recipe, v) == native.name for v in manifest.variants):
+        return
+    module = native.load()
+    if not module.gpu_devices():
+        raise UserError(f"{layers} layers to offload, but the llama.cpp build in {module.bin_dir()} has no GPU backend "
+                        "(llama-server --list-devices lists none); set 0, or build one with `toolkit llama-cpp-build "
+                        "--backend cuda` (or vulkan, metal)", file=recipe.path, field="device.llama_cpp.n_gpu_layers")
+
+
 def profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *extra) -> str:
-    settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS)
+    settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS | {"llama_cpp"})
+    if recipe.device.llama_cpp.runtime == "native":
+        settings["llama_cpp"] = recipe.device.llama_cpp.model_dump(mode="json")
     return content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION, *extra)
 
 
@@ -137,11 +178,12 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
             log_suffix: str = "") -> Profile:
     """Profile one variant in a child process: load, TTFT per prompt length, decode, memory, energy."""
     base = _identity(recipe, variant, device, key)
-    if missing := get_runtime(variant.runtime).available():
+    if missing := get_runtime(base["runtime"]).available():
         return Profile(status="skipped", reason=missing, **base)
     dev = recipe.device
     log = ws / "logs" / f"profile-{variant.id}{log_suffix}.log"
-    child = jobs.run(jobs.measure_job(recipe, variant, "profile", corpus), dev.timeout_s, dev.memory_cap_mb, log)
+    job = jobs.measure_job(recipe, variant, "profile", corpus, runtime=base["runtime"])
+    child = jobs.run(job, dev.timeout_s, dev.memory_cap_mb, log)
     if child.status != "ok":
         return Profile(status=child.status, reason=child.reason, peak_rss_mb=child.data.get("peak_rss_mb"), wall_s=child.wall_s, **base)
     d = jobs.ProfileResult.model_validate(child.data)
@@ -160,5 +202,12 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
         rapl_watts=Stat.of(d.rapl_watts) if d.rapl_watts else None, energy=profile_energy(child.data),
         peak_rss_mb=round(d.peak_rss_mb, 1),
         deploy_rss_mb=round(d.deploy_rss_mb, 1) if d.deploy_rss_mb is not None else None,
+        llama_bench=_llama_bench(d.llama_bench) if d.llama_bench else None, gpu_layers=d.gpu_layers, offload=d.offload,
         wall_s=round(child.wall_s, 2), **base,
     )
+
+
+def _llama_bench(raw: dict) -> LlamaBench:
+    """llama-bench's samples (llamacpp_native.llama_bench) as Stats."""
+    return LlamaBench(build=raw["build"], depth=raw["depth"], decode_tps=Stat.of(raw["decode_tps"]),
+                      prefill_tps={int(k): Stat.of(v) for k, v in raw["prefill_tps"].items()})

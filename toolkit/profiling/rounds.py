@@ -22,7 +22,7 @@ import statistics
 from collections.abc import Callable
 
 from toolkit.profiling.meters.summary import merge_energy
-from toolkit.records import Certification, CertRun, DeviceReport, Profile, PromptTiming, Stat
+from toolkit.records import Certification, CertRun, DeviceReport, LlamaBench, Profile, PromptTiming, Stat
 
 CERTIFY_ATTEMPTS = 3
 Measure = Callable[[str, int], Profile]  # (variant id, round index) -> that round's profile, cached or measured
@@ -57,12 +57,22 @@ def merge_rounds(rounds: list[Profile]) -> Profile:
         "runtime_decode_tps": _merge_optional([r.runtime_decode_tps for r in ok]),
         "rapl_watts": _merge_optional([r.rapl_watts for r in ok]),
         "energy": merge_energy([r.energy for r in ok]),
+        "llama_bench": _merge_bench([r.llama_bench for r in ok if r.llama_bench]),
         "peak_rss_mb": max(peaks) if peaks else None,  # the budget sees the worst process
         "peak_rss_mb_runs": peaks,
         "deploy_rss_mb": max(deploys) if len(deploys) == len(ok) else None,
         "deploy_rss_mb_runs": deploys,
         "rounds": len(ok),
         "wall_s": round(sum(r.wall_s for r in ok), 2),
+    })
+
+
+def _merge_bench(runs: list[LlamaBench]) -> LlamaBench | None:
+    if not runs:
+        return None
+    return runs[0].model_copy(update={
+        "decode_tps": Stat.merge([r.decode_tps for r in runs]),
+        "prefill_tps": {n: Stat.merge([r.prefill_tps[n] for r in runs]) for n in runs[0].prefill_tps},
     })
 
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.profiling.meters import Choice, choose
@@ -34,6 +35,10 @@ def run_job(job: dict) -> dict:
     if job["kind"] == "lm_eval":
         return lm_eval_job(job)
     runtime = importlib.import_module(job["runtime_module"])
+    if job["kind"] == "profile" and job.get("profiler") == "module":  # the runtime measures itself
+        if job.get("llama_cpp_bin"):
+            os.environ["EDGEFIRST_LLAMA_CPP_BIN"] = job["llama_cpp_bin"]
+        return with_energy(job, lambda energy: runtime.profile(job, energy))
     for module in runtime.IMPORTS:
         importlib.import_module(module)
     baseline = rss_mb()
@@ -69,10 +74,15 @@ def profile(session, tokens: list[int], job: dict) -> dict:
     lengths = job["prompt_lengths"]
     if len(tokens) < max(lengths):
         raise ValueError(f"corpus has {len(tokens)} tokens, fewer than the longest prompt {max(lengths)}")
+    return with_energy(job, lambda energy: timed_runs(session, tokens, job, energy))
+
+
+def with_energy(job: dict, measure: Callable[[Recorder], dict]) -> dict:
+    """Run `measure` with the energy recorder going (idle first), and add the energy figures."""
     choice = choose(_energy_setting(job, "energy_meter", "auto"), job.get("power"))
     with Recorder(choice.meter, float(_energy_setting(job, "energy_hz", str(DEFAULT_HZ)))) as energy:
         energy.idle(float(_energy_setting(job, "energy_idle_s", str(IDLE_S))))
-        result = timed_runs(session, tokens, job, energy)
+        result = measure(energy)
     return result | energy_figures(energy, choice)
 
 
@@ -257,9 +267,10 @@ def main(job_path: str, out_path: str) -> int:
         reason = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
         result, code = {"ok": False, "status": "crash", "reason": reason}, 2
         traceback.print_exc()
-    result["peak_rss_mb"] = peak = peak_rss_mb()
-    if (deploy := deploy_rss_mb(result, peak)) is not None:
-        result["deploy_rss_mb"] = deploy
+    if "peak_rss_mb" not in result:  # a runtime that measures itself reports its own process's peak
+        result["peak_rss_mb"] = peak = peak_rss_mb()
+        if (deploy := deploy_rss_mb(result, peak)) is not None:
+            result["deploy_rss_mb"] = deploy
     tmp = Path(out_path + ".part")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     tmp.replace(out_path)

@@ -107,6 +107,8 @@ class Runtime:
     formats: tuple[str, ...]
     lm_eval_backend: str = "session"  # "session": lm-eval through our Session adapter; "hflm": the module's
     # load_model() handed to lm-eval's own HF class
+    profiler: str = "session"  # "session": the worker's timed loop over open_session(); "module": the module's
+    # own profile(job, energy) returns the same result (llama.cpp's native binaries, measured as a served client)
 
     def load(self):
         return importlib.import_module(self.module)
@@ -138,6 +140,7 @@ def register(runtime: Runtime) -> Runtime:
 register(Runtime("llama.cpp", "toolkit.runtimes.llamacpp", ("gguf",)))
 register(Runtime("onnxruntime", "toolkit.runtimes.onnxrt", ("onnx",)))  # optimum's export
 register(Runtime("onnxruntime-genai", "toolkit.runtimes.onnxrt_genai", ("onnx",)))  # onnxruntime-genai's builder
+register(Runtime("llama.cpp-native", "toolkit.runtimes.llamacpp_native", ("gguf",), profiler="module"))  # profiling
 register(Runtime("torch", "toolkit.runtimes.torch_hf", ("gptq", "hf"), lm_eval_backend="hflm"))
 
 
