@@ -128,10 +128,11 @@ def test_evaluate_scores_every_variant(recipe, tmp_path):
 def test_profile_out_threads_and_format(recipe, tmp_path):
     invoke("compress", recipe)
     target = tmp_path / "elsewhere" / "device.json"
-    out = invoke("profile", recipe, "--out", target, "--threads", "1", "--format", "fake")
+    out = invoke("profile", recipe, "--out", target, "--threads", "1", "--format", "fake", "--device-label", "pi5-a")
     assert f"device report: {target} (2 ok, 0 not ok)" in " ".join(out.split())
     report = DeviceReport.load(target)
     assert report.device.threads_used == 1 and [p.status for p in report.profiles] == ["ok", "ok"]
+    assert report.device.label == "pi5-a" and "label" not in report.profiles[0].settings
     assert not list((tmp_path / "ws" / "reports").glob("device-*.json"))  # --out: written there only
     result = CliRunner().invoke(app, ["profile", str(recipe), "--format", "gguf"])
     assert isinstance(result.exception, UserError) and "no variant of format gguf" in str(result.exception)

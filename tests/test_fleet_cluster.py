@@ -107,3 +107,35 @@ def test_simulation_report_and_busy_port(tmp_path):
         port = held.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
             check_port_free("127.0.0.1", port)
+
+
+def test_boards_from_one_image_stay_two_devices_and_one_device_pools_its_reports(tmp_path):
+    """Two boards that share hostname, hardware and software but not machine-id (or label) are two devices;
+    two reports of one device are one, with its repeats pooled and a note that says so."""
+    from toolkit.profiling.device import fingerprint, machine_id
+
+    first, second = tmp_path / "id-a", tmp_path / "id-b"
+    first.write_text("0123456789abcdef0123456789abcdef\n", encoding="ascii")
+    second.write_text("fedcba9876543210fedcba9876543210\n", encoding="ascii")
+    ids = machine_id((str(first),)), machine_id((str(second),))
+    assert ids[0] != ids[1] and len(ids[0]) == 12 and "0123456789abcdef" not in ids[0]  # hashed, not the raw id
+    assert machine_id((str(tmp_path / "missing"), str(second))) == ids[1]
+    assert machine_id((str(tmp_path / "missing"),)) is None
+    assert fingerprint(2, {}, {}, "pi5-a").id != fingerprint(2, {}, {}, "pi5-b").id
+    assert fingerprint(2, {}, {}, "pi5-a").id == fingerprint(2, {}, {}, "pi5-a").id
+
+    board = ladder_report([(100, 800, 50, 300, 30), (80, 600, 80, 200, 35)])
+    twin = board.model_copy(update={"device": FP.model_copy(update={"id": "dev1b", "machine_id": "other"})})
+    again = ladder_report([(120, 900, 40, 310, 30), (90, 700, 70, 210, 35)])  # the first board, measured later
+    for name, rep in (("device-a.json", board), ("device-b.json", twin), ("device-c.json", again)):
+        write_json(tmp_path / name, rep)
+    reports = load_reports([tmp_path])
+    assert [r.device.id for r in reports] == ["dev1", "dev1b"]
+    pooled = reports[0]
+    assert pooled.merged_from == [str(tmp_path / "device-a.json"), str(tmp_path / "device-c.json")]
+    assert reports[1].merged_from == []
+    decode = pooled.profiles[0].decode_tps
+    assert decode.values == board.profiles[0].decode_tps.values + again.profiles[0].decode_tps.values
+    assert decode.n == 6 and pooled.profiles[0].rounds == 2
+    rec = recommend(pooled, Budget(), Costs(), CLOUDS)
+    assert any(n.startswith("One device in 2 reports (same id): repeats pooled from") for n in rec.notes)

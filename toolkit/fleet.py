@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
 from toolkit.profiling.roofline import Roofline, roofline_decode_tps, roofline_prefill_tps
+from toolkit.profiling.rounds import merge_rounds
 from toolkit.recommend.engine import Recommendation
 from toolkit.records import DeviceReport, Variant
 
@@ -26,13 +27,29 @@ def load_reports(paths: list[Path]) -> list[DeviceReport]:
             files.append(path)
         else:
             raise UserError("device report not found", file=path)
-    reports, seen = [], set()
+    by_device: dict[str, list[tuple[Path, DeviceReport]]] = {}
     for file in files:
         report = DeviceReport.load(file)
-        if report.device.id not in seen:
-            seen.add(report.device.id)
-            reports.append(report)
-    return reports
+        by_device.setdefault(report.device.id, []).append((file, report))
+    return [same_device(group) for group in by_device.values()]
+
+
+def same_device(group: list[tuple[Path, DeviceReport]]) -> DeviceReport:
+    """Reports with one device id are one device (same hardware, software, machine-id and label): its repeats
+    are pooled, profile by profile where they were measured alike (same key), and `merged_from` says so."""
+    (_, first), rest = group[0], group[1:]
+    if not rest:
+        return first
+    profiles = []
+    for profile in first.profiles:
+        alike = [profile] + [p for _, r in rest for p in r.profiles if p.key == profile.key and p.status == "ok"]
+        merged = merge_rounds(alike) if profile.status == "ok" else profile
+        profiles.append(merged.model_copy(update={"rounds": sum(p.rounds for p in alike if p.status == "ok") or 1}))
+    known = {v.id for v in first.variants}
+    variants = {v.id: v for _, r in rest for v in r.variants if v.id not in known}  # measured only in a later report
+    profiles += list({p.variant_id: p for _, r in rest for p in r.profiles if p.variant_id in variants}.values())
+    return first.model_copy(update={"profiles": profiles, "variants": first.variants + list(variants.values()),
+                                    "merged_from": [str(f) for f, _ in group]})
 
 
 class FleetRow(BaseModel):

@@ -69,6 +69,8 @@ class Device(Strict):
     noise_margin: float = Field(0.25, ge=0, le=1, description="run-to-run timing swing a variant may still win by")
     certify_runs: int = Field(3, ge=0, le=20, description="fresh-process re-measurements of the pick (0: none)")
     llama_cpp: LlamaCpp = Field(default_factory=LlamaCpp)
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="this device's name in "
+                              "fleets; part of its id, so boards flashed from one image stay apart")
 
     @field_validator("prompt_lengths")
     @classmethod

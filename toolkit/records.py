@@ -103,6 +103,8 @@ class DeviceFingerprint(BaseModel):
     python: str
     runtimes: dict[str, str]
     build_flags: dict[str, str] = Field(default_factory=dict)
+    machine_id: str | None = None  # sha256 prefix of /etc/machine-id: boards flashed from one image differ here
+    label: str | None = None  # the user's name for it (device.label, toolkit profile --device-label)
 
 
 class PromptTiming(BaseModel):
@@ -287,6 +289,7 @@ class DeviceReport(Record):
     quality: list[Quality] = Field(default_factory=list)
     accuracy: list[EvalResult] = Field(default_factory=list)
     certifications: list[Certification] = Field(default_factory=list)
+    merged_from: list[str] = Field(default_factory=list)  # reports of this same device whose repeats were pooled
 
     @property
     def measured(self) -> bool:

@@ -53,11 +53,13 @@ def profile(
     out: Annotated[Path | None, typer.Option(help="where to write the device report JSON")] = None,
     threads: Annotated[int | None, typer.Option(help="override device.threads")] = None,
     formats: Annotated[list[str] | None, typer.Option("--format", help="profile only these formats (repeatable)")] = None,
+    device_label: Annotated[str | None, typer.Option(help="this device's name in fleets (device.label)")] = None,
 ) -> None:
     """Measure every variant on this device, each in its own process; write the device report."""
     r = load_recipe(recipe)
-    if threads is not None:
-        r = r.model_copy(update={"device": service.with_overrides(r, "device", {"threads": threads})})
+    if threads is not None or device_label is not None:
+        given = {"threads": threads, "label": device_label}
+        r = r.model_copy(update={"device": service.with_overrides(r, "device", given)})
     with progress_bar() as update:
         report, path = pipeline.profile(r, update, out, formats)
     failed = [p for p in report.profiles if p.status != "ok"]

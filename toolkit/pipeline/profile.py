@@ -85,7 +85,7 @@ def profile(
     if certify_pick:
         report = certify(recipe, report, lambda r, v, i: measure_round(r, v, device, text, ws, i, "certify"), progress)
     progress("done", count["done"], count["done"])
-    target = out or ws / "reports" / f"device-{device.hostname}-{device.id}.json"
+    target = out or ws / "reports" / f"device-{device.label or device.hostname}-{device.id}.json"
     if write:
         write_json(target, report)
     return report, target
@@ -122,7 +122,7 @@ def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, 
 
 def _settings(recipe: Recipe, exclude: set[str]) -> dict:
     """The device settings a measurement depends on; llama_cpp's only where the native runtime is chosen."""
-    settings = recipe.device.model_dump(mode="json", exclude=exclude | {"prompt_lengths", "power", "llama_cpp"})
+    settings = recipe.device.model_dump(mode="json", exclude=exclude | {"prompt_lengths", "power", "llama_cpp", "label"})
     if recipe.device.llama_cpp.runtime == "native":
         settings |= {f"llama_cpp_{k}": v for k, v in recipe.device.llama_cpp.model_dump(mode="json").items()}
     return settings
@@ -149,7 +149,7 @@ def check_offload(recipe: Recipe, manifest: Manifest) -> None:
 
 
 def profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *extra) -> str:
-    settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS | {"llama_cpp"})
+    settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS | {"llama_cpp", "label"})  # label: in device.id
     if recipe.device.llama_cpp.runtime == "native":
         settings["llama_cpp"] = recipe.device.llama_cpp.model_dump(mode="json")
     return content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION, *extra)

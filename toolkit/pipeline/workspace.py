@@ -69,7 +69,7 @@ def device_fingerprint(recipe: Recipe) -> DeviceFingerprint:
             module = runtime.load()
             runtimes.update(module.versions())
             flags.update(module.build_flags())
-    return fingerprint(threads(recipe), runtimes, flags)
+    return fingerprint(threads(recipe), runtimes, flags, recipe.device.label)
 
 
 def llama_cpp_bin(recipe: Recipe) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from pathlib import Path
 
 import psutil
 
@@ -30,7 +31,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def fingerprint(threads: int, runtimes: dict[str, str], build_flags: dict[str, str]) -> DeviceFingerprint:
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_id(files: tuple[str, ...] = MACHINE_ID_FILES) -> str | None:
+    """This installation's id (systemd's machine-id), hashed so that the report does not carry it."""
+    for path in files:
+        try:
+            raw = Path(path).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if raw:
+            return content_hash(raw, length=12)
+    return None
+
+
+def fingerprint(threads: int, runtimes: dict[str, str], build_flags: dict[str, str], label: str | None = None
+                ) -> DeviceFingerprint:
+    """Enough to tell two devices apart: hardware, software, the machine-id and the user's label. Boards
+    flashed from one image share everything but the last two."""
     fields = dict(
         hostname=socket.gethostname(),
         cpu_model=cpu_model(),
@@ -42,5 +61,7 @@ def fingerprint(threads: int, runtimes: dict[str, str], build_flags: dict[str, s
         python=platform.python_version(),
         runtimes=runtimes,
         build_flags=build_flags,
+        machine_id=machine_id(),
+        label=label,
     )
     return DeviceFingerprint(id=content_hash(fields, length=10), **fields)

@@ -266,6 +266,8 @@ def _notes(report: DeviceReport) -> list[str]:
                      "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
                      "reference, so neither compares across models.")
     notes += [f"Not built: {f.label}: {f.reason}" for f in report.not_built]
+    if report.merged_from:
+        notes.append(f"One device in {len(report.merged_from)} reports (same id): repeats pooled from {', '.join(report.merged_from)}.")
     return notes
 
 
