@@ -13,7 +13,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 .venv/bin/python -m pip install --quiet ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} torch==2.13.0
 # llama-cpp-python compiles llama.cpp from source when no wheel is found (10-25 minutes on 2 cores).
 # [images]: kaleido, for PNG plots in the Markdown reports (it uses an installed Chromium; without one, no images).
-.venv/bin/python -m pip install --quiet -e '.[test,images]'
+.venv/bin/python -m pip install --quiet -e '.[test,images,ray]'
 # GPTQ (GPTQModel 5.7.0, the last release for transformers < 5): CPU-only build of its extension, no
 # build isolation (it compiles against the installed torch), and pypcre first. SKIP_GPTQ=1 skips it.
 if [ "${SKIP_GPTQ:-0}" != 1 ] && ! .venv/bin/python -c 'import gptqmodel' 2>/dev/null; then

@@ -1,6 +1,6 @@
 """In CI (`CI=true`), a test that skips because a required dependency is missing is a failure.
 
-`.ci/run` installs Chromium, the llama.cpp server, LiteLLM, ONNX Runtime (with optimum's exporter) and
+`.ci/run` installs Chromium, the llama.cpp server, LiteLLM, ONNX Runtime (with optimum's exporter), Ray and
 GPTQModel; a test that skips for want of one of them there means the install broke, and the run must not go
 green. Outside CI the same skips stay skips (a developer may lack Chromium). Loaded by tests/conftest.py;
 a plugin of its own so that a test can run it in an inner pytest session (tests/test_isolation.py).
@@ -20,6 +20,7 @@ REQUIRED: dict[str, re.Pattern[str]] = {
     "LiteLLM": re.compile(r"litellm", re.IGNORECASE),
     "ONNX Runtime": re.compile(r"onnxruntime|optimum", re.IGNORECASE),
     "GPTQModel": re.compile(r"gptqmodel", re.IGNORECASE),
+    "Ray": re.compile(r"could not import 'ray'", re.IGNORECASE),
 }
 _SKIPPED_AT_COLLECTION: list[str] = []  # "nodeid: why" for each module that skipped at collection
 

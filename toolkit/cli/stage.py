@@ -54,9 +54,23 @@ def profile(
     threads: Annotated[int | None, typer.Option(help="override device.threads")] = None,
     formats: Annotated[list[str] | None, typer.Option("--format", help="profile only these formats (repeatable)")] = None,
     device_label: Annotated[str | None, typer.Option(help="this device's name in fleets (device.label)")] = None,
+    devices: Annotated[str | None, typer.Option(help="profile on these Ray nodes instead (comma-separated device "
+                                                "names, each a node's `device:NAME` resource)")] = None,
+    ray_address: Annotated[str, typer.Option(help="the Ray cluster's head, for --devices")] = "127.0.0.1:6379",
+    shared_workspace: Annotated[bool, typer.Option(help="with --devices: every node mounts the workspace at the "
+                                                   "same path (else the files travel through Ray's object store)")] = False,
 ) -> None:
-    """Measure every variant on this device, each in its own process; write the device report."""
+    """Measure every variant on this device (or on Ray nodes, --devices), each in its own process; write the
+    device report."""
     r = load_recipe(recipe)
+    if devices:
+        from toolkit.pipeline.fleet_ray import profile_on_devices
+
+        _, failed = profile_on_devices(r, [d.strip() for d in devices.split(",") if d.strip()], ray_address,
+                                       shared_workspace, console.print)
+        if failed:
+            raise typer.Exit(1)
+        return
     if threads is not None or device_label is not None:
         given = {"threads": threads, "label": device_label}
         r = r.model_copy(update={"device": service.with_overrides(r, "device", given)})

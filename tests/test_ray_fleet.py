@@ -1,0 +1,86 @@
+"""A fleet on Ray: a local cluster on loopback with two "devices" (two nodes of this machine, each with its
+`device:NAME` resource), `toolkit profile --devices` profiles the tiny Llama on both and brings back two
+device reports that stay two devices; a node killed mid-job leaves that device failed with its reason, and a
+rerun redoes only it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.conftest import write_recipe
+from toolkit import pipeline
+from toolkit.fleet import load_reports
+from toolkit.recipe import load_recipe
+
+ray = pytest.importorskip("ray")
+# Ray's test cluster binds this machine's address (pinning it to 127.0.0.1 leaves the driver unable to attach)
+pytestmark = pytest.mark.allow_hosts(["127.0.0.1", ray.util.get_node_ip_address()])
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_llama, tmp_path_factory):
+    from ray.cluster_utils import Cluster
+
+    tmp = tmp_path_factory.mktemp("fleet")
+    recipe = load_recipe(write_recipe(tmp / "r.yaml", f"""
+        name: fleet
+        workspace: {tmp / 'ws'}
+        candidates: [{{model: {tiny_llama}, name: m}}]
+        variants: {{gguf: {{quants: [Q8_0], keep_source: false}}, onnx: null}}
+        device: {{threads: 1, prompt_lengths: [16, 32], decode_tokens: 8, warmup: 1, repeats: 2, rounds: 1,
+                  max_rounds: 1, certify_runs: 0}}
+        quality: {{ctx: 32, chunks: 2}}
+        """))
+    pipeline.compress(recipe)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = {name: cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}) for name in ("pi-a", "pi-b")}
+    cluster.wait_for_nodes()
+    yield recipe, cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_two_devices_profiled_on_their_nodes_stay_two(fleet):
+    from toolkit.pipeline.fleet_ray import profile_on_devices
+
+    recipe, cluster, _ = fleet
+    written, failed = profile_on_devices(recipe, ["pi-a", "pi-b"], cluster.address, say=lambda _: None)
+    assert failed == {} and len(written) == 2
+    reports = load_reports(written)
+    assert [r.device.label for r in reports] == ["pi-a", "pi-b"]  # one machine, one machine-id: the labels part them
+    assert reports[0].device.id != reports[1].device.id and reports[0].device.machine_id == reports[1].device.machine_id
+    assert all(r.profiles[0].status == "ok" and r.profiles[0].decode_tps.n == 2 for r in reports)
+    assert all(r.merged_from == [] for r in reports)
+
+
+def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
+    from toolkit.pipeline.fleet_ray import profile_on_devices
+
+    recipe, cluster, nodes = fleet
+    recipe = recipe.model_copy(update={"device": recipe.device.model_copy(update={"repeats": 3})})  # not cached yet
+    killer = threading.Thread(target=_kill_once_measuring, args=(cluster, nodes["pi-a"], "pi-a"))
+    killer.start()
+    written, failed = profile_on_devices(recipe, ["pi-a", "pi-b"], cluster.address, say=lambda _: None)
+    killer.join()
+    assert list(failed) == ["pi-a"] and len(written) == 1 and "pi-b" in written[0].name
+    nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1})
+    cluster.wait_for_nodes()
+    again, failed = profile_on_devices(recipe, ["pi-b"], cluster.address, say=lambda _: None)
+    # pi-b's profile comes from its node's cache: the very measurement of the first run, not a new one
+    assert failed == {} and load_reports(again)[0].profiles[0].wall_s == load_reports(written)[0].profiles[0].wall_s
+    again, failed = profile_on_devices(recipe, ["pi-a"], cluster.address, say=lambda _: None)
+    assert failed == {} and load_reports(again)[0].profiles[0].status == "ok"
+
+
+def _kill_once_measuring(cluster, node, device: str) -> None:
+    """Kill `device`'s node (no grace) once its profile child has started writing its log."""
+    from toolkit.io import cache_root
+
+    start, deadline = time.time(), time.monotonic() + 300
+    folder = cache_root() / "fleet" / device
+    while time.monotonic() < deadline and not [p for p in folder.rglob("profile-*.log") if p.stat().st_mtime > start]:
+        time.sleep(0.05)
+    cluster.remove_node(node, allow_graceful=False)
