@@ -1,5 +1,5 @@
 """A fleet on Ray: a local cluster on loopback with two "devices" (two nodes of this machine, each with its
-`device:NAME` resource), `toolkit profile --devices` profiles the tiny Llama on both and brings back two
+`device:NAME` resource), `toolkit profile --devices` profiles the real SmolLM2's GGUF ladder on both and brings back two
 device reports that stay two devices; a node killed mid-job leaves that device failed with its reason, and a
 rerun redoes only it."""
 
@@ -14,25 +14,26 @@ from tests.conftest import write_recipe
 from toolkit import pipeline
 from toolkit.fleet import load_reports
 from toolkit.recipe import load_recipe
+from toolkit.recommend import service
 
 ray = pytest.importorskip("ray")
 # Ray's test cluster binds this machine's address (pinning it to 127.0.0.1 leaves the driver unable to attach)
-pytestmark = pytest.mark.allow_hosts(["127.0.0.1", ray.util.get_node_ip_address()])
+pytestmark = [pytest.mark.allow_hosts(["127.0.0.1", ray.util.get_node_ip_address()]), pytest.mark.real_model]
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny_llama, tmp_path_factory):
+def fleet(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     tmp = tmp_path_factory.mktemp("fleet")
     recipe = load_recipe(write_recipe(tmp / "r.yaml", f"""
         name: fleet
         workspace: {tmp / 'ws'}
-        candidates: [{{model: {tiny_llama}, name: m}}]
-        variants: {{gguf: {{quants: [Q8_0], keep_source: false}}, onnx: null}}
-        device: {{threads: 1, prompt_lengths: [16, 32], decode_tokens: 8, warmup: 1, repeats: 2, rounds: 1,
+        candidates: [{{model: smollm2-135m-instruct}}]
+        variants: {{gguf: {{quants: [Q8_0, Q4_0], keep_source: false}}, onnx: null}}
+        device: {{threads: 1, prompt_lengths: [32, 64], decode_tokens: 16, warmup: 1, repeats: 2, rounds: 1,
                   max_rounds: 1, certify_runs: 0}}
-        quality: {{ctx: 32, chunks: 2}}
+        quality: {{ctx: 64, chunks: 2}}
         """))
     pipeline.compress(recipe)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -52,8 +53,10 @@ def test_two_devices_profiled_on_their_nodes_stay_two(fleet):
     reports = load_reports(written)
     assert [r.device.label for r in reports] == ["pi-a", "pi-b"]  # one machine, one machine-id: the labels part them
     assert reports[0].device.id != reports[1].device.id and reports[0].device.machine_id == reports[1].device.machine_id
-    assert all(r.profiles[0].status == "ok" and r.profiles[0].decode_tps.n == 2 for r in reports)
+    assert all([p.status for p in r.profiles] == ["ok"] * 2 and r.profiles[0].decode_tps.n == 2 for r in reports)
     assert all(r.merged_from == [] for r in reports)
+    recs = service.recommend_each(recipe, reports)  # the fleet recommendation reads them: one per device
+    assert [r.device_id for r in recs] == [r.device.id for r in reports] and all(r.answer == "edge" for r in recs)
 
 
 def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
