@@ -48,6 +48,12 @@ def tiny_native(native_bin, tiny_llama, tmp_path_factory):
     return recipe
 
 
+def _offloading(recipe, layers):
+    """`recipe` with device.llama_cpp.n_gpu_layers set."""
+    llama_cpp = recipe.device.llama_cpp.model_copy(update={"n_gpu_layers": layers})
+    return recipe.model_copy(update={"device": recipe.device.model_copy(update={"llama_cpp": llama_cpp})})
+
+
 def test_profile_through_llama_server_with_llama_bench_beside(tiny_native):
     report, _ = pipeline.profile(tiny_native)
     [p] = report.profiles
@@ -68,15 +74,13 @@ def test_profile_through_llama_server_with_llama_bench_beside(tiny_native):
 
 
 def test_offload_on_a_cpu_build_is_an_error(tiny_native):
-    recipe = tiny_native.model_copy(update={"device": tiny_native.device.model_copy(update={
-        "llama_cpp": tiny_native.device.llama_cpp.model_copy(update={"n_gpu_layers": 8})})})
+    recipe = _offloading(tiny_native, 8)
     with pytest.raises(UserError, match=r"device.llama_cpp.n_gpu_layers: 8 layers to offload, but .* no GPU backend"):
         pipeline.profile(recipe)
 
 
 def test_auto_offload_on_a_cpu_build_runs_on_the_cpu_and_says_so(tiny_native):
-    recipe = tiny_native.model_copy(update={"device": tiny_native.device.model_copy(update={
-        "llama_cpp": tiny_native.device.llama_cpp.model_copy(update={"n_gpu_layers": "auto"})})})
+    recipe = _offloading(tiny_native, "auto")
     report, _ = pipeline.profile(recipe, write=False, certify_pick=False)
     [p] = report.profiles
     assert p.status == "ok" and p.gpu_layers == 0 and p.settings["llama_cpp_n_gpu_layers"] == "auto"

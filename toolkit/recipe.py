@@ -37,7 +37,7 @@ class LlamaCpp(Strict):
         "bundled", description="bundled: llama-cpp-python; native: the device's llama-server and llama-bench "
         "(toolkit/runtimes/llamacpp_native.py)")
     bin_dir: str | None = Field(None, description="folder with llama-server and llama-bench (default: PATH, then "
-                                "the toolkit's own build from `toolkit llama-cpp build`)")
+                                "the toolkit's own build from `toolkit llama-cpp-build`)")
     n_gpu_layers: int | Literal["auto"] = Field(
         0, description="layers offloaded to the GPU (999: all; auto: the fewest that meet budget.min_decode_tps, "
         "runtimes/llamacpp_offload.py); native only, and a number above 0 is an error on a build without a GPU backend")

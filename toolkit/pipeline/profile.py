@@ -100,7 +100,7 @@ def _identity(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: 
     """The fields every profile of `variant` carries, measured or not."""
     return dict(
         key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format,
-        runtime=profiling_runtime(recipe, variant), device=device, settings=_settings(recipe, set()),
+        runtime=profiling_runtime(recipe, variant), device=device, settings=_settings(recipe),
         file_size_mb=round(variant.size_bytes / 2**20, 2),
     )
 
@@ -120,9 +120,9 @@ def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, 
     return rec.pick, win, rec.tied_with
 
 
-def _settings(recipe: Recipe, exclude: set[str]) -> dict:
-    """The device settings a measurement depends on; llama_cpp's only where the native runtime is chosen."""
-    settings = recipe.device.model_dump(mode="json", exclude=exclude | {"prompt_lengths", "power", "llama_cpp", "label"})
+def _settings(recipe: Recipe) -> dict:
+    """The device settings a profile records; llama_cpp's only where the native runtime is chosen."""
+    settings = recipe.device.model_dump(mode="json", exclude={"prompt_lengths", "power", "llama_cpp", "label"})
     if recipe.device.llama_cpp.runtime == "native":
         settings |= {f"llama_cpp_{k}": v for k, v in recipe.device.llama_cpp.model_dump(mode="json").items()}
     return settings

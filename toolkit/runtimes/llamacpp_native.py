@@ -16,6 +16,7 @@ runtime (they need every logit; llama.cpp's numerics are the same, see tests/tes
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -61,7 +62,13 @@ def check_installed() -> None:
 
 
 def _version_lines() -> list[str]:
-    out = subprocess.run([binary("llama-server"), "--version"], capture_output=True, text=True, timeout=60)
+    return _server_output(binary("llama-server"), "--version")
+
+
+@functools.cache
+def _server_output(server: str, flag: str) -> list[str]:
+    """What `llama-server FLAG` prints, once per binary: versions(), build_flags() and gpu_devices() share it."""
+    out = subprocess.run([server, flag], capture_output=True, text=True, timeout=60)
     return [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
 
 
@@ -81,10 +88,9 @@ def build_flags() -> dict[str, str]:
 
 def gpu_devices() -> list[str]:
     """`llama-server --list-devices`: the build's offload devices (none for a CPU build)."""
-    out = subprocess.run([binary("llama-server"), "--list-devices"], capture_output=True, text=True, timeout=60)
-    lines = (out.stdout + out.stderr).splitlines()
+    lines = _server_output(binary("llama-server"), "--list-devices")
     start = next((i for i, ln in enumerate(lines) if ln.startswith("Available devices")), len(lines))
-    return [ln.strip() for ln in lines[start + 1:] if ln.strip() and ":" in ln]
+    return [ln for ln in lines[start + 1:] if ":" in ln]
 
 
 def _free_port() -> int:
