@@ -139,3 +139,21 @@ def test_boards_from_one_image_stay_two_devices_and_one_device_pools_its_reports
     assert decode.n == 6 and pooled.profiles[0].rounds == 2
     rec = recommend(pooled, Budget(), Costs(), CLOUDS)
     assert any(n.startswith("One device in 2 reports (same id): repeats pooled from") for n in rec.notes)
+
+
+def test_a_device_is_shipped_the_manifests_variants_and_results_not_stale_files(tmp_path):
+    import io
+    import tarfile
+
+    from toolkit.pipeline.fleet_ray import pack
+
+    ws = tmp_path / "ws"
+    for rel in ("manifest.json", "variants/a-q8_0.gguf", "variants/old-q2_k.gguf", "variants/b-onnx/model.onnx",
+                "quality/a.json", "reference/logits.npy", "profiles/x.json", ".lock"):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text(rel)
+    blob = pack(ws, [str(ws / "variants/a-q8_0.gguf"), str(ws / "variants/b-onnx"), str(ws / "variants/gone.gguf")])
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+    assert files == {rel: rel for rel in ("manifest.json", "variants/a-q8_0.gguf", "variants/b-onnx/model.onnx",
+                                          "quality/a.json")}

@@ -21,6 +21,9 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.allow_hosts(["127.0.0.1", ray.util.get_node_ip_address()]), pytest.mark.real_model]
 
 
+STORE = 1 << 30
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     from ray.cluster_utils import Cluster
@@ -36,8 +39,11 @@ def fleet(tmp_path_factory):
         quality: {{ctx: 64, chunks: 2}}
         """))
     pipeline.compress(recipe)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = {name: cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}) for name in ("pi-a", "pi-b")}
+    # object stores that hold the packed workspace (~240 MiB) in memory: Ray's test default of 150 MiB falls back to
+    # disk, which Ray refuses on a disk over 95% full
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE})
+    nodes = {name: cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=STORE)
+             for name in ("pi-a", "pi-b")}
     cluster.wait_for_nodes()
     yield recipe, cluster, nodes
     ray.shutdown()
@@ -64,12 +70,16 @@ def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
 
     recipe, cluster, nodes = fleet
     recipe = recipe.model_copy(update={"device": recipe.device.model_copy(update={"repeats": 3})})  # not cached yet
-    killer = threading.Thread(target=_kill_once_measuring, args=(cluster, nodes["pi-a"], "pi-a"))
+    done = threading.Event()
+    killer = threading.Thread(target=_kill_once_measuring, args=(cluster, nodes["pi-a"], "pi-a", done))
     killer.start()
-    written, failed = profile_on_devices(recipe, ["pi-a", "pi-b"], cluster.address, say=lambda _: None)
-    killer.join()
+    try:
+        written, failed = profile_on_devices(recipe, ["pi-a", "pi-b"], cluster.address, say=lambda _: None)
+    finally:
+        done.set()
+        killer.join()
     assert list(failed) == ["pi-a"] and len(written) == 1 and "pi-b" in written[0].name
-    nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1})
+    nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1}, object_store_memory=STORE)
     cluster.wait_for_nodes()
     again, failed = profile_on_devices(recipe, ["pi-b"], cluster.address, say=lambda _: None)
     # pi-b's profile comes from its node's cache: the very measurement of the first run, not a new one
@@ -78,12 +88,13 @@ def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
     assert failed == {} and load_reports(again)[0].profiles[0].status == "ok"
 
 
-def _kill_once_measuring(cluster, node, device: str) -> None:
-    """Kill `device`'s node (no grace) once its profile child has started writing its log."""
+def _kill_once_measuring(cluster, node, device: str, done: threading.Event) -> None:
+    """Kill `device`'s node (no grace) once its profile child has started writing its log, unless the run ended."""
     from toolkit.io import cache_root
 
     start, deadline = time.time(), time.monotonic() + 300
     folder = cache_root() / "fleet" / device
-    while time.monotonic() < deadline and not [p for p in folder.rglob("profile-*.log") if p.stat().st_mtime > start]:
-        time.sleep(0.05)
+    while not [p for p in folder.rglob("profile-*.log") if p.stat().st_mtime > start]:
+        if done.wait(0.05) or time.monotonic() > deadline:
+            return
     cluster.remove_node(node, allow_graceful=False)

@@ -29,14 +29,31 @@ SKIP = ("intermediate", "reference", "logs", "profiles", "reports", "gptq-work")
 RESOURCE = "device:{}"
 
 
-def pack(ws: Path) -> bytes:
-    """The workspace a device needs (manifest, variants, quality and accuracy results) as one tar."""
+def pack(ws: Path, variant_paths: list[str]) -> bytes:
+    """The workspace a device needs as one tar: the manifest, quality and accuracy results, and the files of the
+    manifest's variants (not the stale ones an older recipe left in `variants/`)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(ws.iterdir()):
-            if path.name not in SKIP and not path.name.startswith("."):
+            if path.name not in (*SKIP, "variants") and not path.name.startswith("."):
                 tar.add(path, arcname=path.name)
+        for raw in sorted(set(variant_paths)):
+            path = Path(raw).resolve()
+            if path.exists():
+                tar.add(path, arcname=str(path.relative_to(ws.resolve())))
     return buffer.getvalue()
+
+
+def put(blob: bytes):
+    """The packed workspace in Ray's object store, or a one-line error saying why it does not fit."""
+    import ray
+
+    try:
+        return ray.put(blob)
+    except (ray.exceptions.ObjectStoreFullError, ray.exceptions.OutOfDiskError) as exc:
+        raise UserError(f"the workspace's variants ({len(blob) / 2**20:.0f} MiB) do not fit this node's Ray object "
+                        f"store ({type(exc).__name__}): start Ray with a larger --object-store-memory, free disk, or "
+                        "give --shared-workspace", field="--devices") from None
 
 
 def unpack(blob: bytes, old_ws: str, label: str, name: str) -> Path:
@@ -80,7 +97,7 @@ def profile_on_devices(recipe: Recipe, devices: list[str], address: str, shared:
         raise UserError(f"no Ray node offers {', '.join(RESOURCE.format(d) for d in missing)}; start each device with "
                         f"`ray start --address {address} --resources '{{\"device:NAME\": 1}}'`", field="--devices")
     task = ray.remote(profile_here)
-    blob = None if shared else ray.put(pack(ws))
+    blob = None if shared else put(pack(ws, [v.path for v in manifest.variants]))
     absolute = recipe.model_copy(update={"workspace": str(ws)}).model_dump_json()  # a node's cwd is not ours
     pending = {d: task.options(resources={RESOURCE.format(d): 1}, num_cpus=1, max_retries=0).remote(
         absolute, str(recipe.path), d, blob) for d in devices}
