@@ -98,3 +98,27 @@ def _kill_once_measuring(cluster, node, device: str, done: threading.Event) -> N
         if done.wait(0.05) or time.monotonic() > deadline:
             return
     cluster.remove_node(node, allow_graceful=False)
+
+
+def test_evaluation_fans_out_over_the_nodes_and_matches_a_local_run(fleet, tmp_path):
+    """Fidelity and accuracy jobs as Ray tasks: the files travel through the object store to node-local folders
+    (the reference's logits come back), both nodes take jobs, and every figure equals a local run's."""
+    import shutil
+
+    from toolkit.pipeline.executor import RayExecutor
+
+    recipe, cluster, _ = fleet
+    recipe = recipe.model_copy(update={"accuracy": recipe.accuracy.model_copy(update={"tasks": ["mmlu_offline"], "limit": 3})})
+    here = recipe.model_copy(update={"workspace": str(tmp_path / "ws")})  # the same variants, nothing measured
+    (tmp_path / "ws").mkdir()
+    shutil.copy(recipe.workspace_dir() / "manifest.json", tmp_path / "ws" / "manifest.json")
+
+    quality, accuracy = pipeline.evaluate(recipe, executor=RayExecutor(cluster.address))
+    nodes = {(recipe.workspace_dir() / "logs" / f"lm-eval-{r.variant_id}.log").read_text().split("\n")[0] for r in accuracy}
+    assert len(nodes) == 2 and all(line.startswith("ran on Ray node ") for line in nodes)  # one job on each node
+    assert list(recipe.workspace_dir().glob("fidelity/*/windows.npz"))  # the reference's logits came back
+    local_quality, local_accuracy = pipeline.evaluate(here)
+    assert [q.status for q in quality] == ["ok", "ok"] and quality[1].kl_mean > 0
+    assert [(q.perplexity, q.kl_mean, q.top1_agreement) for q in quality] == \
+        [(q.perplexity, q.kl_mean, q.top1_agreement) for q in local_quality]
+    assert [(r.status, r.value) for r in accuracy] == [(r.status, r.value) for r in local_accuracy] and len(accuracy) == 2

@@ -25,7 +25,7 @@ def evaluated(monkeypatch):
     accuracy = importlib.import_module("toolkit.pipeline.accuracy")
     asked: list[str] = []
 
-    def stand_in(recipe, variant, folders, paths):
+    def stand_in(recipe, variant, folders, paths, executor):
         asked.append(variant.quant)
         return {task: EvalResult(key=paths[task][0], variant_id=variant.id, task=task, limit=recipe.accuracy.limit,
                                  runtime=variant.runtime, status="ok", metric="acc", value=ACCURACY[variant.quant],

@@ -31,12 +31,23 @@ def compress(recipe: RecipeArg) -> None:
     show(manifest_table(manifest), wide=True)
 
 
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where evaluation jobs run: local (one at a time, "
+                                          "here) or ray (fanned out over the cluster at --ray-address)")]
+RayAddressOpt = Annotated[str, typer.Option(help="the Ray cluster's head (only this machine unless you say so)")]
+SharedOpt = Annotated[bool, typer.Option(help="every Ray node mounts the workspace at the same path (else the "
+                                         "files travel through Ray's object store)")]
+
+
 @app.command()
-def evaluate(recipe: RecipeArg) -> None:
+def evaluate(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = "127.0.0.1:6379",
+             shared_workspace: SharedOpt = False) -> None:
     """Fidelity to the base model (perplexity, KL divergence, top-1) and accuracy (lm-eval), per variant."""
+    from toolkit.pipeline.executor import get_executor
+
     r = load_recipe(recipe)
+    runner = get_executor(executor, ray_address, shared_workspace)
     with progress_bar() as update:
-        quality, accuracy = pipeline.evaluate(r, update)
+        quality, accuracy = pipeline.evaluate(r, update, runner)
     manifest = pipeline.load_manifest(r)
     show(evaluation_table(manifest, quality, accuracy), wide=True)
 
@@ -56,9 +67,8 @@ def profile(
     device_label: Annotated[str | None, typer.Option(help="this device's name in fleets (device.label)")] = None,
     devices: Annotated[str | None, typer.Option(help="profile on these Ray nodes instead (comma-separated device "
                                                 "names, each a node's `device:NAME` resource)")] = None,
-    ray_address: Annotated[str, typer.Option(help="the Ray cluster's head, for --devices")] = "127.0.0.1:6379",
-    shared_workspace: Annotated[bool, typer.Option(help="with --devices: every node mounts the workspace at the "
-                                                   "same path (else the files travel through Ray's object store)")] = False,
+    ray_address: RayAddressOpt = "127.0.0.1:6379",
+    shared_workspace: SharedOpt = False,
 ) -> None:
     """Measure every variant on this device (or on Ray nodes, --devices), each in its own process; write the
     device report."""
@@ -105,10 +115,16 @@ def run(
     recipe: RecipeArg,
     exhaustive: Annotated[bool, typer.Option("--exhaustive", help="measure every variant fully (recipe `search: "
                                              "exhaustive`), not only those that can still be the pick")] = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = "127.0.0.1:6379",
+    shared_workspace: SharedOpt = False,
 ) -> None:
     """All stages: compress, evaluate, profile, recommend; the staged search measures only what can still be the
-    pick (pipeline/search.py). Finished work is reused."""
+    pick (pipeline/search.py). Finished work is reused. Profiling always runs here, on this device."""
+    from toolkit.pipeline.executor import get_executor
+
     r = load_recipe(recipe)
+    runner = get_executor(executor, ray_address, shared_workspace)
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:
@@ -116,9 +132,9 @@ def run(
     show(manifest_table(manifest), wide=True)
     with progress_bar() as update:
         if r.search == "staged":
-            _, path = pipeline.search(r, update)
+            _, path = pipeline.search(r, update, executor=runner)
         else:
-            pipeline.evaluate(r, update)
+            pipeline.evaluate(r, update, runner)
             _, path = pipeline.profile(r, update)
     console.print(f"device report: {path}")
     show_recommendation(r, r.budget, [path])

@@ -9,6 +9,7 @@ from toolkit.errors import UserError
 from toolkit.io import content_hash
 from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import save, stored
+from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions, threads
 from toolkit.recipe import Recipe
 from toolkit.records import EvalResult, Manifest, Variant
@@ -53,36 +54,40 @@ def eval_path(recipe: Recipe, variant: Variant, task: str) -> tuple[str, Path]:
 
 
 def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
-             ruled_out: dict[str, str] | None = None) -> list[EvalResult]:
+             ruled_out: dict[str, str] | None = None, executor: Executor = LOCAL) -> list[EvalResult]:
     """Every variant on every task, except those in `ruled_out` (pipeline/search.py): they get the reason.
-    One child per variant scores all of its tasks that are not cached yet (one model load, one lm-eval start)."""
+    One child per variant scores all of its tasks that are not cached yet (one model load, one lm-eval start);
+    the executor runs as many variants at once as it can."""
     tasks, ruled_out = recipe.accuracy.tasks, ruled_out or {}
     folders = {task: task_dir(task) for task in tasks}
-    by_task: dict[str, list[EvalResult]] = {task: [] for task in tasks}
-    for done, variant in enumerate(manifest.variants):
-        progress(f"accuracy {variant.label}", done, len(manifest.variants))
+    done = [0]
+
+    def one(variant: Variant) -> dict[str, EvalResult | None]:
+        progress(f"accuracy {variant.label}", done[0], len(manifest.variants))
         if variant.id in ruled_out:
             found = {task: _stored_or_ruled_out(recipe, variant, task, ruled_out) for task in tasks}
         else:
-            found = _variant_accuracy(recipe, variant, folders)
-        for task, result in found.items():
-            by_task[task].append(result)
-    return [result for task in tasks for result in by_task[task]]
+            found = _variant_accuracy(recipe, variant, folders, executor)
+        done[0] += 1
+        return found
+    per_variant = fan_out(executor, [functools.partial(one, v) for v in manifest.variants])
+    return [found[task] for task in tasks for found in per_variant if found[task] is not None]
 
 
-def _variant_accuracy(recipe: Recipe, variant: Variant, folders: dict[str, str | None]) -> dict[str, EvalResult]:
+def _variant_accuracy(recipe: Recipe, variant: Variant, folders: dict[str, str | None],
+                      executor: Executor) -> dict[str, EvalResult]:
     """The variant's stored ok result per task; the others computed in one child and stored."""
     paths = {task: eval_path(recipe, variant, task) for task in folders}
     found = {task: stored(path, EvalResult) for task, (_, path) in paths.items()}
     missing = [task for task, result in found.items() if result is None or result.status != "ok"]
     if missing:
-        for task, result in _eval_tasks(recipe, variant, {t: folders[t] for t in missing}, paths).items():
+        for task, result in _eval_tasks(recipe, variant, {t: folders[t] for t in missing}, paths, executor).items():
             found[task] = save(paths[task][1], result)
     return found
 
 
 def _eval_tasks(recipe: Recipe, variant: Variant, folders: dict[str, str | None],
-                paths: dict[str, tuple[str, Path]]) -> dict[str, EvalResult]:
+                paths: dict[str, tuple[str, Path]], executor: Executor) -> dict[str, EvalResult]:
     spec = recipe.accuracy
     base = {task: dict(key=paths[task][0], variant_id=variant.id, task=task, limit=spec.limit, runtime=variant.runtime)
             for task in folders}
@@ -96,7 +101,7 @@ def _eval_tasks(recipe: Recipe, variant: Variant, folders: dict[str, str | None]
         max_length=spec.max_length, batch_size=spec.batch_size, backend=runtime.lm_eval_backend,
     )
     log = recipe.workspace_dir() / "logs" / f"lm-eval-{variant.id}.log"
-    child = jobs.run(job, recipe.device.timeout_s * 4 * len(folders), recipe.device.memory_cap_mb, log)
+    child = executor.run(job, recipe.device.timeout_s * 4 * len(folders), recipe.device.memory_cap_mb, log)
     wall_s = round(child.wall_s, 2)
     if child.status != "ok":
         return {task: EvalResult(status=child.status, reason=child.reason, wall_s=wall_s, **b) for task, b in base.items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 from toolkit.io import content_hash, ensure_dir, sha256_file
 from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import load_or_compute, stored
+from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
 from toolkit.recipe import Recipe
 from toolkit.records import Manifest, Quality, Variant
@@ -27,27 +28,37 @@ def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
     return by_quant.get(("gguf", "F16")) or shipped or own[0]
 
 
-def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progress = quiet) -> list[Quality]:
+def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progress = quiet,
+             executor: Executor = LOCAL) -> list[Quality]:
     """Per candidate model: its reference first (it writes the logits the others are compared with), then
-    every other variant of that model."""
+    every other variant of that model, as many at once as the executor runs."""
     digest = sha256_file(corpus)
-    results, done = [], 0
+    results, done = [], [0]
+
+    def one(variant: Variant, reference: Variant, ref_dir: Path) -> Quality:
+        progress(f"fidelity {variant.label}", done[0], len(manifest.variants))
+        quality = _cached_score(recipe, variant, corpus, digest, reference, ref_dir, executor)
+        done[0] += 1
+        return quality
     for model in dict.fromkeys(v.model for v in manifest.variants):
         reference = reference_variant(manifest, model)
         ref_key = content_hash(digest, recipe.quality.model_dump(), reference.sha256, runtime_versions(reference), FIDELITY_VERSION)
         ref_dir = ensure_dir(recipe.workspace_dir() / "fidelity" / f"{reference.id}-{ref_key}")
-        ordered = [reference] + [v for v in manifest.variants if v.model == model and v.id != reference.id]
-        for variant in ordered:
-            progress(f"fidelity {variant.label}", done, len(manifest.variants))
-            done += 1
-            is_ref = variant.id == reference.id
-            logits = jobs.ReferenceLogits(dir=str(ref_dir), write=is_ref)
-            path = quality_path(recipe, variant, digest, reference)
-            score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id)
-            reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
-            results.append(load_or_compute(path, Quality, score, reusable))
+        others = [v for v in manifest.variants if v.model == model and v.id != reference.id]
+        for batch in ([reference], others):
+            results += fan_out(executor, [functools.partial(one, v, reference, ref_dir) for v in batch])
     order = {v.id: i for i, v in enumerate(manifest.variants)}
     return sorted(results, key=lambda q: order[q.variant_id])
+
+
+def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, reference: Variant, ref_dir: Path,
+                  executor: Executor) -> Quality:
+    is_ref = variant.id == reference.id
+    logits = jobs.ReferenceLogits(dir=str(ref_dir), write=is_ref)
+    path = quality_path(recipe, variant, digest, reference)
+    score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id, executor)
+    reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
+    return load_or_compute(path, Quality, score, reusable)
 
 
 def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant) -> Path:
@@ -59,14 +70,15 @@ def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: V
 
 
 def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str, reference: jobs.ReferenceLogits,
-           ref_id: str) -> Quality:
+           ref_id: str, executor: Executor) -> Quality:
     q = recipe.quality
     base = dict(key=key, variant_id=variant.id, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
     if missing := get_runtime(variant.runtime).available():
         return Quality(status="skipped", reason=missing, **base)
     job = jobs.measure_job(recipe, variant, "perplexity", corpus, reference)
     log = recipe.workspace_dir() / "logs" / f"quality-{variant.id}.log"
-    child = jobs.run(job, recipe.device.timeout_s, recipe.device.memory_cap_mb, log)
+    returns = Path(reference.dir) if reference.write else None
+    child = executor.run(job, recipe.device.timeout_s, recipe.device.memory_cap_mb, log, returns)
     if child.status != "ok":
         return Quality(status=child.status, reason=child.reason, wall_s=child.wall_s, **base)
     d = jobs.FidelityResult.model_validate(child.data)

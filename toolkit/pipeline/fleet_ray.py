@@ -15,12 +15,13 @@ Nothing is started here: the driver connects to the address given, 127.0.0.1 unl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.io import cache_root, content_hash, write_json
+from toolkit.io import cache_root, write_json
 from toolkit.pipeline.workspace import load_manifest
 from toolkit.recipe import Recipe
 from toolkit.records import DeviceReport
@@ -58,7 +59,7 @@ def put(blob: bytes):
 
 def unpack(blob: bytes, old_ws: str, label: str, name: str) -> Path:
     """The packed workspace in a node-local folder (once per content), variant paths pointed at it."""
-    target = cache_root() / "fleet" / label / f"{name}-{content_hash(blob, length=12)}"
+    target = cache_root() / "fleet" / label / f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
     if not (target / "manifest.json").exists():
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.pipeline.accuracy import accuracy
+from toolkit.pipeline.executor import LOCAL, Executor
 from toolkit.pipeline.fidelity import fidelity
 from toolkit.pipeline.gates import quality_gate, timing_gate
 from toolkit.pipeline.profile import profile
@@ -33,18 +34,19 @@ from toolkit.records import DeviceReport
 
 
 def search(recipe: Recipe, progress: Progress = quiet, out: Path | None = None,
-           on_step: Callable[[str], None] = lambda _: None) -> tuple[DeviceReport, Path]:
+           on_step: Callable[[str], None] = lambda _: None, executor: Executor = LOCAL) -> tuple[DeviceReport, Path]:
     """Steps 2-5 of the module docstring on a compressed workspace; returns the device report and its path.
-    `on_step` hears each step's name as it starts (bench/bench_pipeline.py times them)."""
+    `on_step` hears each step's name as it starts (bench/bench_pipeline.py times them). Fidelity and accuracy
+    run on `executor`; profiling always runs here, on the device."""
     workspace(recipe)
     manifest = load_manifest(recipe)
     on_step("fidelity")
-    quality = fidelity(recipe, manifest, corpus(recipe), progress)
+    quality = fidelity(recipe, manifest, corpus(recipe), progress, executor)
     ruled = quality_gate(recipe, quality)
     on_step("profile")
     first, _ = profile(recipe, progress, ruled_out=ruled, certify_pick=False, write=False)
     slow = timing_gate(recipe, first)
     on_step("accuracy")
-    accuracy(recipe, manifest, progress, ruled_out=ruled | slow)
+    accuracy(recipe, manifest, progress, ruled_out=ruled | slow, executor=executor)
     on_step("profile + certify")
     return profile(recipe, progress, out=out, ruled_out=ruled, not_evaluated=slow)
