@@ -157,3 +157,28 @@ def test_a_device_is_shipped_the_manifests_variants_and_results_not_stale_files(
         files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
     assert files == {rel: rel for rel in ("manifest.json", "variants/a-q8_0.gguf", "variants/b-onnx/model.onnx",
                                           "quality/a.json")}
+
+
+def test_executors_by_name_and_fan_out_keeps_order_while_running_calls_at_once():
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from toolkit.pipeline.executor import LOCAL, fan_out, get_executor
+
+    assert get_executor("local") is LOCAL
+    with pytest.raises(UserError, match="unknown executor 'slurm'"):
+        get_executor("slurm")
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def call(i: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05 * (3 - i))  # the first call finishes last
+        with lock:
+            running[0] -= 1
+        return i
+    assert fan_out(SimpleNamespace(width=3), [lambda i=i: call(i) for i in range(3)]) == [0, 1, 2] and peak[0] == 3
+    peak[0] = 0
+    assert fan_out(LOCAL, [lambda i=i: call(i) for i in range(3)]) == [0, 1, 2] and peak[0] == 1

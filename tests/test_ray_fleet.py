@@ -5,20 +5,27 @@ rerun redoes only it."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import threading
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import write_recipe
 from toolkit import pipeline
 from toolkit.fleet import load_reports
+from toolkit.io import sha256_file
 from toolkit.recipe import load_recipe
 from toolkit.recommend import service
 
+# Every Ray address on loopback: Ray's switch for one-machine clusters (meant for macOS and Windows), read when
+# Ray is imported and inherited by every process the cluster starts; without it Ray binds this machine's address
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray")
-# Ray's test cluster binds this machine's address (pinning it to 127.0.0.1 leaves the driver unable to attach)
-pytestmark = [pytest.mark.allow_hosts(["127.0.0.1", ray.util.get_node_ip_address()]), pytest.mark.real_model]
+pytestmark = [pytest.mark.allow_hosts(["127.0.0.1"]), pytest.mark.real_model]
 
 
 STORE = 1 << 30
@@ -41,10 +48,12 @@ def fleet(tmp_path_factory):
     pipeline.compress(recipe)
     # object stores that hold the packed workspace (~240 MiB) in memory: Ray's test default of 150 MiB falls back to
     # disk, which Ray refuses on a disk over 95% full
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE})
-    nodes = {name: cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=STORE)
-             for name in ("pi-a", "pi-b")}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
+                                                            "node_ip_address": "127.0.0.1"})
+    nodes = {name: cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=STORE,
+                                    node_ip_address="127.0.0.1") for name in ("pi-a", "pi-b")}
     cluster.wait_for_nodes()
+    assert cluster.address.startswith("127.0.0.1:") and not _listening_beyond_loopback()
     yield recipe, cluster, nodes
     ray.shutdown()
     cluster.shutdown()
@@ -79,7 +88,8 @@ def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
         done.set()
         killer.join()
     assert list(failed) == ["pi-a"] and len(written) == 1 and "pi-b" in written[0].name
-    nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1}, object_store_memory=STORE)
+    nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1}, object_store_memory=STORE,
+                                     node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     again, failed = profile_on_devices(recipe, ["pi-b"], cluster.address, say=lambda _: None)
     # pi-b's profile comes from its node's cache: the very measurement of the first run, not a new one
@@ -122,3 +132,48 @@ def test_evaluation_fans_out_over_the_nodes_and_matches_a_local_run(fleet, tmp_p
     assert [(q.perplexity, q.kl_mean, q.top1_agreement) for q in quality] == \
         [(q.perplexity, q.kl_mean, q.top1_agreement) for q in local_quality]
     assert [(r.status, r.value) for r in accuracy] == [(r.status, r.value) for r in local_accuracy] and len(accuracy) == 2
+
+
+def _listening_beyond_loopback() -> list[str]:
+    """Sockets this process's children (the cluster's processes) listen on, other than loopback ones."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            out += [f"{child.name()} {c.laddr.ip}:{c.laddr.port}" for c in child.net_connections("inet")
+                    if c.status == psutil.CONN_LISTEN and not _loopback(c.laddr.ip)]
+        except psutil.Error:
+            continue
+    return out
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def test_compress_fans_out_one_candidate_per_node_and_matches_a_local_build(fleet, tiny_llama, tmp_path):
+    """Two candidate models built at once, one per node, in the nodes' own folders; each variant's files come
+    back into the workspace, byte for byte what a local build writes."""
+    from toolkit.pipeline.executor import RayExecutor
+
+    _, cluster, _ = fleet
+
+    def recipe(name: str):
+        return load_recipe(write_recipe(tmp_path / f"{name}.yaml", f"""
+            name: {name}
+            workspace: {tmp_path / name}
+            candidates: [{{model: {tiny_llama}, name: tiny-a}}, {{model: {tiny_llama}, name: tiny-b}}]
+            variants: {{gguf: {{quants: [F16, Q8_0]}}, onnx: null}}
+            device: {{threads: 1}}
+            """))
+    there = pipeline.compress(recipe("there"), executor=RayExecutor(cluster.address))
+    here = pipeline.compress(recipe("here"))
+    assert [(v.id, v.sha256) for v in there.variants] == [(v.id, v.sha256) for v in here.variants]
+    assert len(there.variants) == 4 and there.not_built == []
+    for variant, local in zip(there.variants, here.variants, strict=True):
+        assert Path(variant.path).relative_to(tmp_path / "there") == Path(local.path).relative_to(tmp_path / "here")
+        assert sha256_file(Path(variant.path)) == variant.sha256
+    again = pipeline.compress(recipe("there"))  # locally now: what came back is the workspace's cache, whole
+    assert [(v.sha256, v.seconds) for v in again.variants] == [(v.sha256, v.seconds) for v in there.variants]
+    nodes = {note for v in there.variants for note in v.notes if note.startswith("built on Ray node ")}
+    assert len(nodes) == 2  # tiny-a on one node, tiny-b on the other

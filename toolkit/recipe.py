@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
 from toolkit.config import Strict, load_yaml_model
 
@@ -174,8 +174,9 @@ class Recipe(Strict):
     description: str = ""
     workspace: str = ".edgefirst/{name}"
     candidates: list[Candidate] = Field(min_length=1)
-    variants: BaseModel = Field(default_factory=lambda: _variants_model()(), description="one section per format "
-                                "(toolkit.formats.REGISTRY); a format set to null is not built")
+    # SerializeAsAny: dumped as the registry's Variants model it holds (a plain BaseModel field dumps as {})
+    variants: SerializeAsAny[BaseModel] = Field(default_factory=lambda: _variants_model()(), description="one section "
+                                                "per format (toolkit.formats.REGISTRY); a format set to null is not built")
     device: Device = Field(default_factory=Device)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)

@@ -22,20 +22,24 @@ def models() -> None:
     show(models_table(list(catalogue().values())), wide=True)
 
 
-@app.command()
-def compress(recipe: RecipeArg) -> None:
-    """Build every variant the recipe asks for (cached by content hash)."""
-    r = load_recipe(recipe)
-    with progress_bar() as update:
-        manifest = pipeline.compress(r, update)
-    show(manifest_table(manifest), wide=True)
-
-
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="where evaluation jobs run: local (one at a time, "
-                                          "here) or ray (fanned out over the cluster at --ray-address)")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where compress and evaluation jobs run: local (one at "
+                                          "a time, here) or ray (fanned out over the cluster at --ray-address)")]
 RayAddressOpt = Annotated[str, typer.Option(help="the Ray cluster's head (only this machine unless you say so)")]
 SharedOpt = Annotated[bool, typer.Option(help="every Ray node mounts the workspace at the same path (else the "
                                          "files travel through Ray's object store)")]
+
+
+@app.command()
+def compress(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = "127.0.0.1:6379",
+             shared_workspace: SharedOpt = False) -> None:
+    """Build every variant the recipe asks for (cached by content hash)."""
+    from toolkit.pipeline.executor import get_executor
+
+    r = load_recipe(recipe)
+    runner = get_executor(executor, ray_address, shared_workspace)
+    with progress_bar() as update:
+        manifest = pipeline.compress(r, update, runner)
+    show(manifest_table(manifest), wide=True)
 
 
 @app.command()
@@ -128,7 +132,7 @@ def run(
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:
-        manifest = pipeline.compress(r, update)
+        manifest = pipeline.compress(r, update, runner)
     show(manifest_table(manifest), wide=True)
     with progress_bar() as update:
         if r.search == "staged":

@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from toolkit.errors import UserError
-from toolkit.io import cache_root
+from toolkit.io import cache_root, content_hash, ensure_dir, temp_prefix
 from toolkit.pipeline import jobs
+from toolkit.pipeline.build import Built, build_candidate, not_built
+from toolkit.pipeline.workspace import threads
 from toolkit.profiling.harness import ChildResult, run_child
+from toolkit.recipe import Recipe
+from toolkit.records import BuildFailure, Variant
 
 T = TypeVar("T")
 
@@ -39,6 +44,10 @@ class Executor(Protocol):
         """Run `job` in a child process; `returns`: a folder the job writes that must end up here."""
         ...
 
+    def build(self, recipe: Recipe, index: int, ws: Path, step: Callable[[str], None]) -> Built:
+        """Every variant of the recipe's `index`-th candidate, its files in `ws`."""
+        ...
+
 
 class Local:
     """Today's behaviour: every job in a child process of this machine, one at a time."""
@@ -48,6 +57,9 @@ class Local:
     def run(self, job: jobs.Job, timeout_s: float, memory_cap_mb: float | None, log: Path,
             returns: Path | None = None) -> ChildResult:
         return jobs.run(job, timeout_s, memory_cap_mb, log)
+
+    def build(self, recipe: Recipe, index: int, ws: Path, step: Callable[[str], None]) -> Built:
+        return build_candidate(recipe, index, ws, step)
 
 
 LOCAL = Local()
@@ -69,28 +81,37 @@ def get_executor(name: str, address: str = "127.0.0.1:6379", shared: bool = Fals
     raise UserError(f"unknown executor {name!r} (local, ray)", field="--executor")
 
 
+def connect(address: str) -> None:
+    """Attach this process to the Ray cluster at `address`. A loopback address stays on loopback: Ray would
+    otherwise rewrite 127.0.0.1 to this machine's address and wait for a head that is not there."""
+    if address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when ray is imported
+    try:
+        import ray
+    except ImportError:
+        raise UserError("Ray is not installed: pip install 'edgefirst-toolkit[ray]'", field="--ray-address") from None
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
+
+
 class RayExecutor:
     """Jobs as Ray tasks, one CPU per thread they use, on any node of the cluster at `address`."""
 
     def __init__(self, address: str, shared: bool = False) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise UserError("the ray executor needs Ray: pip install 'edgefirst-toolkit[ray]'", field="--executor") from None
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
+        connect(address)
+        import ray
+
         cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
         self.largest = int(max(cpus, default=0))
         self.width = max(1, int(sum(cpus)))
         self.shared = shared
         self.task = ray.remote(run_there)
+        self.build_task = ray.remote(build_there)
 
     def run(self, job: jobs.Job, timeout_s: float, memory_cap_mb: float | None, log: Path,
             returns: Path | None = None) -> ChildResult:
         import ray
 
-        if job.threads > self.largest:
-            raise UserError(f"no Ray node has the {job.threads} CPUs a job of {job.threads} threads reserves (largest: "
-                            f"{self.largest}); set device.threads", field="device.threads")
+        self._check_fits(job.threads)
         inputs = [] if self.shared else needed_files(job)
         blob = ray.put(pack(inputs)) if inputs else None
         ref = self.task.options(num_cpus=job.threads, max_retries=0).remote(
@@ -104,6 +125,33 @@ class RayExecutor:
         if back is not None and returns is not None:
             unpack(back, returns)
         return ChildResult(status, data, reason, wall_s)
+
+    def _check_fits(self, cpus: int) -> None:
+        """A job reserving more CPUs than any node has would wait forever: say so instead."""
+        if cpus > self.largest:
+            raise UserError(f"no Ray node has the {cpus} CPUs a job of {cpus} threads reserves (largest: "
+                            f"{self.largest}); set device.threads", field="device.threads")
+
+    def build(self, recipe: Recipe, index: int, ws: Path, step: Callable[[str], None]) -> Built:
+        """The candidate's variants built on a node (in its own cache, or in `ws` when shared), their files
+        streamed back one variant at a time into `ws/variants`."""
+        import ray
+
+        candidate = recipe.candidates[index]
+        step(f"{candidate.name or candidate.model} on Ray")
+        absolute = recipe.model_copy(update={"workspace": str(ws)})
+        self._check_fits(threads(recipe))
+        stream = self.build_task.options(num_cpus=threads(recipe), max_retries=0, num_returns="streaming").remote(
+            absolute.model_dump_json(), str(recipe.path or ""), index, self.shared)
+        try:
+            head = json.loads(ray.get(next(stream)))
+            variants = [Variant.model_validate(v) for v in head["variants"]]
+            for variant in variants if not self.shared else []:
+                name, inner = head["units"][variant.id]
+                variant.path = str(receive(ray.get(next(stream)), ws / "variants", name) / inner)
+        except ray.exceptions.RayError as exc:
+            return [], not_built(recipe, candidate, "Ray: " + " ".join(str(exc).split())[:300])
+        return variants, [BuildFailure.model_validate(f) for f in head["failed"]]
 
 
 def needed_files(job: jobs.Job) -> list[str]:
@@ -153,6 +201,54 @@ def rebase(job: dict, moved: dict[str, str]) -> dict:
                     text = text.replace(before, after)
                 yaml.write_text(text, encoding="utf-8")
     return job
+
+
+def build_there(recipe_json: str, recipe_path: str, index: int, shared: bool) -> Iterator[str | bytes]:
+    """On a Ray node: the candidate's variants, built in the recipe's workspace (shared) or in this node's own
+    folder for the recipe; yields the manifest part as JSON, then each variant's files packed."""
+    import ray
+
+    recipe = Recipe.model_validate_json(recipe_json)
+    recipe.path = Path(recipe_path) if recipe_path else None
+    ws = Path(recipe.workspace) if shared else cache_root() / "ray-compress" / f"{recipe.name}-{content_hash(recipe.settings_for_hash())}"
+    ws.mkdir(parents=True, exist_ok=True)
+    variants, failed = build_candidate(recipe, index, ws)
+    node = ray.get_runtime_context().get_node_id()
+    units = {v.id: shipped_unit(ws, Path(v.path)) for v in variants}
+    for variant in variants:
+        variant.notes.append(f"built on Ray node {node}")
+    yield json.dumps({"variants": [v.model_dump(mode="json") for v in variants],
+                      "failed": [f.model_dump(mode="json") for f in failed],
+                      "units": {vid: [unit.name, inner] for vid, (unit, inner) in units.items()}})
+    for variant in variants if not shared else []:
+        unit, _ = units[variant.id]
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.add(unit, arcname=unit.name)
+        yield buffer.getvalue()
+
+
+def shipped_unit(ws: Path, path: Path) -> tuple[Path, str]:
+    """What travels for a variant at `path`: its folder under `ws/variants` and the path inside it, or the file
+    itself when it lies elsewhere (a source file used as shipped)."""
+    if path.is_relative_to(ws / "variants"):
+        rel = path.relative_to(ws / "variants")
+        return ws / "variants" / rel.parts[0], str(Path(*rel.parts[1:])) if len(rel.parts) > 1 else ""
+    return path, ""
+
+
+def receive(blob: bytes, folder: Path, name: str) -> Path:
+    """The file or folder `name` packed in `blob`, put in `folder` whole or not at all."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{temp_prefix('incoming')}", suffix=".part", dir=ensure_dir(folder)))
+    try:
+        unpack(blob, staging)
+        target = folder / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_there(job_json: str, inputs: list[str], blob: bytes | None, timeout_s: float, memory_cap_mb: float | None,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.io import cache_root, write_json
+from toolkit.pipeline.executor import connect
 from toolkit.pipeline.workspace import load_manifest
 from toolkit.recipe import Recipe
 from toolkit.records import DeviceReport
@@ -77,7 +78,7 @@ def profile_here(recipe_json: str, recipe_path: str, label: str, blob: bytes | N
     if blob is not None:
         recipe = recipe.model_copy(update={"workspace": str(unpack(blob, recipe.workspace, label, recipe.name))})
     recipe = recipe.model_copy(update={"device": recipe.device.model_copy(update={"label": label})})
-    recipe.path = Path(recipe_path)
+    recipe.path = Path(recipe_path) if recipe_path else None
     report, _ = pipeline.profile(recipe, write=False)
     return report.model_dump_json()
 
@@ -85,14 +86,14 @@ def profile_here(recipe_json: str, recipe_path: str, label: str, blob: bytes | N
 def profile_on_devices(recipe: Recipe, devices: list[str], address: str, shared: bool = False,
                        say=print) -> tuple[list[Path], dict[str, str]]:
     """Profile on every named device's node; (the reports written, {device: why not} for the others)."""
-    import ray
-
     ws = recipe.workspace_dir()
     manifest = load_manifest(recipe)
     outside = [v.path for v in manifest.variants if not shared and not Path(v.path).resolve().is_relative_to(ws.resolve())]
     if outside:
         raise UserError(f"variant files outside the workspace ({outside[0]}); give --shared-workspace", field="--devices")
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
+    connect(address)
+    import ray
+
     offered = ray.cluster_resources()
     if missing := [d for d in devices if RESOURCE.format(d) not in offered]:
         raise UserError(f"no Ray node offers {', '.join(RESOURCE.format(d) for d in missing)}; start each device with "
@@ -101,7 +102,7 @@ def profile_on_devices(recipe: Recipe, devices: list[str], address: str, shared:
     blob = None if shared else put(pack(ws, [v.path for v in manifest.variants]))
     absolute = recipe.model_copy(update={"workspace": str(ws)}).model_dump_json()  # a node's cwd is not ours
     pending = {d: task.options(resources={RESOURCE.format(d): 1}, num_cpus=1, max_retries=0).remote(
-        absolute, str(recipe.path), d, blob) for d in devices}
+        absolute, str(recipe.path or ""), d, blob) for d in devices}
     written, failed = [], {}
     for device, ref in pending.items():
         try:
