@@ -6,7 +6,9 @@ recommend for the recipe's budget. Prints how often each variant was the pick, w
 lies in every run's reported tie set, each variant's max/min peak memory across runs, and whether each
 certified pick met the budget in every re-measurement.
 
-Goals: every run's tie set holds the picks of all runs; memory max/min <= 1.05; certified in N/N runs.
+Goals: every run's tie set holds the picks of all runs; memory max/min <= 1.05; certified in N/N runs. Each
+run after the first starts from the previous run's certified pick (kept while tied, recommend/noise.py), as a
+user's re-measurement does; `--forget` deletes the earlier reports so that every run decides alone.
 
     .venv/bin/python bench/bench_stability.py [--recipe recipes/smollm2-formats.yaml] [--runs 5] [--format gguf]
 """
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--format", default="gguf", help="the variant format to keep from the recipe")
     parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-stability"))
+    parser.add_argument("--forget", action="store_true", help="delete every earlier device report too, so no run "
+                        "keeps the previous run's pick (each run as from an empty workspace)")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     dropped = {name: None for name, _ in recipe.variants if name != args.format}
@@ -47,6 +51,8 @@ def main() -> None:
     picks, ties, memory, deploy, certs, rounds = [], [], {}, {}, [], Counter()
     for k in range(args.runs):
         shutil.rmtree(recipe.workspace_dir() / "profiles", ignore_errors=True)
+        if args.forget:
+            shutil.rmtree(recipe.workspace_dir() / "reports", ignore_errors=True)
         start = time.perf_counter()
         report, _ = pipeline.profile(recipe)
         rec = recommend(report, recipe.budget, recipe.costs)

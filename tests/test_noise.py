@@ -43,6 +43,34 @@ def test_overlapping_repeats_are_a_tie_and_the_most_likely_winner_is_picked():
         assert row(rec, other).verdict.startswith("statistically tied with the pick (win probability")
 
 
+def test_a_device_keeps_its_previous_certified_pick_while_tied_and_says_so():
+    """The two runs above swap the likelier winner; with the first run's pick as this device's previous pick,
+    the second run keeps it, and a clear winner still overrides it."""
+    from toolkit.recommend.engine import pick_key
+    from toolkit.recommend.select import STICKY_RULE, TIE_RULE
+
+    a = [100, 120, 90, 110, 105]
+    b = [104, 95, 118, 108, 101]
+    key = pick_key(Budget(), Costs())
+    picks = []
+    for first, second in ((a, b), (b, a)):
+        rep = report({"ttft": TTFT, "decode": first, "kl": 0.02}, {"ttft": TTFT, "decode": second, "kl": 0.01})
+        fresh = recommend(rep, Budget(), Costs(), [])
+        assert fresh.tie_rule == TIE_RULE
+        for previous in ("v0", "v1"):
+            rec = recommend(rep.model_copy(update={"previous_picks": {key: previous}}), Budget(), Costs(), [])
+            assert rec.pick == previous and set(rec.tied_with) == {"v0", "v1"} - {previous}
+            assert rec.tie_rule == (STICKY_RULE if previous != fresh.pick else TIE_RULE)
+            assert row(rec, previous).verdict.startswith("PICK: statistically tied with")
+        picks.append(fresh.pick)
+    assert picks[0] != picks[1]  # without it the two runs disagree: what the rule is for
+    clear = report({"ttft": TTFT, "decode": [50, 52, 49, 51, 50], "kl": 0.02}, {"ttft": TTFT, "decode": a, "kl": 0.01})
+    other_budget = pick_key(Budget(alpha=0.9), Costs())
+    assert recommend(clear.model_copy(update={"previous_picks": {key: "v0"}}), Budget(), Costs(), []).pick == "v1"
+    assert recommend(report({"ttft": TTFT, "decode": a, "kl": 0.02}, {"ttft": TTFT, "decode": b, "kl": 0.01})
+                     .model_copy(update={"previous_picks": {other_budget: "v1"}}), Budget(), Costs(), []).tie_rule == TIE_RULE
+
+
 def test_identical_timings_go_to_better_fidelity_then_the_smaller_file_and_results_repeat_exactly():
     same = [100.0] * 5
     rep = report({"ttft": same, "decode": same, "mb": 140}, {"ttft": same, "decode": same, "mb": 90})

@@ -89,6 +89,15 @@ def test_settle_takes_the_ranking_head_down_to_the_last_variant_at_five_percent(
     assert pick is b
 
 
+def test_settle_keeps_the_previous_pick_only_while_it_is_tied():
+    a, b, c = _opt("a", 50.0), _opt("b", 45.0), _opt("c", 40.0)
+    win = {"a": 0.7, "b": 0.25, "c": 0.05}
+    assert settle([a, b, c], win, previous="b") == (b, [a, b, c])  # tied: stays, though a is likelier
+    assert settle([a, b, c], win, previous="c") == (c, [a, b, c])  # at the threshold: still tied
+    assert settle([a, b, c], {"a": 0.96, "b": 0.04}, previous="b") == (a, [a])  # no longer tied: the evidence wins
+    assert settle([a, b, c], win, previous="gone") == (a, [a, b, c])  # a variant no longer built
+
+
 def test_draws_resample_measured_power_reproducibly():
     """Timings without spread (so response time is fixed at 0.1 + 128 / 50 = 2.66 s) and measured watts of
     50, 60, 70 in one process: each resample's energy is 2.66 s x a median of three draws from {50, 60, 70}."""

@@ -140,3 +140,47 @@ def test_pooled_process_spread_and_the_resample_it_drives():
     assert process_sigma([Stat.of([1.0, 2.0])]) == 0.0
     medians = np.log(resample(a, np.random.default_rng(0), 4000, sigma=expected)["median"])
     assert np.std(medians) == pytest.approx(expected / np.sqrt(2), rel=0.15)
+
+
+@pytest.mark.pypi_data  # the corpus
+def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, monkeypatch):
+    """Profile, then measure again from scratch (the cached profiles gone): the new report carries the first
+    report's certified pick for the recipe's budget; a report of another device does not count."""
+    import shutil
+
+    from tests import fakes
+    from tests.conftest import write_recipe
+    from toolkit import pipeline
+    from toolkit.io import write_json
+    from toolkit.recipe import load_recipe
+    from toolkit.recommend.engine import pick_key
+
+    fakes.install(monkeypatch)
+    recipe = load_recipe(write_recipe(tmp_path / "fake.yaml", f"""
+        name: fake
+        workspace: {tmp_path / 'ws'}
+        candidates: [{{model: {fakes.fake_source(tmp_path / 'fake-model')}, name: fakelm}}]
+        variants: {{gguf: null, fake: {{speeds: [1, 1.05], noise: 0.5}}}}
+        device: {{prompt_lengths: [32], decode_tokens: 8, repeats: 3, warmup: 0, rounds: 1, max_rounds: 1, certify_runs: 1,
+                  power: {{idle_w: 5, busy_w: 10}}}}
+        quality: {{ctx: 64, chunks: 2}}
+        cloud: {{enabled: false}}
+        """))
+    pipeline.compress(recipe)
+    first, path = pipeline.profile(recipe)
+    assert first.previous_picks == {}
+    picked = recommend(first, recipe.budget, recipe.costs)
+    assert picked.certification is not None and picked.certification.certified
+    # newer, named like this device's, its pick the other variant (certified there, this one vetoed): but
+    # another device's report
+    other = next(v.id for v in first.variants if v.id != picked.pick)
+    passed = picked.certification.model_copy(update={"variant_id": other})
+    failed = picked.certification.model_copy(update={"runs": [CertRun(status="ok", violations=["too slow"])]})
+    stranger = first.model_copy(update={"device": first.device.model_copy(update={"id": "another"}), "created": "9999",
+                                        "certifications": [failed, passed]})
+    write_json(path.with_name(f"device-x-{first.device.id}.json"), stranger)
+    assert recommend(stranger, recipe.budget, recipe.costs).pick == other
+    shutil.rmtree(recipe.workspace_dir() / "profiles")
+    second, _ = pipeline.profile(recipe)
+    assert second.previous_picks == {pick_key(recipe.budget, recipe.costs): picked.pick}
+    assert list((recipe.workspace_dir() / "profiles").iterdir())  # measured again, not read from a cache

@@ -290,6 +290,8 @@ class DeviceReport(Record):
     accuracy: list[EvalResult] = Field(default_factory=list)
     certifications: list[Certification] = Field(default_factory=list)
     merged_from: list[str] = Field(default_factory=list)  # reports of this same device whose repeats were pooled
+    # engine.pick_key(budget, costs) -> this device's previous certified pick, kept while tied (noise.settle)
+    previous_picks: dict[str, str] = Field(default_factory=dict)
 
     @property
     def measured(self) -> bool:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from toolkit.errors import UserError
 from toolkit.pipeline.workspace import Progress, quiet
 from toolkit.profiling.rounds import CERTIFY_ATTEMPTS, certify_runs
 from toolkit.recipe import Recipe
-from toolkit.recommend.engine import budget_key, check_run, recommend
-from toolkit.records import DeviceReport, Profile, Variant
+from toolkit.recommend.engine import budget_key, check_run, pick_key, recommend
+from toolkit.records import DeviceFingerprint, DeviceReport, Profile, Variant
 
 MeasureRound = Callable[[Recipe, Variant, int], Profile]  # (recipe at the budget's shape, variant, run index)
 
@@ -43,3 +44,27 @@ def _check(report: DeviceReport, recipe: Recipe, prompt_tokens: int, run: Profil
     figures = {"ttft_p90_ms": m["ttft_ms"], "decode_p10_tps": m["decode_tps"], "peak_rss_mb": m["memory_mb"],
                "energy_j": m["energy_j"]}
     return option.violations, figures
+
+
+def previous_picks(recipe: Recipe, device: DeviceFingerprint) -> dict[str, str]:
+    """This device's certified pick for the recipe's budget in its latest earlier report of this recipe (the
+    workspace's, or the one shipped in the recipe's reports folder), which stays the pick while the new
+    measurements cannot tell it from the best (recommend/noise.py)."""
+    found = []
+    for folder in (recipe.workspace_dir() / "reports", recipe.reports_path() / "devices"):
+        for path in folder.glob(f"device-*{device.id}.json"):
+            try:
+                report = DeviceReport.load(path)
+            except UserError:
+                continue
+            if report.recipe == recipe.name and report.device.id == device.id and report.measured:
+                found.append(report)
+    if not found:
+        return {}
+    try:
+        rec = recommend(max(found, key=lambda r: r.created), recipe.budget, recipe.costs)
+    except UserError:
+        return {}
+    if rec.pick is None or rec.certification is None or not rec.certification.certified:
+        return {}
+    return {pick_key(recipe.budget, recipe.costs): rec.pick}

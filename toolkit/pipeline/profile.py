@@ -12,7 +12,7 @@ from toolkit.io import content_hash, sha256_file, write_json
 from toolkit.pipeline import jobs
 from toolkit.pipeline.accuracy import load_accuracy
 from toolkit.pipeline.cache import load_or_compute
-from toolkit.pipeline.certify import certify
+from toolkit.pipeline.certify import certify, previous_picks
 from toolkit.pipeline.fidelity import load_quality
 from toolkit.pipeline.gates import quality_gate
 from toolkit.pipeline.workspace import Progress, corpus, device_fingerprint, load_manifest, quiet, workspace
@@ -74,6 +74,7 @@ def profile(
         power=DevicePower(**recipe.device.power.model_dump()) if recipe.device.power else None,
         variants=manifest.variants, not_built=manifest.not_built, profiles=[], quality=quality,
         accuracy=load_accuracy(recipe, manifest, ruled_out | (not_evaluated or {})),
+        previous_picks=previous_picks(recipe, device),
     )
     unmeasured = [_ruled_out(recipe, v, device, ruled_out[v.id]) for v in manifest.variants if v.id in ruled_out]
     dev = recipe.device

@@ -14,7 +14,17 @@ from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.metrics import BY_BUDGET
 from toolkit.recommend.options import draws, noise_margin, options_at
-from toolkit.recommend.select import TIE_RULE, Limit, Option, check, choose, explain, select, shared_objectives
+from toolkit.recommend.select import (
+    STICKY_RULE,
+    TIE_RULE,
+    Limit,
+    Option,
+    check,
+    choose,
+    explain,
+    select,
+    shared_objectives,
+)
 from toolkit.records import Certification, DeviceReport, Profile, Record
 
 # What a cloud answer is checked against: latency, speed and price; memory and energy are not the
@@ -98,6 +108,11 @@ def budget_key(budget: Budget, costs: Costs) -> str:
     return content_hash(budget.model_dump(mode="json", exclude={"priority", "alpha"}), costs.model_dump(mode="json"))
 
 
+def pick_key(budget: Budget, costs: Costs) -> str:
+    """What a pick is the pick for: the whole budget (priority and alpha too) and the prices."""
+    return content_hash(budget.model_dump(mode="json"), costs.model_dump(mode="json"))
+
+
 def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
     """Variants whose re-measurement missed this budget in some fresh process: never the pick."""
     out = {}
@@ -129,13 +144,15 @@ def recommend(
     key = budget_key(budget, costs)
     vetoes = certification_vetoes(report, key)
     order = choose(options, limits, budget.priority, budget.alpha, vetoes)
-    pick, tied, win = (order[0] if order else None), [], {}
+    pick, tied, win, rule = (order[0] if order else None), [], {}, TIE_RULE
     if pick:
         reach = noise.within_reach(options, limits, noise_margin(report), vetoes)
         drawn = draws(report, options, prompt_tokens, budget.output_tokens, costs, reach)
         win = noise.win_probabilities(drawn, limits, budget.priority, budget.alpha, vetoes)
-        pick, tied = noise.settle(order, win)
-    explain(options, pick, budget.priority, win, tied)
+        previous = report.previous_picks.get(pick_key(budget, costs))
+        pick, tied = noise.settle(order, win, previous=previous)
+        rule = STICKY_RULE if pick is not noise.settle(order, win)[0] else TIE_RULE  # when keeping it changed the pick
+    explain(options, pick, budget.priority, win, tied, rule)
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
     feasible_cloud = sorted((c for c in clouds if not c.violations), key=lambda c: (c.cost_per_1k_usd, c.id))
     rec = dict(
@@ -153,7 +170,7 @@ def recommend(
         notes=_notes(report),
         resamples=noise.RESAMPLES if pick else 0,
         tied_with=[o.id for o in tied if o is not pick],
-        tie_rule=TIE_RULE if len(tied) > 1 else None,
+        tie_rule=rule if len(tied) > 1 else None,
     )
     cheapest = feasible_cloud[0] if feasible_cloud else None
     if pick:

@@ -16,6 +16,13 @@ tie set's most likely winner (`select.TIE_RULE`: higher win probability, then lo
 across models, bits per byte, smaller file). A rule by fidelity first was tried and measured
 (bench/bench_stability.py): a variant that wins 5-25% of resamples enters the tie set in some runs and not in
 others, and with it the pick flipped between runs; the most likely winner is in every run's tie set.
+
+Between runs the most likely winner of two near-equal variants can still swap (the demo's SmolLM2 Q8_0 and
+Q6_K won 0.74/0.20 in one run and the other way round in the next): each run's win probabilities come
+from its own repeats, and a slow minute moves a whole run. So a device's previous certified pick for the
+same budget (`DeviceReport.previous_picks`, filled by the profile stage from this device's latest earlier
+report) stays the pick for as long as it is in the tie set: re-measuring does not flip the answer between
+variants the measurements cannot tell apart, and the report says which rule picked.
 """
 
 from __future__ import annotations
@@ -98,10 +105,15 @@ def win_probabilities(draws: Iterable[list[Option]], limits: list[Limit], priori
     return {vid: count / total for vid, count in wins.items()} if total else {}
 
 
-def settle(order: list[Option], win: dict[str, float], threshold: float = TIE_THRESHOLD) -> tuple[Option, list[Option]]:
-    """The final pick and the tie set (see the module docstring); `order` is the feasible ranking, best first."""
+def settle(order: list[Option], win: dict[str, float], threshold: float = TIE_THRESHOLD,
+           previous: str | None = None) -> tuple[Option, list[Option]]:
+    """The final pick and the tie set (see the module docstring); `order` is the feasible ranking, best first.
+    `previous`, this device's previous certified pick for the same budget, stays the pick while it is in the
+    tie set (select.STICKY_RULE)."""
     last = max((i for i, o in enumerate(order) if win.get(o.id, 0.0) >= threshold), default=0)
     tied = order[: last + 1]
+    if kept := next((o for o in tied if o.id == previous), None):
+        return kept, tied
     likelihood = likelihood_measure(order)
     return min(tied, key=lambda o: (-win.get(o.id, 0.0), *tiebreak(o, likelihood))), tied
 

@@ -21,6 +21,7 @@ from toolkit.recommend.metrics import BY_KEY, OBJECTIVES
 # The Pareto objectives and their directions come from the metrics table; every limit is checked against
 # the conservative figure (p90 latency, p10 speed).
 TIE_RULE = "higher win probability, then lower KL, then lower perplexity (bits per byte across models), then smaller file"
+STICKY_RULE = "keeping this device's previous certified pick, which is still among them"  # noise.settle
 SPEED_SIGNALS = ("decode_tps", "ttft_ms")
 # How well a model predicts the corpus: perplexity is per token of the model's own tokenizer, so it compares
 # variants of one model only; bits per byte (the same text, per UTF-8 byte) compares across models.
@@ -236,7 +237,7 @@ def select(options: list[Option], limits: list[Limit], priority: str, alpha: flo
 
 
 def explain(options: list[Option], pick: Option | None, priority: str,
-            win: dict[str, float] | None = None, tied: list[Option] | None = None) -> None:
+            win: dict[str, float] | None = None, tied: list[Option] | None = None, rule: str = TIE_RULE) -> None:
     """Front flags, dominators and verdicts relative to `pick` (which may come from a broken tie)."""
     feasible = [o for o in options if o.feasible]
     objectives = shared_objectives(feasible)
@@ -246,7 +247,7 @@ def explain(options: list[Option], pick: Option | None, priority: str,
     for o in options:  # after every front flag is set: the named dominator is the best one on the front
         o.dominated_by = _dominator(o, feasible, objectives) if o.feasible and not o.on_front else None
     for o in options:
-        o.verdict = _verdict(o, pick, options, objectives, priority, win or {}, tied or [])
+        o.verdict = _verdict(o, pick, options, objectives, priority, win or {}, tied or [], rule)
 
 
 def _dominator(o: Option, feasible: list[Option], objectives: list[str]) -> str | None:
@@ -257,7 +258,7 @@ def _dominator(o: Option, feasible: list[Option], objectives: list[str]) -> str 
 
 
 def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: list[str], priority: str,
-             win: dict[str, float], tied: list[Option]) -> str:
+             win: dict[str, float], tied: list[Option], rule: str = TIE_RULE) -> str:
     if o.reason and o.reason.startswith(RULED_OUT):
         return o.reason
     if o.status == "incomplete":
@@ -274,10 +275,10 @@ def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: 
         }.get(priority, f"best {priority} in budget")
         if len(tied) > 1:
             others = ", ".join(t.label for t in tied if t is not o)
-            return f"PICK: statistically tied with {others}; tie broken by {TIE_RULE} ({chance}, U={o.utility:.3f})"
+            return f"PICK: statistically tied with {others}; tie broken by {rule} ({chance}, U={o.utility:.3f})"
         return f"PICK: {how}" + (f" ({chance})" if chance else "")
     if pick is not None and any(t is o for t in tied):
-        return f"statistically tied with the pick ({chance}); tie broken by {TIE_RULE}"
+        return f"statistically tied with the pick ({chance}); tie broken by {rule}"
     if o.dominated_by:
         winner = next(p for p in options if p.id == o.dominated_by)
         edges = [BY_KEY[m].better for m in objectives if _strictly_better(winner.metrics, o.metrics, m)]
