@@ -79,7 +79,7 @@ def test_simulation_and_deploy_files_from_the_fleet(tmp_path):
     assert len(edge) == 2 and all(m["litellm_params"]["api_base"].startswith("http://127.0.0.1:") for m in edge)
     assert config["router_settings"]["fallbacks"] == [{"edge": ["cloud"]}]
     assert config["router_settings"]["routing_strategy"] == "usage-based-routing-v2"
-    assert all(m["litellm_params"]["rpm"] == 20 for m in edge)
+    assert all(m["litellm_params"]["rpm"] == 21 for m in edge)  # router_rpm: LiteLLM stops one early
     servers = paths["servers"].read_text()
     assert servers.count("llama_cpp.server") == 2 and "--host 127.0.0.1" in servers
 
@@ -182,3 +182,27 @@ def test_executors_by_name_and_fan_out_keeps_order_while_running_calls_at_once()
     assert fan_out(SimpleNamespace(width=3), [lambda i=i: call(i) for i in range(3)]) == [0, 1, 2] and peak[0] == 3
     peak[0] = 0
     assert fan_out(LOCAL, [lambda i=i: call(i) for i in range(3)]) == [0, 1, 2] and peak[0] == 1
+
+
+@pytest.mark.parametrize("per_minute", [1, 6, 20])
+def test_litellm_chooses_a_device_until_it_has_taken_exactly_its_rpm(per_minute):
+    """LiteLLM's own usage-based selection (not ours): given router_rpm, a device that admits `per_minute` a
+    minute is chosen while it has taken fewer, and not once it has taken them all; given the plain figure it
+    stops one early (BerriAI/litellm#33032), so an rpm of 1 was never chosen."""
+    pytest.importorskip("litellm")
+    from litellm.caching.caching import DualCache
+    from litellm.router_strategy.lowest_tpm_rpm_v2 import LowestTPMLoggingHandler_v2
+
+    from toolkit.cluster import router_rpm
+
+    handler = LowestTPMLoggingHandler_v2(router_cache=DualCache(), routing_args={})
+
+    def chosen(rpm: int, taken: int) -> bool:
+        device = {"model_name": "edge", "litellm_params": {"model": "openai/edge-0", "rpm": rpm}, "model_info": {"id": "d0"}}
+        return handler._common_checks_available_deployment(
+            model_group="edge", healthy_deployments=[device], tpm_keys=["d0:openai/edge-0:tpm:00-00"], tpm_values=[0],
+            rpm_keys=["d0:openai/edge-0:rpm:00-00"], rpm_values=[taken]) is not None
+    given = router_rpm(per_minute, "usage-based-routing-v2")
+    assert [chosen(given, taken) for taken in range(per_minute + 1)] == [True] * per_minute + [False]
+    assert [chosen(per_minute, taken) for taken in range(per_minute + 1)] == [True] * (per_minute - 1) + [False] * 2
+    assert router_rpm(per_minute, "simple-shuffle") == per_minute

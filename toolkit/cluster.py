@@ -22,6 +22,15 @@ from toolkit.simulate import SimCloud, SimDevice, Workload
 ROUTING = {"random": "simple-shuffle", "weighted": "simple-shuffle", "load_aware": "usage-based-routing-v2"}
 
 
+def router_rpm(per_minute: int, strategy: str) -> int:
+    """The rpm to give LiteLLM for a device that admits `per_minute` requests a minute. Its usage-based routing
+    (lowest_tpm_rpm_v2, litellm 1.110) stops choosing a deployment one request before its rpm
+    (`rpm_dict[item] + 1 >= rpm`, BerriAI/litellm#33032): a device would serve one fewer than it admits, and at
+    rpm 1 none at all. Given one more, it serves `per_minute` (tests/test_live_router.py); two requests that
+    pass the choice at the same instant can still make it one more."""
+    return per_minute + 1 if strategy == "usage-based-routing-v2" else per_minute
+
+
 def pick_cloud(recipe: Recipe, providers: list[CloudModel], prompt_tokens: int, output_tokens: int) -> CloudModel:
     if not providers:
         raise UserError("no cloud provider to overflow to", file=recipe.path, field="cloud.providers")
@@ -83,11 +92,12 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
         commands.append(shlex.join(cmd))
         row = next(r for r in rec.rows if r.variant_id == rec.pick)
         tokens_per_request = rec.prompt_tokens + rec.output_tokens
+        per_minute = max(1, round(c.rpm * 60 / c.window_s))
         models.append({
             "model_name": "edge",
             "litellm_params": {
                 "model": f"openai/edge-{i}", "api_base": f"http://{c.host}:{port}/v1", "api_key": "not-needed",
-                "rpm": max(1, round(c.rpm * 60 / c.window_s)), "tpm": max(1, round(c.rpm * 60 / c.window_s)) * tokens_per_request,
+                "rpm": router_rpm(per_minute, ROUTING[policy]), "tpm": per_minute * tokens_per_request,
             },
             "model_info": {"id": f"edge-{i}", "device": report.device.hostname, "decode_tps": row.detail["decode_tps_median"]},
         })
