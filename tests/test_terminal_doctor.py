@@ -70,11 +70,13 @@ def test_terminal_tables_keep_box_art():
 
 def test_doctor_fails_with_a_fix_when_a_runtime_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    # onnxruntime-genai imports onnxruntime: whether an earlier test already imported it must not matter
+    monkeypatch.delitem(sys.modules, "onnxruntime_genai", raising=False)
     result = CliRunner().invoke(app, ["doctor"])
     assert result.exit_code == 1, result.output
     line = next(line for line in result.output.splitlines() if line.split()[1:2] == ["onnxruntime"])
     assert line.startswith("FAIL") and "Fix: .venv/bin/pip install 'onnxruntime==" in line
-    assert "(needed: onnxruntime)" in result.output
+    assert "(needed: onnxruntime, onnxruntime-genai)" in result.output
 
 
 def test_doctor_passes_here_with_one_line_per_check():
