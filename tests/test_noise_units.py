@@ -122,3 +122,60 @@ def test_draws_scale_decode_by_the_process_spread_when_there_is_one():
     exact = Counter(p10s)  # redrawing whole processes: 40 in 3/4 of resamples, 60 in 1/4
     assert len(exact) > 200 and exact[40.0] / len(p10s) < 0.05 and exact[60.0] / len(p10s) < 0.01
     assert np.median(p10s) == pytest.approx(40.0, rel=0.05)
+
+
+def test_draws_scale_ttft_by_its_process_spread_and_keep_each_option_s_identity():
+    """TTFT 100, 100 | 150, 150 in two processes: as for decode, every resample keeps both processes and scales
+    them, so the p90 is spread out rather than the 100s and 150s of whole processes; each drawn option keeps
+    the measured option's label, model and size."""
+    rep = report({"ttft": [100.0] * 4, "decode": [50.0] * 4, "model": "a", "mb": 64},
+                 {"ttft": [100.0] * 4, "decode": [50.0] * 4, "model": "b"})
+    two = Stat.of([100.0, 100.0, 150.0, 150.0], runs=[2, 2])
+    first = rep.profiles[0]
+    prompt = first.prompts[0].model_copy(update={"ttft_ms": two})
+    rep = rep.model_copy(update={"profiles": [first.model_copy(update={"prompts": [prompt]}), rep.profiles[1]]})
+    options, _ = options_at(rep, 512, 128, Costs())
+    sets = list(draws(rep, options, 512, 128, Costs()))
+    p90s = Counter(drawn[0].metrics["ttft_ms"] for drawn in sets)
+    assert len(p90s) > 200 and p90s.most_common(1)[0][1] / len(sets) < 0.05
+    assert {(o.id, o.label, o.model, o.size_mb) for drawn in sets for o in drawn} == {
+        ("v0", "m Q0", "a", 64.0), ("v1", "m Q1", "b", 100.0)}
+
+
+def test_options_take_deploy_memory_over_peak_sizes_in_mib_and_no_timings_from_a_failed_profile():
+    rep = report({"ttft": [100.0] * 3, "decode": [50.0] * 3, "mem": 300, "mb": 100},
+                 {"ttft": [100.0] * 3, "decode": [50.0] * 3, "mem": 300, "mb": 50},
+                 {"ttft": [100.0] * 3, "decode": [50.0] * 3})
+    deployed = rep.profiles[0].model_copy(update={"deploy_rss_mb": 240.0})
+    crashed = rep.profiles[2].model_copy(update={"status": "crash", "reason": "boom"})
+    rep = rep.model_copy(update={"profiles": [deployed, rep.profiles[1], crashed]})
+    options, _ = options_at(rep, 512, 128, Costs())
+    assert [o.metrics["memory_mb"] for o in options[:2]] == [240.0, 300.0]  # deploy figure when measured
+    assert [o.size_mb for o in options] == [100.0, 50.0, 100.0]  # bytes / 2**20
+    assert options[2].status == "crash" and options[2].metrics["ttft_ms"] is None  # its partial timings are not used
+
+
+def test_noise_margin_comes_from_the_profiles_settings_else_the_recipe_default():
+    from toolkit.recipe import Device
+    from toolkit.recommend.options import noise_margin
+
+    rep = report({"ttft": [100.0] * 3, "decode": [50.0] * 3})
+    assert noise_margin(rep) == Device().noise_margin
+    tagged = rep.profiles[0].model_copy(update={"settings": {"noise_margin": 0.4}})
+    assert noise_margin(rep.model_copy(update={"profiles": [tagged]})) == 0.4
+
+
+def test_mean_accuracy_is_over_every_task_and_only_ok_scores_count():
+    from toolkit.recommend.options import mean_accuracy
+    from toolkit.records import EvalResult
+
+    def acc(vid: str, task: str, value: float | None, status: str = "ok") -> EvalResult:
+        return EvalResult(key=vid + task, variant_id=vid, task=task, status=status, value=value, runtime="llama.cpp")
+    rep = report({"ttft": [100.0] * 3, "decode": [50.0] * 3})
+    rep.accuracy = [acc("v0", "a", 0.4), acc("v0", "b", 0.7),  # (0.4 + 0.7) / 2
+                    acc("v1", "a", 0.9),  # missing task b: no mean
+                    acc("v2", "a", 0.5), acc("v2", "b", None),  # ok without a value: not a score
+                    acc("v3", "a", 0.5), acc("v3", "b", 0.5, "crash")]
+    assert mean_accuracy(rep) == pytest.approx({"v0": 0.55})
+    rep.accuracy = []
+    assert mean_accuracy(rep) == {}

@@ -264,3 +264,38 @@ def test_an_edge_pick_names_the_cheapest_cloud_that_also_meets_the_budget_and_ve
                            runs=[CertRun(status="crash", violations=[])])
     vetoed = recommend(rep.model_copy(update={"certifications": [failed]}), budget, costs)
     assert vetoed.pick == "v1" and {r.variant_id: r.win_probability for r in vetoed.rows} == {"v0": 0.0, "v1": 1.0}
+
+
+def test_a_variant_missing_a_quality_figure_is_set_aside_with_each_reason_spelled_out():
+    """Four variants, one with every figure; the others each lack some, for a different reason. Every reason
+    text below is written by hand from the records."""
+    from toolkit.recommend.options import options_at
+    from toolkit.recommend.select import RULED_OUT
+    from toolkit.records import EvalResult, Quality
+
+    rep = report(*({"ttft": [100, 110, 120], "decode": [50, 52, 54]} for _ in range(4)))
+    base = dict(corpus="c", corpus_sha256="0", ctx=512, chunks=1)
+    rep.quality = [Quality(key="q0", variant_id="v0", status="ok", perplexity=30, kl_mean=0.01, **base),
+                   Quality(key="q1", variant_id="v1", status="ok", perplexity=31, **base),  # scored, no KL
+                   Quality(key="q2", variant_id="v2", status="crash", reason="boom", **base)]  # v3: never scored
+
+    def acc(vid: str, task: str, status: str = "ok", reason: str | None = None) -> EvalResult:
+        return EvalResult(key=f"{vid}{task}", variant_id=vid, task=task, status=status, reason=reason,
+                          value=0.5 if status == "ok" else None, runtime="llama.cpp")
+    skip = RULED_OUT + "decode (p10) 9 tok/s < 10"
+    rep.accuracy = [acc("v0", "a"), acc("v0", "b"),
+                    acc("v1", "a", "skipped", skip), acc("v1", "b", "skipped", skip),
+                    acc("v2", "a", "crash", "exit code 1"), acc("v2", "b"),
+                    acc("v3", "a", "timeout")]
+    options, _ = options_at(rep, 512, 128, Costs())
+    assert [(o.status, o.reason) for o in options] == [
+        ("ok", None),
+        ("incomplete", "KL divergence not measured (no reference to compare with); " + skip),
+        ("incomplete", "perplexity not measured (fidelity crash: boom); KL divergence not measured (fidelity crash: "
+                       "boom); mean accuracy not measured (a: crash - exit code 1)"),
+        ("incomplete", "perplexity not measured (fidelity not scored); KL divergence not measured (fidelity not scored); "
+                       "mean accuracy not measured (a: timeout)"),
+    ]
+    rep.accuracy = [r for r in rep.accuracy if r.variant_id != "v3"]  # v3 has no accuracy record at all
+    options, _ = options_at(rep, 512, 128, Costs())
+    assert options[3].reason.endswith("mean accuracy not measured (not evaluated on every task)")
