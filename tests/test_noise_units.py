@@ -179,3 +179,22 @@ def test_mean_accuracy_is_over_every_task_and_only_ok_scores_count():
     assert mean_accuracy(rep) == pytest.approx({"v0": 0.55})
     rep.accuracy = []
     assert mean_accuracy(rep) == {}
+
+
+def test_each_option_s_details_are_its_medians_and_spreads_rounded_as_reported():
+    """The figures the reports print beside each option, computed here with numpy from the repeats."""
+    from toolkit.records import EvalResult
+
+    ttft, decode = [101.23456, 103.98765, 99.87654], [50.123456, 52.98765, 49.55555]
+    rep = report({"ttft": ttft, "decode": decode, "mem": 287.5})
+    rep.accuracy = [EvalResult(key="a", variant_id="v0", task="a", status="ok", value=0.123456789, runtime="llama.cpp")]
+    options, details = options_at(rep, 512, 128, Costs())
+    itl = [1000 / d for d in decode]
+    response_s = np.median(ttft) / 1000 + 128 / np.median(decode)
+    assert details["v0"] == {
+        "ttft_ms_median": round(float(np.median(ttft)), 2), "prefill_tps_median": round(float(np.median([512e3 / t for t in ttft])), 1),
+        "decode_tps_median": round(float(np.median(decode)), 2), "itl_ms_p50": round(float(np.median(itl)), 3),
+        "itl_ms_p90": round(float(np.percentile(itl, 90)), 3), "load_ms": None, "process_peak_mb": 287.5,
+        "response_s": round(float(response_s), 3), "watts": 20.0, "top1_agreement": None, "acc_a": 0.123456789,
+    }
+    assert options[0].metrics["accuracy"] == 0.12346 and options[0].metrics["energy_j"] == round(20.0 * response_s, 3)
