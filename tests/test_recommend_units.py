@@ -273,11 +273,12 @@ def test_a_variant_missing_a_quality_figure_is_set_aside_with_each_reason_spelle
     from toolkit.recommend.select import RULED_OUT
     from toolkit.records import EvalResult, Quality
 
-    rep = report(*({"ttft": [100, 110, 120], "decode": [50, 52, 54]} for _ in range(4)))
+    rep = report(*({"ttft": [100, 110, 120], "decode": [50, 52, 54]} for _ in range(5)))
     base = dict(corpus="c", corpus_sha256="0", ctx=512, chunks=1)
     rep.quality = [Quality(key="q0", variant_id="v0", status="ok", perplexity=30, kl_mean=0.01, **base),
                    Quality(key="q1", variant_id="v1", status="ok", perplexity=31, **base),  # scored, no KL
-                   Quality(key="q2", variant_id="v2", status="crash", reason="boom", **base)]  # v3: never scored
+                   Quality(key="q2", variant_id="v2", status="crash", reason="boom", **base),  # v3: never scored
+                   Quality(key="q4", variant_id="v4", status="oom", **base)]  # failed without a reason
 
     def acc(vid: str, task: str, status: str = "ok", reason: str | None = None) -> EvalResult:
         return EvalResult(key=f"{vid}{task}", variant_id=vid, task=task, status=status, reason=reason,
@@ -285,16 +286,17 @@ def test_a_variant_missing_a_quality_figure_is_set_aside_with_each_reason_spelle
     skip = RULED_OUT + "decode (p10) 9 tok/s < 10"
     rep.accuracy = [acc("v0", "a"), acc("v0", "b"),
                     acc("v1", "a", "skipped", skip), acc("v1", "b", "skipped", skip),
-                    acc("v2", "a", "crash", "exit code 1"), acc("v2", "b"),
-                    acc("v3", "a", "timeout")]
+                    acc("v2", "a", "crash", "exit code 1"), acc("v2", "b", "timeout"),
+                    acc("v3", "a", "timeout"), acc("v4", "a"), acc("v4", "b")]
     options, _ = options_at(rep, 512, 128, Costs())
     assert [(o.status, o.reason) for o in options] == [
         ("ok", None),
         ("incomplete", "KL divergence not measured (no reference to compare with); " + skip),
         ("incomplete", "perplexity not measured (fidelity crash: boom); KL divergence not measured (fidelity crash: "
-                       "boom); mean accuracy not measured (a: crash - exit code 1)"),
+                       "boom); mean accuracy not measured (a: crash - exit code 1; b: timeout)"),
         ("incomplete", "perplexity not measured (fidelity not scored); KL divergence not measured (fidelity not scored); "
                        "mean accuracy not measured (a: timeout)"),
+        ("incomplete", "perplexity not measured (fidelity oom); KL divergence not measured (fidelity oom)"),
     ]
     rep.accuracy = [r for r in rep.accuracy if r.variant_id != "v3"]  # v3 has no accuracy record at all
     options, _ = options_at(rep, 512, 128, Costs())
