@@ -7,17 +7,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
-from toolkit.io import content_hash
 from toolkit.profiling.meters.summary import energy_source
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
-from toolkit.recommend.metrics import BY_BUDGET
+from toolkit.recommend.keys import budget_key, budget_limits, certification_vetoes, pick_key
 from toolkit.recommend.options import draws, noise_margin, options_at
 from toolkit.recommend.select import (
     STICKY_RULE,
     TIE_RULE,
-    Limit,
     Option,
     check,
     choose,
@@ -101,32 +99,6 @@ class Recommendation(Record):
     tied_with: list[str] = []  # variants statistically tied with the pick (noise.py), best first
     tie_rule: str | None = None  # how the tie was broken, when tied_with is not empty
     certification: Certification | None = None  # the pick re-measured in fresh processes against this budget
-
-
-def budget_key(budget: Budget, costs: Costs) -> str:
-    """What a certification is valid for: the limits, the response shape and the prices (not the priority)."""
-    return content_hash(budget.model_dump(mode="json", exclude={"priority", "alpha"}), costs.model_dump(mode="json"))
-
-
-def pick_key(budget: Budget, costs: Costs) -> str:
-    """What a pick is the pick for: the whole budget (priority and alpha too) and the prices."""
-    return content_hash(budget.model_dump(mode="json"), costs.model_dump(mode="json"))
-
-
-def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
-    """Variants whose re-measurement missed this budget in some fresh process: never the pick."""
-    out = {}
-    for cert in report.certifications:
-        if cert.budget_key == key and not cert.certified:
-            failed = next(r for r in cert.runs if not r.meets)
-            why = "; ".join(failed.violations) or failed.status
-            out[cert.variant_id] = f"failed certification: met the budget in {cert.passed}/{len(cert.runs)} fresh runs ({why})"
-    return out
-
-
-def budget_limits(budget: Budget, metrics: set[str] | None = None) -> list[Limit]:
-    limits = [Limit(m.key, v, m.limit_kind) for field, m in BY_BUDGET.items() if (v := getattr(budget, field)) is not None]
-    return [lim for lim in limits if metrics is None or lim.metric in metrics]
 
 
 def recommend(
