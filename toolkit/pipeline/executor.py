@@ -113,13 +113,13 @@ class RayExecutor:
 
         self._check_fits(job.threads)
         inputs = [] if self.shared else needed_files(job)
-        blob = ray.put(pack(inputs)) if inputs else None
+        blob = put(pack(inputs), "--executor") if inputs else None
         ref = self.task.options(num_cpus=job.threads, max_retries=0).remote(
             job.model_dump_json(), inputs, blob, timeout_s, memory_cap_mb, str(returns) if returns and not self.shared else None)
         try:
             status, data, reason, wall_s, log_text, back = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            return ChildResult("crash", {}, "Ray: " + " ".join(str(exc).split())[:300], 0.0)
+            return ChildResult("crash", {}, "Ray: " + ray_reason(exc), 0.0)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(log_text, encoding="utf-8")
         if back is not None and returns is not None:
@@ -150,7 +150,7 @@ class RayExecutor:
                 name, inner = head["units"][variant.id]
                 variant.path = str(receive(ray.get(next(stream)), ws / "variants", name) / inner)
         except ray.exceptions.RayError as exc:
-            return [], not_built(recipe, candidate, "Ray: " + " ".join(str(exc).split())[:300])
+            return [], not_built(recipe, candidate, "Ray: " + ray_reason(exc))
         return variants, [BuildFailure.model_validate(f) for f in head["failed"]]
 
 
@@ -166,16 +166,20 @@ def needed_files(job: jobs.Job) -> list[str]:
     return paths
 
 
-def pack(paths: list[str] | Path) -> bytes:
-    """The given files and folders as one tar, the i-th under `i/`; or a folder's contents."""
+def tar_bytes(entries: list[tuple[str | Path, str]]) -> bytes:
+    """Files and folders as one in-memory tar, each (path, name in the tar)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        if isinstance(paths, Path):
-            tar.add(paths, arcname=".")
-        else:
-            for i, path in enumerate(paths):
-                tar.add(path, arcname=f"{i}/{Path(path).name}")
+        for path, arcname in entries:
+            tar.add(path, arcname=arcname)
     return buffer.getvalue()
+
+
+def pack(paths: list[str] | Path) -> bytes:
+    """The given files and folders as one tar, the i-th under `i/`; or a folder's contents."""
+    if isinstance(paths, Path):
+        return tar_bytes([(paths, ".")])
+    return tar_bytes([(path, f"{i}/{Path(path).name}") for i, path in enumerate(paths)])
 
 
 def unpack(blob: bytes, target: Path) -> Path:
@@ -183,6 +187,23 @@ def unpack(blob: bytes, target: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(target, filter="data")
     return target
+
+
+def put(blob: bytes, field: str):
+    """`blob` in Ray's object store, or a one-line error saying why it does not fit."""
+    import ray
+
+    try:
+        return ray.put(blob)
+    except (ray.exceptions.ObjectStoreFullError, ray.exceptions.OutOfDiskError) as exc:
+        raise UserError(f"the files to ship ({len(blob) / 2**20:.0f} MiB) do not fit this node's Ray object store "
+                        f"({type(exc).__name__}): start Ray with a larger --object-store-memory, free disk, or give "
+                        "--shared-workspace", field=field) from None
+
+
+def ray_reason(exc: Exception) -> str:
+    """A Ray error as one line of at most 300 characters."""
+    return " ".join(str(exc).split())[:300]
 
 
 def rebase(job: dict, moved: dict[str, str]) -> dict:
@@ -222,10 +243,7 @@ def build_there(recipe_json: str, recipe_path: str, index: int, shared: bool) ->
                       "units": {vid: [unit.name, inner] for vid, (unit, inner) in units.items()}})
     for variant in variants if not shared else []:
         unit, _ = units[variant.id]
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            tar.add(unit, arcname=unit.name)
-        yield buffer.getvalue()
+        yield tar_bytes([(unit, unit.name)])
 
 
 def shipped_unit(ws: Path, path: Path) -> tuple[Path, str]:

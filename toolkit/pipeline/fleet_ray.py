@@ -16,13 +16,12 @@ Nothing is started here: the driver connects to the address given, 127.0.0.1 unl
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.io import cache_root, write_json
-from toolkit.pipeline.executor import connect
+from toolkit.pipeline.executor import connect, put, ray_reason, tar_bytes
+from toolkit.pipeline.executor import unpack as untar
 from toolkit.pipeline.workspace import load_manifest
 from toolkit.recipe import Recipe
 from toolkit.records import DeviceReport
@@ -34,37 +33,17 @@ RESOURCE = "device:{}"
 def pack(ws: Path, variant_paths: list[str]) -> bytes:
     """The workspace a device needs as one tar: the manifest, quality and accuracy results, and the files of the
     manifest's variants (not the stale ones an older recipe left in `variants/`)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(ws.iterdir()):
-            if path.name not in (*SKIP, "variants") and not path.name.startswith("."):
-                tar.add(path, arcname=path.name)
-        for raw in sorted(set(variant_paths)):
-            path = Path(raw).resolve()
-            if path.exists():
-                tar.add(path, arcname=str(path.relative_to(ws.resolve())))
-    return buffer.getvalue()
-
-
-def put(blob: bytes):
-    """The packed workspace in Ray's object store, or a one-line error saying why it does not fit."""
-    import ray
-
-    try:
-        return ray.put(blob)
-    except (ray.exceptions.ObjectStoreFullError, ray.exceptions.OutOfDiskError) as exc:
-        raise UserError(f"the workspace's variants ({len(blob) / 2**20:.0f} MiB) do not fit this node's Ray object "
-                        f"store ({type(exc).__name__}): start Ray with a larger --object-store-memory, free disk, or "
-                        "give --shared-workspace", field="--devices") from None
+    entries = [(path, path.name) for path in sorted(ws.iterdir())
+               if path.name not in (*SKIP, "variants") and not path.name.startswith(".")]
+    variants = [Path(raw).resolve() for raw in sorted(set(variant_paths))]
+    return tar_bytes(entries + [(path, str(path.relative_to(ws.resolve()))) for path in variants if path.exists()])
 
 
 def unpack(blob: bytes, old_ws: str, label: str, name: str) -> Path:
     """The packed workspace in a node-local folder (once per content), variant paths pointed at it."""
     target = cache_root() / "fleet" / label / f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
     if not (target / "manifest.json").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-            tar.extractall(target, filter="data")
+        untar(blob, target)
         manifest = target / "manifest.json"
         manifest.write_text(manifest.read_text(encoding="utf-8").replace(old_ws, str(target)), encoding="utf-8")
     return target
@@ -99,7 +78,7 @@ def profile_on_devices(recipe: Recipe, devices: list[str], address: str, shared:
         raise UserError(f"no Ray node offers {', '.join(RESOURCE.format(d) for d in missing)}; start each device with "
                         f"`ray start --address {address} --resources '{{\"device:NAME\": 1}}'`", field="--devices")
     task = ray.remote(profile_here)
-    blob = None if shared else put(pack(ws, [v.path for v in manifest.variants]))
+    blob = None if shared else put(pack(ws, [v.path for v in manifest.variants]), "--devices")
     absolute = recipe.model_copy(update={"workspace": str(ws)}).model_dump_json()  # a node's cwd is not ours
     pending = {d: task.options(resources={RESOURCE.format(d): 1}, num_cpus=1, max_retries=0).remote(
         absolute, str(recipe.path or ""), d, blob) for d in devices}
@@ -108,7 +87,7 @@ def profile_on_devices(recipe: Recipe, devices: list[str], address: str, shared:
         try:
             report = DeviceReport.model_validate_json(ray.get(ref))
         except ray.exceptions.RayError as exc:
-            failed[device] = " ".join(str(exc).split())[:300]
+            failed[device] = ray_reason(exc)
             say(f"{device}: failed: {failed[device]}")
             continue
         target = ws / "reports" / f"device-{device}-{report.device.id}.json"
