@@ -1,7 +1,8 @@
 """A fleet on Ray: a local cluster on loopback with two "devices" (two nodes of this machine, each with its
 `device:NAME` resource), `toolkit profile --devices` profiles the real SmolLM2's GGUF ladder on both and brings back two
 device reports that stay two devices; a node killed mid-job leaves that device failed with its reason, and a
-rerun redoes only it."""
+rerun redoes only it. Compress and evaluate fan out over the same nodes, match a local run, and lose only the
+job of a node killed under them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ipaddress
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -177,3 +179,101 @@ def test_compress_fans_out_one_candidate_per_node_and_matches_a_local_build(flee
     assert [(v.sha256, v.seconds) for v in again.variants] == [(v.sha256, v.seconds) for v in there.variants]
     nodes = {note for v in there.variants for note in v.notes if note.startswith("built on Ray node ")}
     assert len(nodes) == 2  # tiny-a on one node, tiny-b on the other
+
+
+def test_a_node_dying_mid_evaluation_fails_only_its_job_and_a_rerun_redoes_only_it(fleet, tmp_path):
+    """Both nodes run an lm-eval job; one node dies: its job is recorded failed with Ray's reason, the other's
+    result and every fidelity figure stand, and the rerun (on a replacement node) runs that one job alone."""
+    import shutil
+
+    from toolkit.pipeline.executor import RayExecutor
+
+    recipe, cluster, nodes = fleet
+    recipe = recipe.model_copy(update={"workspace": str(tmp_path / "ws"), "accuracy": recipe.accuracy.model_copy(
+        update={"tasks": ["mmlu_offline"], "limit": 4})})
+    (tmp_path / "ws").mkdir()
+    shutil.copy(fleet[0].workspace_dir() / "manifest.json", tmp_path / "ws" / "manifest.json")
+    with _killed_when_both_run(cluster, nodes, "run_there"):
+        quality, accuracy = pipeline.evaluate(recipe, executor=RayExecutor(cluster.address))
+    assert [q.status for q in quality] == ["ok", "ok"]
+    lost = [r for r in accuracy if r.status != "ok"]
+    kept = [r for r in accuracy if r.status == "ok"]
+    assert len(lost) == 1 and len(kept) == 1 and lost[0].reason.startswith("Ray: "), [r.reason for r in accuracy]
+    logs = {r.variant_id: recipe.workspace_dir() / "logs" / f"lm-eval-{r.variant_id}.log" for r in accuracy}
+    kept_log = logs[kept[0].variant_id].stat().st_mtime_ns
+
+    quality2, accuracy2 = pipeline.evaluate(recipe, executor=RayExecutor(cluster.address))
+    assert [q.model_dump() for q in quality2] == [q.model_dump() for q in quality]  # all from the cache
+    assert [r.status for r in accuracy2] == ["ok", "ok"]
+    assert [r.model_dump() for r in accuracy2 if r.variant_id == kept[0].variant_id] == [kept[0].model_dump()]
+    assert logs[kept[0].variant_id].stat().st_mtime_ns == kept_log  # not run again
+    assert logs[lost[0].variant_id].read_text().startswith("ran on Ray node ")
+
+
+def test_a_node_dying_mid_compress_loses_only_its_candidate_and_a_rerun_builds_only_it(fleet, tiny_llama, tmp_path):
+    """Two candidates build at once, one per node; one node dies: that candidate's variants are not built, with
+    Ray's reason, the other's arrive whole, and the rerun reuses them and builds the rest."""
+    from toolkit.pipeline.executor import RayExecutor
+
+    _, cluster, nodes = fleet
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"""
+        name: dies
+        workspace: {tmp_path / 'ws'}
+        candidates: [{{model: {tiny_llama}, name: tiny-a}}, {{model: {tiny_llama}, name: tiny-b}}]
+        variants: {{gguf: {{quants: [F16, Q8_0]}}, onnx: null}}
+        device: {{threads: 1}}
+        """))
+    with _killed_when_both_run(cluster, nodes, "build_there"):
+        first = pipeline.compress(recipe, executor=RayExecutor(cluster.address))
+    # the survivor's F16 and Q8_0; the lost one's every spec (its source as shipped too, which an HF model lacks)
+    assert len(first.variants) == 2 and len(first.not_built) == 3
+    assert {f.model for f in first.not_built} | {v.model for v in first.variants} == {"tiny-a", "tiny-b"}
+    assert all(f.reason.startswith("Ray: ") for f in first.not_built), [f.reason for f in first.not_built]
+    assert not list((tmp_path / "ws" / "variants").glob("*.part"))  # nothing half-received
+
+    again = pipeline.compress(recipe, executor=RayExecutor(cluster.address))
+    assert again.not_built == [] and len(again.variants) == 4
+    survivors = {v.id: (v.sha256, v.seconds) for v in first.variants}
+    assert {v.id: (v.sha256, v.seconds) for v in again.variants if v.id in survivors} == survivors  # reused
+    assert all(sha256_file(Path(v.path)) == v.sha256 for v in again.variants)
+
+
+@contextmanager
+def _killed_when_both_run(cluster, nodes, task: str):
+    """Kill pi-a's node (no grace) once both nodes run a `task` Ray task; a replacement joins afterwards."""
+    done = threading.Event()
+    killed = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while not all(_running(nodes[name], task) for name in ("pi-a", "pi-b")):
+            if done.wait(0.02) or time.monotonic() > deadline:
+                return
+        cluster.remove_node(nodes["pi-a"], allow_graceful=False)
+        killed.append(True)
+    killer = threading.Thread(target=watch)
+    killer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        killer.join()
+        if killed:
+            nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1}, object_store_memory=STORE,
+                                             node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes()
+    assert killed, f"the two nodes never ran {task} at once"
+
+
+def _running(node, task: str) -> bool:
+    """Whether a worker of `node` is running a Ray task of function `task` (Ray titles it `ray::task`)."""
+    from ray._private import ray_constants
+
+    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    for process in raylet.children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).startswith(f"ray::{task}"):
+                return True
+        except psutil.Error:
+            continue
+    return False
