@@ -10,6 +10,7 @@ target token is predicted; any other session falls back to `logits()` on each wi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,45 @@ def target_logprobs(logits: np.ndarray, target: list[int]) -> np.ndarray:
     """log p(target[i]) from the logits predicting it, float64."""
     rows = np.arange(len(target))
     return logits[rows, target].astype(np.float64) - log_normaliser(logits)
+
+
+BLOCK_ELEMENTS = 1 << 22  # logits per block of rows in `window_figures` (16 MiB of float32): cache-sized passes
+
+
+@dataclass
+class WindowFigures:
+    nll: np.ndarray  # per target token, float64
+    logp16: np.ndarray | None = None  # the log-probabilities as the reference stores them (float16)
+    kl: np.ndarray | None = None  # KL(reference || this) per token, float64
+    agree: np.ndarray | None = None  # top-1 agreement with the reference per token
+
+
+def window_figures(logits: np.ndarray, target: list[int], ref: np.ndarray | None = None) -> WindowFigures:
+    """Every per-token figure of one window from one normaliser per row, in blocks of rows: the numbers of
+    `target_logprobs`, `log_softmax` and the KL/top-1 formulas exactly (each row's arithmetic is unchanged),
+    without whole-window temporaries (a Gemma window's are 256 x 262k floats each). `ref`: the reference's
+    float16 log-probabilities for these rows (None: return this window's, to be stored as the reference)."""
+    rows, vocab = logits.shape
+    step = max(1, BLOCK_ELEMENTS // vocab)
+    out = WindowFigures(nll=np.empty(rows), logp16=np.empty((rows, vocab), np.float16) if ref is None else None,
+                        kl=np.empty(rows) if ref is not None else None, agree=np.empty(rows, bool) if ref is not None else None)
+    for start in range(0, rows, step):
+        block = slice(start, min(start + step, rows))
+        x = np.asarray(logits[block], dtype=np.float32)
+        norm = log_normaliser(x)
+        picked = x[np.arange(len(x)), target[block]].astype(np.float64)
+        out.nll[block] = -(picked - norm)
+        logp = x - norm[:, None].astype(np.float32)
+        if ref is None:
+            out.logp16[block] = logp
+            continue
+        r = np.asarray(ref[block], dtype=np.float32)
+        out.agree[block] = r.argmax(axis=1) == logp.argmax(axis=1)
+        np.subtract(r, logp, out=logp)
+        np.exp(r, out=r)
+        np.multiply(r, logp, out=logp)
+        out.kl[block] = logp.sum(axis=1, dtype=np.float64)
+    return out
 
 
 def rolling_loglikelihood(session, windows: list[tuple[list[int], list[int]]], batched: bool = True) -> list[float]:
@@ -152,16 +192,17 @@ def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None
         windows, sizes = text_windows(session, text, ctx, chunks)
     nll, kl, agree = [], [], []
     for i, (logits, (_, target)) in enumerate(zip(window_logits(session, windows, batched), windows, strict=True)):
-        nll.append(-target_logprobs(logits, target))
         if not ref_dir:
+            nll.append(-target_logprobs(logits, target))
             continue
-        logp = log_softmax(logits)
+        path = ref_dir / f"logp-{i}.npy"
+        figures = window_figures(logits, target, None if writing else np.load(path, mmap_mode="r"))
+        nll.append(figures.nll)
         if writing:
-            np.save(ref_dir / f"logp-{i}.npy", logp.astype(np.float16))
+            np.save(path, figures.logp16)
         else:
-            ref = np.load(ref_dir / f"logp-{i}.npy").astype(np.float32)
-            kl.append((np.exp(ref) * (ref - logp)).sum(axis=1, dtype=np.float64))
-            agree.append(ref.argmax(axis=1) == logp.argmax(axis=1))
+            kl.append(figures.kl)
+            agree.append(figures.agree)
     if writing:  # last, so that its presence means the logits are all there
         arrays = {f"c{i}": np.asarray(c, np.int32) for i, (c, _) in enumerate(windows)}
         arrays |= {f"t{i}": np.asarray(t, np.int32) for i, (_, t) in enumerate(windows)}
