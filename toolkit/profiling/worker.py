@@ -176,8 +176,14 @@ def lm_eval_job(job: dict) -> dict:
         session = runtime.open_session(job["path"], job["threads"], job["max_length"], job["max_length"])
         lm = SessionLM(session, job["max_length"])
     load_s = time.perf_counter() - start
+    seeds = {}
+    if job["backend"] == "session":  # no PyTorch in the scoring: neither its seed nor its environment report
+        import lm_eval.evaluator  # (torch's collect_env: 2 s of subprocesses for a field nothing reads)
+
+        lm_eval.evaluator.add_env_info = lambda results: None
+        seeds["torch_random_seed"] = None
     results = lm_eval.simple_evaluate(model=lm, tasks=job["tasks"], limit=job["limit"], task_manager=manager,
-                                      log_samples=False)
+                                      log_samples=False, **seeds)
     return {"tasks": {task: _task_score(results, task, metric) for task, metric in zip(job["tasks"], job["metrics"], strict=True)},
             "load_s": load_s, "lm_eval_version": lm_eval.__version__}
 
