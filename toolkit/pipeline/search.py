@@ -4,11 +4,11 @@ work first.
 1. compress every variant (compress.py);
 2. fidelity of every variant (seconds each); a variant that breaks the budget's quality limits (KL,
    perplexity, bits per byte) is not measured further;
-3. profile the rest in rounds (profile.py), without certification yet;
+3. profile the rest once: the first round of rounds (profile.py), one fresh process each;
 4. accuracy (the slowest stage) only for variants that would meet every timing and memory limit even with
    their timings `device.noise_margin` better: the others cannot be the pick;
-5. the rounds again with accuracy known (cached rounds are reused; contenders may get more), then the pick is
-   certified and the device report written.
+5. the rounds with accuracy known (the first is reused from the cache), so which variants get more rounds is
+   decided on every figure, as in the exhaustive sweep; then the pick is certified and the report written.
 
 A variant ruled out keeps its row in every report, with what was measured and "not measured further:
 <reason>". Early exits never change the answer on the same measurements: each rules out only variants that
@@ -44,7 +44,8 @@ def search(recipe: Recipe, progress: Progress = quiet, out: Path | None = None,
     quality = fidelity(recipe, manifest, corpus(recipe), progress, executor)
     ruled = quality_gate(recipe, quality)
     on_step("profile")
-    first, _ = profile(recipe, progress, ruled_out=ruled, certify_pick=False, write=False)
+    once = recipe.model_copy(update={"device": recipe.device.model_copy(update={"rounds": 1, "max_rounds": 1})})
+    first, _ = profile(once, progress, ruled_out=ruled, certify_pick=False, write=False)
     slow = timing_gate(recipe, first)
     on_step("accuracy")
     accuracy(recipe, manifest, progress, ruled_out=ruled | slow, executor=executor)
