@@ -67,3 +67,39 @@ def test_truncated_file_is_refused_with_the_sizes(tmp_path):
     path.write_bytes(data[:200])  # inside the metadata
     with pytest.raises(UserError, match=r"m.gguf: corrupt or truncated GGUF"):
         check_gguf_header(path)
+
+
+@pytest.mark.parametrize("endian", [GGUFEndian.LITTLE, GGUFEndian.BIG])
+def test_bulk_array_fields_equal_gguf_py_element_by_element(tmp_path, endian):
+    """The dequantizer's fast path for array fields (toolkit/reference.py) gives gguf-py's fields part for part:
+    string, float, integer, empty and nested arrays; a big-endian file keeps gguf-py's own path."""
+    from gguf import GGUFValueType
+
+    from toolkit.reference import fast_array_fields
+
+    path = write_gguf(tmp_path / "m.gguf", endian)
+    writer = GGUFWriter(str(tmp_path / "more.gguf"), "llama", endianess=endian)
+    writer.add_token_list(["a", "", "\u00e9\u00e9", "long" * 50])
+    writer.add_array("x.ints", [3, -1, 2**31 - 1])
+    writer.add_array("x.empty", [])
+    writer.add_array("x.nested", [[1, 2], [3]])
+    writer.add_key_value("x.u64", [2**40, 7], GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT64)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+
+    class Bulk(GGUFReader):
+        pass
+    fast_array_fields(Bulk)
+    for file in (path, tmp_path / "more.gguf"):
+        slow, fast = GGUFReader(file), Bulk(file)
+        assert list(fast.fields) == list(slow.fields)
+        for key, field in slow.fields.items():
+            got = fast.fields[key]
+            assert (got.offset, got.name, got.data, got.types) == (field.offset, field.name, field.data, field.types), key
+            assert [(p.dtype, p.tobytes()) for p in got.parts] == [(p.dtype, p.tobytes()) for p in field.parts], key
+        assert [(t.name, int(t.data_offset)) for t in fast.tensors] == [(t.name, int(t.data_offset)) for t in slow.tensors]
+        bulk = endian == GGUFEndian.LITTLE  # read in bulk: plain arrays over the file's bytes, not memmap slices
+        first = slow.fields["tokenizer.ggml.tokens"].data[0]  # the first token's bytes
+        assert isinstance(slow.fields["tokenizer.ggml.tokens"].parts[first], np.memmap)
+        assert isinstance(fast.fields["tokenizer.ggml.tokens"].parts[first], np.memmap) is not bulk
