@@ -37,7 +37,10 @@ def test_overlapping_repeats_are_a_tie_and_the_most_likely_winner_is_picked():
         wp, wo = row(rec, rec.pick).win_probability, row(rec, other).win_probability
         line = noise_line(rec)
         assert f"{pick_label} (win probability {wp:.2f}) is tied with {other_label} (win probability {wo:.2f})" in line
-        assert line.endswith(f"tie broken by: {rec.tie_rule}")
+        # the decode repeats spread 30%: the two utilities often differ by more than 0.01, so the tie is unsettled
+        assert 0 < rec.tie_equivalence < 0.9
+        assert line.endswith(f"tie broken by: {rec.tie_rule}; their utilities lie within 0.01 of each other in "
+                             f"{rec.tie_equivalence:.0%} of the resamples (practically the same answer when that is most of them)")
         assert line in markdown(rec)
         assert row(rec, rec.pick).verdict.startswith(f"PICK: statistically tied with {other_label}; tie broken by higher win")
         assert row(rec, other).verdict.startswith("statistically tied with the pick (win probability")

@@ -86,7 +86,7 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
     def standing(rep):
         rec = recommend(rep, budget, costs)
         win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
-        return rec.pick, win, rec.tied_with
+        return rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0
 
     rounds = Rounds(["v0", "v1", "v2"], measure)
     rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
@@ -95,7 +95,7 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
     assert counts["v2"] == 1  # cannot win: measured once
     assert 2 <= counts["v0"] <= 5 and 2 <= counts["v1"] <= 5
     assert [p.rounds for p in rep.profiles] == [counts["v0"], counts["v1"], 1]
-    pick, win, tied = standing(rep)
+    pick, win, tied, _ = standing(rep)
     assert win >= 0.9 or counts["v0"] == 5 or counts[pick] == 5  # sure enough, or out of rounds
     assert rounds.extra_s == pytest.approx(2.0 * (sum(counts.values()) - 3))
     # the time cap stops it: no round after the first once extra_time_s is spent
@@ -103,6 +103,47 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
     run_rounds(capped, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
                standing, min_rounds=5, max_rounds=5, target=1.0, extra_time_s=3.0)
     assert sum(len(d) for d in capped.done.values()) - 3 == 2  # 2 s + 2 s passes the 3 s cap
+
+
+@pytest.mark.parametrize("priority", ["balanced", "speed"])
+def test_a_tie_of_equals_is_settled_instead_of_measured_to_max_rounds(priority):
+    """Two variants measured alike (round r of each draws the same numbers): neither wins 90% of resamples
+    however many rounds run. With the balanced priority their utilities stay within 0.01 of each other in
+    nearly every resample, so the tie is settled after the minimum rounds; the speed priority has no such rule
+    and measures on to max_rounds (the control)."""
+
+    def measure(vid: str, index: int) -> Profile:
+        rng = np.random.default_rng(index)
+        level = 50.0 * rng.uniform(0.99, 1.01)
+        return _profile(vid, list(100 + rng.normal(0, 1.0, 3)), list(level + rng.normal(0, 0.5, 3)), 300, wall=2.0)
+
+    base = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [50] * 3})
+    budget, costs = Budget(ttft_prompt_tokens=512, priority=priority, alpha=0.5), Costs()
+
+    def standing(rep):
+        rec = recommend(rep, budget, costs)
+        win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
+        return rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0
+
+    rounds = Rounds(["v0", "v1"], measure)
+    rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
+                     standing, min_rounds=2, max_rounds=5, target=0.9, extra_time_s=1000)
+    rec = recommend(rep, budget, costs)
+    assert rec.tied_with and max(r.win_probability for r in rec.rows) < 0.9  # a real tie
+    counts = [len(done) for done in rounds.done.values()]
+    if priority == "balanced":
+        assert rec.tie_equivalence >= 0.9 and counts == [2, 2]
+    else:
+        assert rec.tie_equivalence is None and counts == [5, 5]
+
+
+def test_equivalence_counts_resamples_with_every_tied_utility_within_the_tolerance():
+    from toolkit.recommend.noise import equivalence
+
+    drawn = [{"a": 0.995, "b": 1.0}, {"a": 1.0, "b": 0.985}, {"a": 1.0}, {"a": 0.996, "b": 1.0, "c": 0.5}]
+    assert equivalence(drawn, ["a", "b"]) == 0.5  # within 0.01 twice; 0.015 apart once; b out of budget once
+    assert equivalence(drawn, ["a", "b"], tolerance=0.02) == 0.75
+    assert equivalence(drawn, ["a"]) == 0.0 and equivalence([], ["a", "b"]) == 0.0
 
 
 def test_a_failed_certification_vetoes_the_pick_and_the_next_is_named():

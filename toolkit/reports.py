@@ -19,7 +19,7 @@ from toolkit.plots import (
 )
 from toolkit.recommend.engine import Recommendation
 from toolkit.recommend.metrics import BY_BUDGET, BY_KEY, cell
-from toolkit.recommend.noise import TIE_THRESHOLD
+from toolkit.recommend.noise import EQUIVALENT_UTILITY, TIE_THRESHOLD
 
 COLUMNS = [
     ("variant", lambda r: r.label),
@@ -76,6 +76,9 @@ def noise_line(rec: Recommendation) -> str | None:
         chances = ", ".join(f"{rows[v].win_probability or 0:.2f}" for v in rec.tied_with)
         line = (f"Noise: {pick.label} (win probability {win:.2f}) is tied with {names} (win probability {chances}) "
                 f"over {rec.resamples} bootstrap resamples of the timing repeats; tie broken by: {rec.tie_rule}")
+        if rec.tie_equivalence is not None:
+            line += (f"; their utilities lie within {EQUIVALENT_UTILITY} of each other in {rec.tie_equivalence:.0%} of "
+                     "the resamples (practically the same answer when that is most of them)")
     else:
         line = (f"Noise: {pick.label} is the pick in {win:.0%} of {rec.resamples} bootstrap resamples of the timing "
                 f"repeats; no statistical tie (tied: another in-budget variant wins >= {TIE_THRESHOLD:.0%})")

@@ -19,7 +19,7 @@ from toolkit.pipeline.workspace import Progress, corpus, device_fingerprint, loa
 from toolkit.profiling.meters.summary import profile_energy
 from toolkit.profiling.roofline import Roofline
 from toolkit.profiling.roofline import measure as measure_roofline
-from toolkit.profiling.rounds import Rounds, run_rounds
+from toolkit.profiling.rounds import Rounds, Standing, run_rounds
 from toolkit.recipe import Recipe
 from toolkit.recommend.engine import contenders, recommend
 from toolkit.records import (
@@ -112,13 +112,14 @@ def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:
     return contenders(report, recipe.budget, recipe.costs, recipe.device.noise_margin)
 
 
-def _standing(recipe: Recipe, report: DeviceReport) -> tuple[str | None, float, list[str]]:
-    """The pick for the recipe's budget, its win probability and the variants tied with it."""
+def _standing(recipe: Recipe, report: DeviceReport) -> Standing:
+    """The pick for the recipe's budget, its win probability, the variants tied with it and how sure the
+    measurements are that they are practically equivalent (noise.equivalence)."""
     if not report.measured:
-        return None, 0.0, []
+        return None, 0.0, [], 0.0
     rec = recommend(report, recipe.budget, recipe.costs)
     win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
-    return rec.pick, win, rec.tied_with
+    return rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0
 
 
 def _settings(recipe: Recipe) -> dict:

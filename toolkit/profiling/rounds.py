@@ -7,7 +7,8 @@
 3. While the pick's bootstrap win probability (noise.py, which resamples processes and repeats) is below
    `device.target_win_probability`, the pick and the variants tied with it get one more round each, up to
    `device.max_rounds`, within `device.extra_time_s` of measuring (rounds after the first count, cached
-   or not, so a rerun makes the same decisions).
+   or not, so a rerun makes the same decisions). A tie shown practically equivalent in that share of
+   resamples (noise.equivalence: utilities within 0.01 of each other) is settled and gets no more rounds.
 4. Certification: the pick is re-measured in `device.certify_runs` fresh processes at the budget's
    response shape; if any run misses the budget it is vetoed and the next pick is certified (up to
    CERTIFY_ATTEMPTS variants).
@@ -26,6 +27,7 @@ from toolkit.records import Certification, CertRun, DeviceReport, LlamaBench, Pr
 
 CERTIFY_ATTEMPTS = 3
 Measure = Callable[[str, int], Profile]  # (variant id, round index) -> that round's profile, cached or measured
+Standing = tuple[str | None, float, list[str], float]  # pick, its win probability, tied variants, tie equivalence
 
 
 def merge_rounds(rounds: list[Profile]) -> Profile:
@@ -104,7 +106,7 @@ class Rounds:
 
 
 def run_rounds(rounds: Rounds, report_of: Callable[[list[Profile]], DeviceReport],
-               contenders: Callable[[DeviceReport], set[str]], standing: Callable[[DeviceReport], tuple[str | None, float, list[str]]],
+               contenders: Callable[[DeviceReport], set[str]], standing: Callable[[DeviceReport], Standing],
                min_rounds: int, max_rounds: int, target: float, extra_time_s: float,
                progress: Callable[[str], None] = lambda _: None) -> DeviceReport:
     """Steps 1-3 of the module docstring; returns the device report over all rounds measured."""
@@ -120,8 +122,8 @@ def run_rounds(rounds: Rounds, report_of: Callable[[list[Profile]], DeviceReport
                 rounds.add_round(vid)
     report = report_of(rounds.profiles())
     while rounds.extra_s < extra_time_s:
-        pick, win, tied = standing(report)
-        if pick is None or win >= target:
+        pick, win, tied, equivalent = standing(report)
+        if pick is None or win >= target or (tied and equivalent >= target):
             break
         todo = [vid for vid in [pick, *tied] if len(rounds.done[vid]) < max_rounds]
         if not todo:

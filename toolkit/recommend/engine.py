@@ -98,6 +98,7 @@ class Recommendation(Record):
     resamples: int = 0  # bootstrap resamples behind each row's win_probability (0: not computed)
     tied_with: list[str] = []  # variants statistically tied with the pick (noise.py), best first
     tie_rule: str | None = None  # how the tie was broken, when tied_with is not empty
+    tie_equivalence: float | None = None  # share of resamples with the tie set's utilities within 0.01 (balanced)
     certification: Certification | None = None  # the pick re-measured in fresh processes against this budget
 
 
@@ -116,14 +117,17 @@ def recommend(
     key = budget_key(budget, costs)
     vetoes = certification_vetoes(report, key)
     order = choose(options, limits, budget.priority, budget.alpha, vetoes)
-    pick, tied, win, rule = (order[0] if order else None), [], {}, TIE_RULE
+    pick, tied, win, rule, equivalent = (order[0] if order else None), [], {}, TIE_RULE, None
     if pick:
         reach = noise.within_reach(options, limits, noise_margin(report), vetoes)
         drawn = draws(report, options, prompt_tokens, budget.output_tokens, costs, reach)
-        win = noise.win_probabilities(drawn, limits, budget.priority, budget.alpha, vetoes)
+        utilities: list[dict[str, float]] = []
+        win = noise.win_probabilities(drawn, limits, budget.priority, budget.alpha, vetoes, utilities)
         previous = report.previous_picks.get(pick_key(budget, costs))
         pick, tied = noise.settle(order, win, previous=previous)
         rule = STICKY_RULE if pick is not noise.settle(order, win)[0] else TIE_RULE  # when keeping it changed the pick
+        if len(tied) > 1 and budget.priority == "balanced":
+            equivalent = round(noise.equivalence(utilities, [o.id for o in tied]), 3)
     explain(options, pick, budget.priority, win, tied, rule)
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
     feasible_cloud = sorted((c for c in clouds if not c.violations), key=lambda c: (c.cost_per_1k_usd, c.id))
@@ -143,6 +147,7 @@ def recommend(
         resamples=noise.RESAMPLES if pick else 0,
         tied_with=[o.id for o in tied if o is not pick],
         tie_rule=rule if len(tied) > 1 else None,
+        tie_equivalence=equivalent,
     )
     cheapest = feasible_cloud[0] if feasible_cloud else None
     if pick:

@@ -17,6 +17,11 @@ across models, bits per byte, smaller file). A rule by fidelity first was tried 
 (bench/bench_stability.py): a variant that wins 5-25% of resamples enters the tie set in some runs and not in
 others, and with it the pick flipped between runs; the most likely winner is in every run's tie set.
 
+Equivalence: with the balanced priority, the share of resamples in which the tie set's utilities all lie
+within EQUIVALENT_UTILITY of each other (`Recommendation.tie_equivalence`). Once it reaches
+`device.target_win_probability` the tie is settled (profiling/rounds.py adds no more rounds for it): the
+variants are the same answer to the user within the noise, and more processes could only reorder equals.
+
 Between runs the most likely winner of two near-equal variants can still swap (the demo's SmolLM2 Q8_0 and
 Q6_K won 0.74/0.20 in one run and the other way round in the next): each run's win probabilities come
 from its own repeats, and a slow minute moves a whole run. So a device's previous certified pick for the
@@ -38,6 +43,9 @@ from toolkit.records import Stat
 RESAMPLES = 1000
 SEED = 0
 TIE_THRESHOLD = 0.05
+# Utilities (select.utilities: 1 is the best in-budget variant) this close are the same answer for a user: a
+# tie whose utilities stay within it in most resamples is settled; more rounds could only reorder equals.
+EQUIVALENT_UTILITY = 0.01
 
 
 def process_sigma(stats: Iterable[Stat | None]) -> float:
@@ -92,17 +100,32 @@ def resample(stat: Stat | None, rng: np.random.Generator, n: int = RESAMPLES, si
 
 
 def win_probabilities(draws: Iterable[list[Option]], limits: list[Limit], priority: str, alpha: float,
-                      vetoes: dict[str, str] | None = None) -> dict[str, float]:
+                      vetoes: dict[str, str] | None = None, utilities: list[dict[str, float]] | None = None) -> dict[str, float]:
     """Share of the resampled option sets in which each variant is the pick (resamples without a pick count
-    for nobody, so the shares can sum to less than 1)."""
+    for nobody, so the shares can sum to less than 1). `utilities`, when given, receives each resample's
+    utility of every in-budget variant."""
     wins: Counter[str] = Counter()
     total = 0
     for options in draws:
         total += 1
         order = choose(options, limits, priority, alpha, vetoes)
+        if utilities is not None:
+            utilities.append({o.id: o.utility for o in order if o.utility is not None})
         if order:
             wins[order[0].id] += 1
     return {vid: count / total for vid, count in wins.items()} if total else {}
+
+
+def equivalence(utilities: list[dict[str, float]], ids: list[str], tolerance: float = EQUIVALENT_UTILITY) -> float:
+    """Share of resamples in which every one of `ids` is in budget, their utilities within `tolerance` of each
+    other: how sure the measurements are that the tied variants are practically the same answer."""
+    if len(ids) < 2 or not utilities:
+        return 0.0
+    hits = 0
+    for drawn in utilities:
+        values = [drawn.get(vid) for vid in ids]
+        hits += all(v is not None for v in values) and max(values) - min(values) <= tolerance
+    return hits / len(utilities)
 
 
 def settle(order: list[Option], win: dict[str, float], threshold: float = TIE_THRESHOLD,
