@@ -93,10 +93,11 @@ def test_unsupported_architecture_for_onnx_export(tmp_path, tiny_llama):
 
 
 @pytest.mark.skipif(not HAS_GPTQ, reason="gptqmodel is not installed")
-def test_gptq_4_and_8_bit(tiny_llama, tmp_path):
-    recipe = _recipe(tmp_path, tiny_llama, "  gptq: {bits: [4, 8], group_size: 64, calibration: {lines: 16}}")
+def test_gptq_8_bit(tiny_llama, tmp_path):
+    """8-bit here; 4-bit runs end to end on the real SmolLM2 (test_real_smollm2.py, w4g64)."""
+    recipe = _recipe(tmp_path, tiny_llama, "  gptq: {bits: [8], group_size: 64, calibration: {lines: 16}}")
     manifest = pipeline.compress(recipe)
-    assert [v.quant for v in manifest.variants] == ["w4g64", "w8g64"]
+    assert [v.quant for v in manifest.variants] == ["w8g64"]
     for v in manifest.variants:
         assert v.details["calibration_lines"] == 16 and len(v.details["calibration_sha256"]) == 64
     from pathlib import Path
