@@ -114,7 +114,7 @@ def fast_array_fields(reader_class) -> None:
     """Let `reader_class` (gguf-py's GGUFReader) read array fields in bulk: it builds each element's parts one
     element at a time through numpy memmap slices (13 s for Gemma 3's 262k-token vocabulary, then 2 s every
     time transformers parses the fields). The same parts, data indexes and types come out, as plain arrays
-    over the same bytes (`tests/test_reference.py` compares them field by field); nested arrays and byte-
+    over the same bytes (`tests/test_gguf_header.py` compares them field by field); nested arrays and byte-
     swapped files take gguf-py's own path."""
     import numpy as np
     from gguf import GGUFValueType

@@ -34,10 +34,11 @@ def log_normaliser(logits: np.ndarray) -> np.ndarray:
     return np.log(shifted.sum(axis=-1, dtype=np.float64)) + peak[..., 0].astype(np.float64)
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Log-probabilities, float32 (what KL and top-1 read; per-token NLL comes from `target_logprobs`)."""
+def log_softmax(logits: np.ndarray, norm: np.ndarray | None = None) -> np.ndarray:
+    """Log-probabilities, float32 (what KL and top-1 read; per-token NLL comes from `target_logprobs`).
+    `norm`: the rows' `log_normaliser`, when already computed."""
     x = np.asarray(logits, dtype=np.float32)
-    return x - log_normaliser(x)[..., None].astype(np.float32)
+    return x - (log_normaliser(x) if norm is None else norm)[..., None].astype(np.float32)
 
 
 def slices(groups: list, rows_of, limit: int) -> Iterator[list]:
@@ -71,10 +72,10 @@ def window_logits(session, windows: list[tuple[list[int], list[int]]], batched: 
             yield rows[0]
 
 
-def target_logprobs(logits: np.ndarray, target: list[int]) -> np.ndarray:
-    """log p(target[i]) from the logits predicting it, float64."""
+def target_logprobs(logits: np.ndarray, target: list[int], norm: np.ndarray | None = None) -> np.ndarray:
+    """log p(target[i]) from the logits predicting it, float64. `norm`: as for `log_softmax`."""
     rows = np.arange(len(target))
-    return logits[rows, target].astype(np.float64) - log_normaliser(logits)
+    return logits[rows, target].astype(np.float64) - (log_normaliser(logits) if norm is None else norm)
 
 
 BLOCK_ELEMENTS = 1 << 22  # logits per block of rows in `window_figures` (16 MiB of float32): cache-sized passes
@@ -101,9 +102,8 @@ def window_figures(logits: np.ndarray, target: list[int], ref: np.ndarray | None
         block = slice(start, min(start + step, rows))
         x = np.asarray(logits[block], dtype=np.float32)
         norm = log_normaliser(x)
-        picked = x[np.arange(len(x)), target[block]].astype(np.float64)
-        out.nll[block] = -(picked - norm)
-        logp = x - norm[:, None].astype(np.float32)
+        out.nll[block] = -target_logprobs(x, target[block], norm)
+        logp = log_softmax(x, norm)
         if ref is None:
             out.logp16[block] = logp
             continue
