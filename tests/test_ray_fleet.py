@@ -52,8 +52,7 @@ def fleet(tmp_path_factory):
     # disk, which Ray refuses on a disk over 95% full
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
                                                             "node_ip_address": "127.0.0.1"})
-    nodes = {name: cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=STORE,
-                                    node_ip_address="127.0.0.1") for name in ("pi-a", "pi-b")}
+    nodes = {name: _add_device(cluster, name) for name in ("pi-a", "pi-b")}
     cluster.wait_for_nodes()
     assert cluster.address.startswith("127.0.0.1:") and not _listening_beyond_loopback()
     yield recipe, cluster, nodes
@@ -81,18 +80,10 @@ def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
 
     recipe, cluster, nodes = fleet
     recipe = recipe.model_copy(update={"device": recipe.device.model_copy(update={"repeats": 3})})  # not cached yet
-    done = threading.Event()
-    killer = threading.Thread(target=_kill_once_measuring, args=(cluster, nodes["pi-a"], "pi-a", done))
-    killer.start()
-    try:
+    start = time.time()
+    with _killed_when(cluster, nodes, lambda: _profiling_started(start), "pi-a's profile never started"):
         written, failed = profile_on_devices(recipe, ["pi-a", "pi-b"], cluster.address, say=lambda _: None)
-    finally:
-        done.set()
-        killer.join()
     assert list(failed) == ["pi-a"] and len(written) == 1 and "pi-b" in written[0].name
-    nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1}, object_store_memory=STORE,
-                                     node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
     again, failed = profile_on_devices(recipe, ["pi-b"], cluster.address, say=lambda _: None)
     # pi-b's profile comes from its node's cache: the very measurement of the first run, not a new one
     assert failed == {} and load_reports(again)[0].profiles[0].wall_s == load_reports(written)[0].profiles[0].wall_s
@@ -100,16 +91,11 @@ def test_a_dead_node_fails_its_device_and_a_rerun_redoes_only_it(fleet):
     assert failed == {} and load_reports(again)[0].profiles[0].status == "ok"
 
 
-def _kill_once_measuring(cluster, node, device: str, done: threading.Event) -> None:
-    """Kill `device`'s node (no grace) once its profile child has started writing its log, unless the run ended."""
+def _profiling_started(since: float) -> bool:
+    """Whether pi-a's profile child has started writing its log after `since`."""
     from toolkit.io import cache_root
 
-    start, deadline = time.time(), time.monotonic() + 300
-    folder = cache_root() / "fleet" / device
-    while not [p for p in folder.rglob("profile-*.log") if p.stat().st_mtime > start]:
-        if done.wait(0.05) or time.monotonic() > deadline:
-            return
-    cluster.remove_node(node, allow_graceful=False)
+    return any(p.stat().st_mtime > since for p in (cache_root() / "fleet" / "pi-a").rglob("profile-*.log"))
 
 
 def test_evaluation_fans_out_over_the_nodes_and_matches_a_local_run(fleet, tmp_path):
@@ -193,7 +179,7 @@ def test_a_node_dying_mid_evaluation_fails_only_its_job_and_a_rerun_redoes_only_
         update={"tasks": ["mmlu_offline"], "limit": 4})})
     (tmp_path / "ws").mkdir()
     shutil.copy(fleet[0].workspace_dir() / "manifest.json", tmp_path / "ws" / "manifest.json")
-    with _killed_when_both_run(cluster, nodes, "run_there"):
+    with _killed_when(cluster, nodes, _both_running(nodes, "run_there"), "the two nodes never ran run_there at once"):
         quality, accuracy = pipeline.evaluate(recipe, executor=RayExecutor(cluster.address))
     assert [q.status for q in quality] == ["ok", "ok"]
     lost = [r for r in accuracy if r.status != "ok"]
@@ -223,7 +209,7 @@ def test_a_node_dying_mid_compress_loses_only_its_candidate_and_a_rerun_builds_o
         variants: {{gguf: {{quants: [F16, Q8_0]}}, onnx: null}}
         device: {{threads: 1}}
         """))
-    with _killed_when_both_run(cluster, nodes, "build_there"):
+    with _killed_when(cluster, nodes, _both_running(nodes, "build_there"), "the two nodes never ran build_there at once"):
         first = pipeline.compress(recipe, executor=RayExecutor(cluster.address))
     # the survivor's F16 and Q8_0; the lost one's every spec (its source as shipped too, which an HF model lacks)
     assert len(first.variants) == 2 and len(first.not_built) == 3
@@ -239,14 +225,15 @@ def test_a_node_dying_mid_compress_loses_only_its_candidate_and_a_rerun_builds_o
 
 
 @contextmanager
-def _killed_when_both_run(cluster, nodes, task: str):
-    """Kill pi-a's node (no grace) once both nodes run a `task` Ray task; a replacement joins afterwards."""
+def _killed_when(cluster, nodes, ready, never: str):
+    """Kill pi-a's node (no grace) once `ready()`, polling while the body runs; a replacement joins afterwards.
+    `never`: the failure when the body ended before `ready()` held."""
     done = threading.Event()
     killed = []
 
     def watch() -> None:
         deadline = time.monotonic() + 300
-        while not all(_running(nodes[name], task) for name in ("pi-a", "pi-b")):
+        while not ready():
             if done.wait(0.02) or time.monotonic() > deadline:
                 return
         cluster.remove_node(nodes["pi-a"], allow_graceful=False)
@@ -259,10 +246,19 @@ def _killed_when_both_run(cluster, nodes, task: str):
         done.set()
         killer.join()
         if killed:
-            nodes["pi-a"] = cluster.add_node(num_cpus=1, resources={"device:pi-a": 1}, object_store_memory=STORE,
-                                             node_ip_address="127.0.0.1")
+            nodes["pi-a"] = _add_device(cluster, "pi-a")
             cluster.wait_for_nodes()
-    assert killed, f"the two nodes never ran {task} at once"
+    assert killed, never
+
+
+def _both_running(nodes, task: str):
+    return lambda: all(_running(nodes[name], task) for name in ("pi-a", "pi-b"))
+
+
+def _add_device(cluster, name: str):
+    """A node of 1 CPU offering the `device:NAME` resource, on loopback."""
+    return cluster.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=STORE,
+                            node_ip_address="127.0.0.1")
 
 
 def _running(node, task: str) -> bool:
