@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import textwrap
@@ -139,6 +140,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for name in reversed(needs):
             if name not in item.fixturenames:
                 item.fixturenames.insert(0, name)
+    order = os.environ.get("EDGEFIRST_TESTS_FASTEST_FIRST")
+    if order and Path(order).exists():
+        # bench/bench_mutation.py: mutmut runs a mutant's tests with -x, so the fastest that fails ends the run
+        durations = json.loads(Path(order).read_text(encoding="utf-8"))["duration_by_test"]
+        items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
 
 TEXT = """
 Edge devices run small language models close to the data. A phone, a Jetson or a Raspberry Pi has little

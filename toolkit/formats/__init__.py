@@ -50,6 +50,10 @@ class Format(ABC):
     def specs(self, spec: BaseModel) -> list[VariantSpec]:
         """The variants a recipe's section asks for."""
 
+    def applies_to(self, kind: str, spec: VariantSpec) -> bool:
+        """Whether `spec` makes a variant from a source of this kind ("gguf" file or "hf" checkpoint)."""
+        return True
+
     def build(self, source, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
         """The variant as built before (its folder is named by its content-addressed id), else made now; None
         when the spec does not apply to this source."""

@@ -75,11 +75,14 @@ class GGUF(Format):
             out.insert(0, VariantSpec("gguf", SOURCE_QUANT))
         return out
 
+    def applies_to(self, kind: str, spec: VariantSpec) -> bool:
+        return spec.quant != SOURCE_QUANT or kind == "gguf"  # an HF checkpoint has no GGUF file to keep
+
     def build(self, source: SourceModel, spec: VariantSpec, workspace: Path, threads: int | None = None) -> Variant | None:
         """The source file as shipped is described in place (nothing to build or cache); others as any format."""
         if spec.quant == SOURCE_QUANT:
-            if source.kind != "gguf":
-                return None  # keep_source: an HF checkpoint has no GGUF file to keep
+            if not self.applies_to(source.kind, spec):
+                return None
             return _describe(source, spec, source.path, workspace, seconds=0.0, copied=False)
         return super().build(source, spec, workspace, threads)
 

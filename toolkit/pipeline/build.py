@@ -9,7 +9,7 @@ from toolkit.formats import get_format
 from toolkit.pipeline.workspace import variant_specs
 from toolkit.recipe import Candidate, Recipe
 from toolkit.records import BuildFailure, Variant
-from toolkit.sources import resolve
+from toolkit.sources import resolve, source_kind
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
 
@@ -31,6 +31,7 @@ def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: Non
 
 
 def not_built(recipe: Recipe, candidate: Candidate, reason: str) -> list[BuildFailure]:
-    """Every variant of `candidate` marked not built, for one reason (its build job was lost)."""
-    model = candidate.name or candidate.model
-    return [BuildFailure(model=model, format=s.format, quant=s.quant, reason=reason) for s in variant_specs(recipe)]
+    """Every variant `candidate` would have had marked not built, for one reason (its build job was lost)."""
+    model, kind = candidate.name or candidate.model, source_kind(candidate, recipe)
+    specs = [s for s in variant_specs(recipe) if kind is None or get_format(s.format).applies_to(kind, s)]
+    return [BuildFailure(model=model, format=s.format, quant=s.quant, reason=reason) for s in specs]
