@@ -186,6 +186,8 @@ def test_unknown_model_architecture_is_clear(tmp_path, tiny_llama):
     # converter's log
     left = sorted(str(p.relative_to(tmp_path / "ws")) for p in (tmp_path / "ws").rglob("*") if p.is_file())
     assert [p for p in left if not (p.startswith("logs/") and p.endswith(".log"))] == [".lock"], left
+    # every default quant starts from the F16 conversion: it ran once, and its log is named after the model
+    assert [p.split("-f16-")[0] for p in left if p.startswith("logs/convert-")] == ["logs/convert-odd"], left
 
 
 @pytest.mark.parametrize(("flag", "value", "words"), [

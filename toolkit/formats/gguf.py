@@ -96,7 +96,7 @@ class GGUF(Format):
             if spec.quant == "F16":
                 shutil.copyfile(f16, tmp)
             elif spec.quant in CONVERTER_TYPES and source.kind == "hf":
-                convert_hf(source.path, tmp, CONVERTER_TYPES[spec.quant], workspace)
+                convert_hf(source.path, tmp, CONVERTER_TYPES[spec.quant], workspace, name=vid)
             elif spec.quant in CONVERTER_TYPES:
                 quantize(source.path, tmp, spec.quant, threads, workspace)
             else:
@@ -160,20 +160,30 @@ def ensure_f16(source: SourceModel, workspace: Path) -> Path:
     """
     key = content_hash(source.sha256, tool_versions(), length=12)
     target = workspace / "intermediate" / f"{source.model}-f16-{key}.gguf"
+    if target in _F16_FAILED:  # every quant of the source starts here: one failed conversion per run, not one per quant
+        raise UserError(_F16_FAILED[target])
     if not target.exists():
-        with atomic_path(target) as tmp:
-            if source.kind == "hf":
-                convert_hf(source.path, tmp, "f16", workspace)
-            else:
-                quantize(source.path, tmp, "F16", None, workspace)
+        try:
+            with atomic_path(target) as tmp:
+                if source.kind == "hf":
+                    convert_hf(source.path, tmp, "f16", workspace, name=target.stem)
+                else:
+                    quantize(source.path, tmp, "F16", None, workspace)
+        except UserError as exc:
+            _F16_FAILED[target] = exc.one_line()
+            raise
     return target
 
 
-def convert_hf(hf_dir: Path, out: Path, outtype: str, workspace: Path) -> None:
+_F16_FAILED: dict[Path, str] = {}  # this process's failed F16 intermediates and why (a new run tries again)
+
+
+def convert_hf(hf_dir: Path, out: Path, outtype: str, workspace: Path, name: str | None = None) -> None:
+    """llama.cpp's converter; its log is logs/convert-<name or out's stem>.log."""
     tools = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tools / "gguf-py"), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
-    run_tool(cmd, env, workspace / "logs" / f"convert-{out.stem}.log", what=f"convert {hf_dir} to GGUF")
+    run_tool(cmd, env, workspace / "logs" / f"convert-{name or out.stem}.log", what=f"convert {hf_dir} to GGUF")
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None, workspace: Path) -> None:
