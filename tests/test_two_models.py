@@ -4,6 +4,8 @@ objectives than the rest."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests import factories, fakes
@@ -86,3 +88,24 @@ def test_one_model_keeps_perplexity_and_bits_per_byte_does_not_count_twice():
     capped = recommend(report, Budget(max_bits_per_byte=1.02), Costs())  # a limit still applies within one model
     assert capped.pick == "v0" and "bits per byte 1.050 bits > 1.02 bits" in next(
         r for r in capped.rows if r.variant_id == "v1").verdict
+
+
+def test_a_model_whose_reference_fails_has_its_other_variants_say_so_without_running(tmp_path, monkeypatch):
+    fakes.install(monkeypatch)
+    recipe = _recipe(tmp_path)
+    manifest = pipeline.compress(recipe)
+    reference, other = manifest.variants[2], manifest.variants[3]  # beta's x1 (its reference) and x3
+    shipped = Path(reference.path).read_bytes()
+    Path(reference.path).write_text("not a model")  # the reference's runtime cannot load it
+    quality, _ = pipeline.evaluate(recipe)
+    by_id = {q.variant_id: q for q in quality}
+    assert by_id[reference.id].status == "crash"
+    assert by_id[other.id].status == "skipped" and by_id[other.id].reason.startswith(
+        f"its reference {reference.label} was not scored (crash: ")
+    logs = tmp_path / "ws" / "logs"
+    assert not (logs / f"quality-{other.id}.log").exists()  # no child was started for it
+    assert all(by_id[v.id].status == "ok" for v in manifest.variants[:2])  # alpha is untouched
+
+    Path(reference.path).write_bytes(shipped)  # mended: the next run scores both (a skip is not cached)
+    quality, _ = pipeline.evaluate(recipe)
+    assert all(q.status == "ok" for q in quality) and {q.reference_id for q in quality[2:]} == {reference.id}

@@ -45,8 +45,11 @@ def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progres
         ref_key = content_hash(digest, recipe.quality.model_dump(), reference.sha256, runtime_versions(reference), FIDELITY_VERSION)
         ref_dir = ensure_dir(recipe.workspace_dir() / "fidelity" / f"{reference.id}-{ref_key}")
         others = [v for v in manifest.variants if v.model == model and v.id != reference.id]
-        for batch in ([reference], others):
-            results += fan_out(executor, [functools.partial(one, v, reference, ref_dir) for v in batch])
+        results.append(scored := one(reference, reference, ref_dir))
+        if scored.status == "ok":
+            results += fan_out(executor, [functools.partial(one, v, reference, ref_dir) for v in others])
+        else:  # nothing to compare with: said once per variant, not found out by each one's child
+            results += [_without_reference(recipe, v, digest, reference, scored) for v in others]
     order = {v.id: i for i, v in enumerate(manifest.variants)}
     return sorted(results, key=lambda q: order[q.variant_id])
 
@@ -59,6 +62,14 @@ def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, r
     score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id, executor)
     reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
     return load_or_compute(path, Quality, score, reusable)
+
+
+def _without_reference(recipe: Recipe, variant: Variant, digest: str, reference: Variant, scored: Quality) -> Quality:
+    """`variant` not scored because its reference was not: skipped (never cached), so the next run tries again."""
+    q = recipe.quality
+    why = f"its reference {reference.label} was not scored ({scored.status}" + (f": {scored.reason})" if scored.reason else ")")
+    return Quality(key=quality_path(recipe, variant, digest, reference).stem, variant_id=variant.id, status="skipped",
+                   reason=why, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
 
 
 def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant) -> Path:
