@@ -8,8 +8,10 @@ import pytest
 
 from tests.factories import FP_BARE as FP
 from tests.factories import repeats_report as report
+from toolkit.io import content_hash
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, check_run, contenders, recommend
+from toolkit.recommend.keys import budget_limits, certification_vetoes, pick_key
 from toolkit.recommend.noise import can_still_win, shifted
 from toolkit.recommend.select import Limit, Option
 from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
@@ -248,6 +250,40 @@ def test_a_certification_is_for_the_limits_shape_and_prices_not_the_priority():
     assert key != budget_key(b.model_copy(update={"max_ttft_ms": 300}), c)
     assert key != budget_key(b.model_copy(update={"output_tokens": 64}), c)
     assert key != budget_key(b, c.model_copy(update={"electricity_usd_per_kwh": 0.3}))
+
+
+def test_a_pick_is_kept_for_the_whole_budget_and_the_prices():
+    b, c = Budget(max_ttft_ms=200, ttft_prompt_tokens=512), Costs()
+    key = pick_key(b, c)
+    assert key == pick_key(Budget(max_ttft_ms=200, ttft_prompt_tokens=512), Costs())  # the same inputs: the same key
+    assert key != budget_key(b, c)  # the pick's key holds the priority too
+    for change in ({"priority": "speed"}, {"alpha": 0.9}, {"max_ttft_ms": 300}, {"output_tokens": 64}):
+        assert key != pick_key(b.model_copy(update=change), c), change
+    assert key != pick_key(b, c.model_copy(update={"device_usd_per_hour": 0.1}))
+    # the keys stored in earlier device reports stay valid: the same hash as the JSON form of the budget and prices
+    assert key == content_hash(b.model_dump(mode="json"), c.model_dump(mode="json"))
+
+
+def test_only_a_failed_certification_for_this_budget_vetoes_and_it_names_the_first_failed_run():
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [105] * 3, "decode": [48] * 3})
+    ok, slow = CertRun(status="ok"), CertRun(status="ok", violations=["TTFT p90 250 ms > 200 ms", "decode p10 9 < 10"])
+    certs = [Certification(variant_id="v0", budget_key="k", prompt_tokens=512, output_tokens=128, runs=[ok, slow, CertRun(status="crash")]),
+             Certification(variant_id="v1", budget_key="k", prompt_tokens=512, output_tokens=128, runs=[ok, ok]),
+             Certification(variant_id="v1", budget_key="other", prompt_tokens=512, output_tokens=128, runs=[CertRun(status="oom")])]
+    vetoes = certification_vetoes(rep.model_copy(update={"certifications": certs}), "k")
+    assert vetoes == {"v0": "failed certification: met the budget in 1/3 fresh runs (TTFT p90 250 ms > 200 ms; decode p10 9 < 10)"}
+    crashed = certs[2].model_copy(update={"budget_key": "k"})
+    assert certification_vetoes(rep.model_copy(update={"certifications": [crashed]}), "k") == {
+        "v1": "failed certification: met the budget in 0/1 fresh runs (oom)"}
+
+
+def test_budget_limits_are_the_budgets_set_fields_each_with_its_metric_and_direction():
+    budget = Budget(max_ttft_ms=200, min_decode_tps=10, max_memory_mb=512, min_accuracy=0.3, output_tokens=64)
+    got = {(lim.metric, lim.bound, lim.kind) for lim in budget_limits(budget)}
+    assert got == {("ttft_ms", 200, "max"), ("decode_tps", 10, "min"), ("memory_mb", 512, "max"),
+                   ("accuracy", 0.3, "min")}
+    assert [lim.metric for lim in budget_limits(budget, {"memory_mb", "accuracy"})] == ["memory_mb", "accuracy"]
+    assert budget_limits(Budget()) == [] and budget_limits(budget, set()) == []
 
 
 def test_an_edge_pick_names_the_cheapest_cloud_that_also_meets_the_budget_and_vetoes_reach_the_bootstrap():

@@ -11,12 +11,12 @@ from toolkit.records import DeviceReport
 
 def budget_key(budget: Budget, costs: Costs) -> str:
     """What a certification is valid for: the limits, the response shape and the prices (not the priority)."""
-    return content_hash(budget.model_dump(mode="json", exclude={"priority", "alpha"}), costs.model_dump(mode="json"))
+    return content_hash(budget.model_dump(exclude={"priority", "alpha"}), costs.model_dump())  # numbers and names
 
 
 def pick_key(budget: Budget, costs: Costs) -> str:
     """What a pick is the pick for: the whole budget (priority and alpha too) and the prices."""
-    return content_hash(budget.model_dump(mode="json"), costs.model_dump(mode="json"))
+    return content_hash(budget.model_dump(), costs.model_dump())
 
 
 def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
