@@ -67,7 +67,8 @@ def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, r
 def _without_reference(recipe: Recipe, variant: Variant, digest: str, reference: Variant, scored: Quality) -> Quality:
     """`variant` not scored because its reference was not: skipped (never cached), so the next run tries again."""
     q = recipe.quality
-    why = f"its reference {reference.label} was not scored ({scored.status}" + (f": {scored.reason})" if scored.reason else ")")
+    why = get_runtime(variant.runtime).available() or (  # its own runtime missing says more
+        f"its reference {reference.label} was not scored ({scored.status}" + (f": {scored.reason})" if scored.reason else ")"))
     return Quality(key=quality_path(recipe, variant, digest, reference).stem, variant_id=variant.id, status="skipped",
                    reason=why, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
 
