@@ -109,7 +109,8 @@ def test_the_cache_reuses_only_what_is_ok_and_never_writes_a_skip(tmp_path):
     assert load_or_compute(path, Quality, result("ok")).status == "ok"  # a failure is kept, and retried next time
     assert load_or_compute(path, Quality, result("crash")).status == "ok"  # an ok result is reused
     assert load_or_compute(path, Quality, result("crash"), reusable=False).status == "crash"  # unless told not to
-    assert calls == ["skipped", "crash", "ok", "crash"]
+    assert load_or_compute(path, Quality, result("skipped")).status == "skipped" and not path.exists()  # the crash was stale
+    assert calls == ["skipped", "crash", "ok", "crash", "skipped"]
     # a record without a status (a manifest) is written and reused like an ok one
     manifest = tmp_path / "m.json"
     made = []

@@ -100,11 +100,13 @@ def test_a_model_whose_reference_fails_has_its_other_variants_say_so_without_run
     quality, _ = pipeline.evaluate(recipe)
     by_id = {q.variant_id: q for q in quality}
     assert by_id[reference.id].status == "crash"
-    assert by_id[other.id].status == "skipped" and by_id[other.id].reason.startswith(
+    assert by_id[other.id].status == "crash" and by_id[other.id].reason.startswith(
         f"its reference {reference.label} was not scored (crash: ")
     logs = tmp_path / "ws" / "logs"
     assert not (logs / f"quality-{other.id}.log").exists()  # no child was started for it
     assert all(by_id[v.id].status == "ok" for v in manifest.variants[:2])  # alpha is untouched
+    report, _ = pipeline.profile(recipe)  # the reports read what was stored: the reason is there
+    assert next(q for q in report.quality if q.variant_id == other.id).reason == by_id[other.id].reason
 
     Path(reference.path).write_bytes(shipped)  # mended: the next run scores both (a skip is not cached)
     quality, _ = pipeline.evaluate(recipe)

@@ -2,7 +2,7 @@
 
 A stored record is reused only when it reads back whole and says `ok`; a failure is kept with its reason
 (for the reports) and recomputed on the next run, a corrupt or foreign file is recomputed, and a
-`skipped` result (runtime not installed here) is never written.
+`skipped` result (runtime not installed here) is never written, and takes the place of a failure stored before.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def load_or_compute(path: Path, record: type[R], compute: Callable[[], R], reusa
 
 
 def save(path: Path, result: R) -> R:
-    """Write `result` atomically unless it is `skipped` (that depends on this machine, not on the inputs)."""
+    """Write `result` atomically unless it is `skipped` (that depends on this machine, not on the inputs); a
+    skip removes an earlier failure stored there, which no longer says what happened."""
     if getattr(result, "status", "ok") != "skipped":
         write_json(path, result)
+    else:
+        path.unlink(missing_ok=True)
     return result

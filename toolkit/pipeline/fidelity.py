@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolkit.io import content_hash, ensure_dir, sha256_file
 from toolkit.pipeline import jobs
-from toolkit.pipeline.cache import load_or_compute, stored
+from toolkit.pipeline.cache import load_or_compute, save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
 from toolkit.recipe import Recipe
@@ -65,12 +65,13 @@ def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, r
 
 
 def _without_reference(recipe: Recipe, variant: Variant, digest: str, reference: Variant, scored: Quality) -> Quality:
-    """`variant` not scored because its reference was not: skipped (never cached), so the next run tries again."""
-    q = recipe.quality
-    why = get_runtime(variant.runtime).available() or (  # its own runtime missing says more
-        f"its reference {reference.label} was not scored ({scored.status}" + (f": {scored.reason})" if scored.reason else ")"))
-    return Quality(key=quality_path(recipe, variant, digest, reference).stem, variant_id=variant.id, status="skipped",
-                   reason=why, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
+    """`variant` not scored because its reference was not, stored with the reference's failure (the reports say
+    why; a failure is recomputed on the next run) or skipped when a runtime is missing here."""
+    q, missing = recipe.quality, get_runtime(variant.runtime).available()
+    why = missing or f"its reference {reference.label} was not scored ({scored.status}" + (f": {scored.reason})" if scored.reason else ")")
+    path = quality_path(recipe, variant, digest, reference)
+    return save(path, Quality(key=path.stem, variant_id=variant.id, status="skipped" if missing else scored.status,
+                              reason=why, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks))
 
 
 def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant) -> Path:
