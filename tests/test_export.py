@@ -146,7 +146,12 @@ def test_export_files_for_gguf_onnx_and_gptq(tmp_path, monkeypatch):
     paths = export_pick(rec, report, tmp_path)
     command = shlex.split(paths["llama-server"].read_text().splitlines()[-1])
     assert command[:3] == ["exec", "llama-server", "--model"] and "--jinja" in command
-    assert command[command.index("--threads") + 1] == str(report.device.threads_used)
+    assert command[command.index("--threads") + 1] == str(report.device.threads_used) and "--n-gpu-layers" not in command
+    offloaded = report.model_copy(deep=True)  # profiled with 12 layers on the GPU: served the same way
+    for p in offloaded.profiles:
+        p.gpu_layers = 12
+    command = shlex.split(export_pick(rec, offloaded, tmp_path / "gpu")["llama-server"].read_text().splitlines()[-1])
+    assert command[-2:] == ["--n-gpu-layers", "12"]
     folder = tmp_path / "model"
     for fmt, genai, expected in (("onnx", False, "ORTModelForCausalLM"), ("onnx", True, "import onnxruntime_genai as og"),
                                  ("gptq", False, "GPTQModel.load")):

@@ -82,6 +82,15 @@ def test_simulation_and_deploy_files_from_the_fleet(tmp_path):
     assert all(m["litellm_params"]["rpm"] == 21 for m in edge)  # router_rpm: LiteLLM stops one early
     servers = paths["servers"].read_text()
     assert servers.count("llama_cpp.server") == 2 and "--host 127.0.0.1" in servers
+    # a device profiled through its own llama-server (native runtime, 20 layers on its GPU) is served by it
+    native = reports[1].model_copy(deep=True)
+    for p in native.profiles:
+        p.runtime, p.gpu_layers = "llama.cpp-native", 20
+    servers = deploy_files(recipe, [reports[0], native], recs, cloud, tmp_path / "native")["servers"].read_text()
+    lines = [ln for ln in servers.splitlines() if not ln.startswith("#")][1:]
+    assert lines[0].startswith("python3 -m llama_cpp.server ") and "--n_threads" in lines[0]
+    assert lines[1].startswith("llama-server --model ") and lines[1].endswith("--alias edge-1 --n-gpu-layers 20")
+    assert "--host 127.0.0.1 --port 8082" in lines[1]
 
 
 def test_unknown_cloud_provider_in_cluster(tmp_path):

@@ -12,7 +12,7 @@ from toolkit.io import write_text
 from toolkit.recipe import Recipe
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.engine import Recommendation
-from toolkit.records import DeviceReport
+from toolkit.records import DeviceReport, Profile
 from toolkit.simulate import SimCloud, SimDevice, Workload
 
 # LiteLLM strategy per simulated policy. Only usage-based-routing-v2 enforces each deployment's rpm/tpm
@@ -70,12 +70,23 @@ def sim_cloud(cloud: CloudModel, prompt_tokens: int, output_tokens: int) -> SimC
                     usd_per_response=cloud.cost_usd(prompt_tokens, output_tokens))
 
 
+def server_command(path: str, profile: Profile | None, threads: int, host: str, port: int, alias: str) -> list[str]:
+    """The server a pick was measured through: llama-server (with its GPU layers) for a native profile, else
+    llama-cpp-python's."""
+    if profile is not None and profile.runtime == "llama.cpp-native":
+        return ["llama-server", "--model", path, "--threads", str(threads), "--ctx-size", "4096", "--host", host,
+                "--port", str(port), "--alias", alias, *(["--n-gpu-layers", str(profile.gpu_layers)] if profile.gpu_layers else [])]
+    return ["python3", "-m", "llama_cpp.server", "--model", path, "--n_threads", str(threads), "--n_ctx", "4096",
+            "--host", host, "--port", str(port), "--model_alias", alias]
+
+
 def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recommendation], cloud: CloudModel,
                  out: Path, policy: str = "load_aware", api_key_env: str = "EDGEFIRST_API_KEY") -> dict[str, Path]:
     """One llama.cpp server command per device and one LiteLLM router config over them, cloud as fallback."""
     c = recipe.cluster
-    commands = ["#!/usr/bin/env bash", "# One llama.cpp server per device: run each line on its device (with llama-cpp-python[server]",
-                "# installed and the GGUF copied to the same path).", "set -euo pipefail"]
+    commands = ["#!/usr/bin/env bash", "# One llama.cpp server per device: run each line on its device, with the GGUF copied to the",
+                "# same path, as the pick was profiled: llama-cpp-python[server], or the device's llama-server (native).",
+                "set -euo pipefail"]
     models = []
     for i, (report, rec) in enumerate(zip(reports, recs, strict=True)):
         if rec.pick is None:
@@ -86,8 +97,8 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
             commands.append(f"# {report.device.hostname}: pick {variant.label} is not GGUF; serve it with its own runtime")
             continue
         port = c.base_port + i
-        cmd = ["python3", "-m", "llama_cpp.server", "--model", variant.path, "--n_threads", str(report.device.threads_used),
-               "--n_ctx", "4096", "--host", c.host, "--port", str(port), "--model_alias", f"edge-{i}"]
+        profile = next((p for p in report.profiles if p.variant_id == variant.id), None)
+        cmd = server_command(variant.path, profile, report.device.threads_used, c.host, port, f"edge-{i}")
         commands.append(f"# {report.device.hostname} ({report.device.cpu_model}): {variant.label}")
         commands.append(shlex.join(cmd))
         row = next(r for r in rec.rows if r.variant_id == rec.pick)

@@ -136,8 +136,10 @@ def ollama_name(variant: Variant) -> str:
 def llama_server(variant: Variant, rec: Recommendation, report: DeviceReport, info: GgufInfo, port: int = 8080) -> str:
     threads = str(report.device.threads_used)
     ctx = str(num_ctx(rec, info))
+    layers = next((p.gpu_layers for p in report.profiles if p.variant_id == variant.id and p.gpu_layers), None)
     server = ["llama-server", "--model", variant.path, "--alias", ollama_name(variant), "--ctx-size", ctx,
-              "--threads", threads, "--host", "127.0.0.1", "--port", str(port), "--jinja"]
+              "--threads", threads, "--host", "127.0.0.1", "--port", str(port), "--jinja",
+              *(["--n-gpu-layers", str(layers)] if layers else [])]  # as profiled (device.llama_cpp.n_gpu_layers)
     python = ["python3", "-m", "llama_cpp.server", "--model", variant.path, "--model_alias", ollama_name(variant),
               "--n_ctx", ctx, "--n_threads", threads, "--host", "127.0.0.1", "--port", str(port)]
     return "\n".join([
