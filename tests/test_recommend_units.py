@@ -328,11 +328,10 @@ def test_a_variant_missing_a_quality_figure_is_set_aside_with_each_reason_spelle
     assert [(o.status, o.reason) for o in options] == [
         ("ok", None),
         ("incomplete", "KL divergence not measured (no reference to compare with); " + skip),
-        ("incomplete", "perplexity not measured (fidelity crash: boom); KL divergence not measured (fidelity crash: "
-                       "boom); mean accuracy not measured (a: crash - exit code 1; b: timeout)"),
-        ("incomplete", "perplexity not measured (fidelity not scored); KL divergence not measured (fidelity not scored); "
-                       "mean accuracy not measured (a: timeout)"),
-        ("incomplete", "perplexity not measured (fidelity oom); KL divergence not measured (fidelity oom)"),
+        ("incomplete", "perplexity and KL divergence not measured (fidelity crash: boom); "
+                       "mean accuracy not measured (a: crash - exit code 1; b: timeout)"),
+        ("incomplete", "perplexity and KL divergence not measured (fidelity not scored); mean accuracy not measured (a: timeout)"),
+        ("incomplete", "perplexity and KL divergence not measured (fidelity oom)"),
     ]
     rep.accuracy = [r for r in rep.accuracy if r.variant_id != "v3"]  # v3 has no accuracy record at all
     options, _ = options_at(rep, 512, 128, Costs())

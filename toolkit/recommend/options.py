@@ -78,17 +78,25 @@ QUALITY_METRICS = ("perplexity", "bits_per_byte", "kl", "accuracy")
 
 def _flag_incomplete(report: DeviceReport, options: list[Option]) -> None:
     """A measured variant that lacks a quality figure the others have cannot be compared with them: it is set
-    aside with the reason, rather than every variant being compared on fewer objectives."""
+    aside with the reason, rather than every variant being compared on fewer objectives. Figures missing for
+    one reason are named together."""
     measured = [o for o in options if o.status == "ok"]
+    gaps: dict[str, dict[str, list[str]]] = {}  # variant -> why -> the figures missing for that reason
     for metric in QUALITY_METRICS:
         lacking = [o for o in measured if o.metrics.get(metric) is None]
         if not lacking or len(lacking) == len(measured):
             continue
         for o in lacking:
-            missing = _why_missing(report, o.id, metric)
-            why = missing if missing.startswith(RULED_OUT) else f"{BY_KEY[metric].name} not measured ({missing})"
-            earlier = o.reason if o.status == "incomplete" else None
-            o.status, o.reason = "incomplete", earlier if earlier == why else "; ".join(filter(None, [earlier, why]))
+            gaps.setdefault(o.id, {}).setdefault(_why_missing(report, o.id, metric), []).append(BY_KEY[metric].name)
+    for o in measured:
+        if o.id in gaps:
+            o.status = "incomplete"
+            o.reason = "; ".join(why if why.startswith(RULED_OUT) else f"{_listed(names)} not measured ({why})"
+                                 for why, names in gaps[o.id].items())
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _why_missing(report: DeviceReport, variant_id: str, metric: str) -> str:
