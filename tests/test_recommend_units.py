@@ -12,7 +12,7 @@ from toolkit.io import content_hash
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, check_run, contenders, recommend
 from toolkit.recommend.keys import budget_limits, certification_vetoes, pick_key
-from toolkit.recommend.noise import can_still_win, shifted
+from toolkit.recommend.noise import can_still_win, shifted, within_reach
 from toolkit.recommend.select import Limit, Option
 from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
 
@@ -34,6 +34,17 @@ def test_shifted_moves_every_timing_figure_the_better_way_and_nothing_else():
 
 def _opt(vid: str, decode: float, status: str = "ok") -> Option:
     return Option(id=vid, label=vid, metrics={"ttft_ms": 100.0, "decode_tps": decode}, status=status)
+
+
+def test_within_reach_keeps_measured_unvetoed_variants_that_meet_the_limits_with_timings_margin_better():
+    limits = [Limit("decode_tps", 30.0, "min")]
+    options = [_opt("meets", 40.0), _opt("near", 25.0), _opt("far", 14.0), _opt("vetoed", 50.0),
+               _opt("crashed", 50.0, "crash"), _opt("incomplete", 50.0, "incomplete")]
+    # near: 25 x 1.25 = 31.25 >= 30; far: 14 x 1.25 = 17.5 (it would take 14 x 2.25 = 31.5, a margin of 1.25)
+    assert within_reach(options, limits, 0.25, {"vetoed": "failed certification"}) == {"meets", "near"}
+    assert within_reach(options, limits, 0.25) == {"meets", "near", "vetoed"}
+    assert within_reach(options, limits, 0.0) == {"meets", "vetoed"}
+    assert within_reach(options, [], 0.0, {"meets": "x"}) == {"near", "far", "vetoed"}
 
 
 def test_can_still_win_within_the_margin_past_a_failed_variant():

@@ -143,6 +143,7 @@ def test_equivalence_counts_resamples_with_every_tied_utility_within_the_toleran
     drawn = [{"a": 0.995, "b": 1.0}, {"a": 1.0, "b": 0.985}, {"a": 1.0}, {"a": 0.996, "b": 1.0, "c": 0.5}]
     assert equivalence(drawn, ["a", "b"]) == 0.5  # within 0.01 twice; 0.015 apart once; b out of budget once
     assert equivalence(drawn, ["a", "b"], tolerance=0.02) == 0.75
+    assert equivalence([{"a": 0.5, "b": 0.75}], ["a", "b"], tolerance=0.25) == 1.0  # exactly the tolerance apart: within
     assert equivalence(drawn, ["a"]) == 0.0 and equivalence([], ["a", "b"]) == 0.0
 
 
