@@ -347,3 +347,16 @@ def test_a_variant_missing_a_quality_figure_is_set_aside_with_each_reason_spelle
     rep.accuracy = [r for r in rep.accuracy if r.variant_id != "v3"]  # v3 has no accuracy record at all
     options, _ = options_at(rep, 512, 128, Costs())
     assert options[3].reason.endswith("mean accuracy not measured (not evaluated on every task)")
+
+
+def test_variants_not_built_for_one_reason_share_one_note():
+    from tests.factories import ladder_report
+    from toolkit.records import BuildFailure
+
+    rep = ladder_report([(50, 400, 60, 300, 12.0)])
+    rep.not_built = [BuildFailure(model="phi", format="gguf", quant=q, reason="no tokenizer.model") for q in ("F16", "Q8_0")]
+    rep.not_built += [BuildFailure(model="phi", format="onnx", quant="int4", reason="KeyError"),
+                      BuildFailure(model="qwen", format="gguf", quant="Q8_0", reason="no tokenizer.model")]
+    notes = [n for n in recommend(rep, Budget(), Costs()).notes if n.startswith("Not built")]
+    assert notes == ["Not built: phi gguf F16, Q8_0: no tokenizer.model", "Not built: phi onnx int4: KeyError",
+                     "Not built: qwen gguf Q8_0: no tokenizer.model"]

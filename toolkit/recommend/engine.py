@@ -259,7 +259,10 @@ def _notes(report: DeviceReport) -> list[str]:
         notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
                      "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
                      "reference, so neither compares across models.")
-    notes += [f"Not built: {f.label}: {f.reason}" for f in report.not_built]
+    failed: dict[tuple[str, str, str], list[str]] = {}  # one line for a model's quants that failed for one reason
+    for f in report.not_built:
+        failed.setdefault((f.model, f.format, f.reason), []).append(f.quant)
+    notes += [f"Not built: {model} {fmt} {', '.join(quants)}: {why}" for (model, fmt, why), quants in failed.items()]
     if report.merged_from:
         notes.append(f"One device in {len(report.merged_from)} reports (same id): repeats pooled from {', '.join(report.merged_from)}.")
     return notes
