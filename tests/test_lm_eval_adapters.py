@@ -10,7 +10,6 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from tests.conftest import write_recipe  # noqa: E402
 from toolkit import pipeline  # noqa: E402
-from toolkit.pipeline.accuracy import task_dir  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 
 REQUESTS = [
@@ -69,8 +68,13 @@ def test_rolling_and_generation_through_the_gguf_adapter(f32_gguf):
     assert isinstance(gen[0], str) and "." not in gen[0]
 
 
-def test_unknown_task_is_a_clear_error(tmp_path):
-    from toolkit.errors import UserError
+def test_unknown_task_stops_the_run_before_any_work_with_a_clear_error(tmp_path, monkeypatch, capsys):
+    from tests.conftest import run_console, write_recipe
 
-    with pytest.raises(UserError, match="unknown task 'no_such_task'"):
-        task_dir("no_such_task")
+    recipe = write_recipe(tmp_path / "r.yaml", f"name: t\nworkspace: {tmp_path / 'ws'}\n"
+                          "candidates: [{model: smollm2-135m-instruct}]\naccuracy: {tasks: [mmlu_offline, no_such_task]}\n")
+    assert run_console(monkeypatch, "run", str(recipe)) == 2
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert lines == [f"error: {recipe}: accuracy.tasks: unknown task 'no_such_task': not an offline task "
+                     "(mmlu_offline, social_iqa_bb, strategyqa_bb, winowhy_bb, gsm8k_offline) nor an lm-eval task"], lines
+    assert not (tmp_path / "ws" / "manifest.json").exists()  # nothing was compressed

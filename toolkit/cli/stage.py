@@ -125,10 +125,12 @@ def run(
 ) -> None:
     """All stages: compress, evaluate, profile, recommend; the staged search measures only what can still be the
     pick (pipeline/search.py). Finished work is reused. Profiling always runs here, on this device."""
+    from toolkit.pipeline.accuracy import task_dirs
     from toolkit.pipeline.executor import get_executor
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
+    task_dirs(r)  # an unknown accuracy task is an error now, not after compress and fidelity
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:

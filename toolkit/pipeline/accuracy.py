@@ -24,13 +24,27 @@ def task_dir(name: str) -> str | None:
     """The folder holding an offline task's YAML, or None for a stock lm-eval task (needs the hub)."""
     if name in TASKS:
         return str(prepare_task(name))
-    from lm_eval.tasks import TaskManager
-
-    if name not in TaskManager().all_tasks:
+    if name not in _stock_tasks():
         raise UserError(
             f"unknown task {name!r}: not an offline task ({', '.join(TASKS)}) nor an lm-eval task", field="accuracy.tasks"
         )
     return None
+
+
+@functools.cache
+def _stock_tasks() -> frozenset[str]:
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager().all_tasks)  # indexes every YAML lm-eval ships (seconds): once per process
+
+
+def task_dirs(recipe: Recipe) -> dict[str, str | None]:
+    """`task_dir` of each of the recipe's tasks, checked before any work starts: an unknown name is an error
+    naming the recipe and the field, not a failure after compress and fidelity."""
+    try:
+        return {task: task_dir(task) for task in recipe.accuracy.tasks}
+    except UserError as exc:
+        raise UserError(exc.message, file=recipe.path, field=exc.field) from None
 
 
 @functools.cache
@@ -59,7 +73,7 @@ def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
     One child per variant scores all of its tasks that are not cached yet (one model load, one lm-eval start);
     the executor runs as many variants at once as it can."""
     tasks, ruled_out = recipe.accuracy.tasks, ruled_out or {}
-    folders = {task: task_dir(task) for task in tasks}
+    folders = task_dirs(recipe)
     done = [0]
 
     def one(variant: Variant) -> dict[str, EvalResult | None]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.pipeline.accuracy import accuracy
+from toolkit.pipeline.accuracy import accuracy, task_dirs
 from toolkit.pipeline.executor import LOCAL, Executor
 from toolkit.pipeline.fidelity import fidelity
 from toolkit.pipeline.gates import quality_gate, timing_gate
@@ -40,6 +40,7 @@ def search(recipe: Recipe, progress: Progress = quiet, out: Path | None = None,
     run on `executor`; profiling always runs here, on the device."""
     workspace(recipe)
     manifest = load_manifest(recipe)
+    task_dirs(recipe)  # an unknown task stops the run here, before fidelity
     on_step("fidelity")
     quality = fidelity(recipe, manifest, corpus(recipe), progress, executor)
     ruled = quality_gate(recipe, quality)

@@ -131,7 +131,7 @@ def prepare(name: str) -> Path:
     try:
         task = TASKS[name]
     except KeyError as exc:
-        raise UserError(f"unknown offline task {name!r} (known: {', '.join(TASKS)})", field="evaluation.tasks") from exc
+        raise UserError(f"unknown offline task {name!r} (known: {', '.join(TASKS)})", field="accuracy.tasks") from exc
     folder = task_folder()
     data = folder / f"{name}.jsonl"
     if not data.exists():
