@@ -48,7 +48,7 @@ def test_missing_local_model(tmp_path):
         resolve(recipe.candidates[0], recipe)
 
 
-@pytest.mark.parametrize("content", [b"", b"NOPE" + b"\0" * 64, b"GGUF\x03\0\0\0" + b"\x07" * 40])
+@pytest.mark.parametrize("content", [b"", b"NOPE" + b"\0" * 64, b"GGUF\x03\0\0\0" + b"\x07" * 40, b"GGUF\x03"])
 def test_corrupt_gguf_is_refused(tmp_path, content):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(content)

@@ -103,3 +103,24 @@ def test_bulk_array_fields_equal_gguf_py_element_by_element(tmp_path, endian):
         first = slow.fields["tokenizer.ggml.tokens"].data[0]  # the first token's bytes
         assert isinstance(slow.fields["tokenizer.ggml.tokens"].parts[first], np.memmap)
         assert isinstance(fast.fields["tokenizer.ggml.tokens"].parts[first], np.memmap) is not bulk
+
+
+def test_trained_context_from_the_variants_own_files(tmp_path):
+    import json
+
+    from toolkit.formats.files import trained_context
+
+    assert trained_context(write_gguf(tmp_path / "m.gguf")) == 2048  # llama.context_length
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    assert trained_context(folder) is None  # no config: nothing said
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
+    assert trained_context(folder) == 8192
+    (folder / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 32768}, "vision_config": {}}))
+    assert trained_context(folder) == 32768
+    (folder / "config.json").write_text(json.dumps({"n_positions": 1024}))
+    assert trained_context(folder) == 1024
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"context_length": 4096}}))
+    assert trained_context(folder) == 4096  # onnxruntime-genai's own config first
+    (tmp_path / "torn.gguf").write_bytes(b"GGUF\x03")
+    assert trained_context(tmp_path / "torn.gguf") is None

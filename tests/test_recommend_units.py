@@ -360,3 +360,25 @@ def test_variants_not_built_for_one_reason_share_one_note():
     notes = [n for n in recommend(rep, Budget(), Costs()).notes if n.startswith("Not built")]
     assert notes == ["Not built: phi gguf F16, Q8_0: no tokenizer.model", "Not built: phi onnx int4: KeyError",
                      "Not built: qwen gguf Q8_0: no tokenizer.model"]
+
+
+def test_a_model_asked_past_its_trained_context_is_noted_with_each_length_that_goes_past_it():
+    from tests.factories import ladder_report
+    from toolkit.recommend.notes import context_notes
+
+    rep = ladder_report([(50, 400, 60, 300, 12.0), (40, 300, 80, 200, 13.0)])  # profiled at 64 and 512 tokens
+    rep.variants[0].details["context_length"] = 2048
+    rep.variants[1].details["context_length"] = 512  # the same model "m": its shortest file counts
+    assert context_notes(rep, 512 + 128) == [
+        "Context: m was trained on 512 tokens; responses of 640 tokens (the budget's prompt + output) go past it "
+        "(speed is measured there, quality there is not what the model was trained for)."]
+    rep.quality[0].ctx = 1024
+    assert "prompts" not in context_notes(rep, 100)[0] and "fidelity windows of up to 1,024 tokens" in context_notes(rep, 100)[0]
+    rep.variants[1].details["context_length"] = 4096
+    assert context_notes(rep, 640) == []  # 2,048 trained: nothing goes past
+    del rep.variants[0].details["context_length"], rep.variants[1].details["context_length"]
+    assert context_notes(rep, 10**6) == []  # the files did not say: nothing to flag
+    assert any(n.startswith("Context: m was trained on 2,048") for n in recommend(
+        ladder_report([(50, 400, 60, 300, 12.0)]).model_copy(update={"variants": [
+            rep.variants[0].model_copy(update={"details": {"context_length": 2048}})]}),
+        Budget(output_tokens=2000), Costs()).notes)

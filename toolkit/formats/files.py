@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
+from toolkit.errors import UserError
 from toolkit.io import sha256_file, write_json
 from toolkit.records import Variant
 
@@ -28,6 +30,24 @@ def path_sha256(path: Path) -> str:
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(f"{file.relative_to(path)}:{sha256_file(file)}\n".encode())
     return digest.hexdigest()
+
+
+def trained_context(path: Path) -> int | None:
+    """The context length the model was trained for, from the variant's own files: the GGUF header, or
+    genai_config.json / config.json beside the weights; None when they do not say."""
+    from toolkit.formats.gguf_header import read_header
+
+    try:
+        if path.is_file():
+            fields = read_header(path).fields
+            return int(fields[f"{fields['general.architecture']}.context_length"])
+        if (path / "genai_config.json").exists():
+            return int(json.loads((path / "genai_config.json").read_text(encoding="utf-8"))["model"]["context_length"])
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)  # multimodal checkpoints keep the text model's apart
+        return int(config.get("max_position_embeddings") or config["n_positions"])
+    except (OSError, KeyError, ValueError, TypeError, UserError):
+        return None
 
 
 def cached_variant(folder: Path) -> Variant | None:

@@ -93,6 +93,8 @@ def read_header(path: Path | str) -> Header:
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != MAGIC:
             raise ValueError("bad magic bytes")
+        if len(buf) < 24:  # magic, version, tensor and field counts
+            raise ValueError(f"{len(buf)} bytes: too short for a GGUF header")
         order = "<" if struct.unpack_from("<I", buf, 4)[0] < 0x10000 else ">"
         cur = _Cursor(buf, order)
         cur.pos = 4

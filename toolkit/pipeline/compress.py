@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.formats.files import trained_context
 from toolkit.io import write_json
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, variant_specs, workspace
@@ -34,6 +36,9 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     progress("done", total, total)
     if not variants and failed:
         raise UserError(f"no variant could be built; {failed[0].label}: {failed[0].reason}", file=recipe.path)
+    for variant in variants:  # the reports flag prompts and quality windows longer than the model was trained for
+        if (context := trained_context(Path(variant.path))) is not None:
+            variant.details.setdefault("context_length", context)
     manifest = Manifest(recipe=recipe.name, variants=variants, not_built=failed)
     write_json(ws / "manifest.json", manifest)
     return manifest

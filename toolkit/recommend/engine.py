@@ -12,6 +12,7 @@ from toolkit.recipe import Budget, Costs
 from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.keys import budget_key, budget_limits, certification_vetoes, pick_key
+from toolkit.recommend.notes import report_notes
 from toolkit.recommend.options import draws, noise_margin, options_at
 from toolkit.recommend.select import (
     STICKY_RULE,
@@ -143,7 +144,7 @@ def recommend(
         objectives=shared_objectives([o for o in options if o.feasible] or options),
         rows=_rows(report, options, details, win if pick else None),
         cloud_rows=clouds,
-        notes=_notes(report),
+        notes=report_notes(report, prompt_tokens, budget.output_tokens),
         resamples=noise.RESAMPLES if pick else 0,
         tied_with=[o.id for o in tied if o is not pick],
         tie_rule=rule if len(tied) > 1 else None,
@@ -248,24 +249,6 @@ def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[
         )
         for o in options
     ]
-
-
-def _notes(report: DeviceReport) -> list[str]:
-    notes = [f"Reference weights: {n}." for n in sorted({n for v in report.variants for n in v.notes if "dequantized" in n})]
-    models = sorted({v.model for v in report.variants if v.model})
-    if len(models) > 1:
-        scored = next((q.bytes_scored for q in report.quality if q.status == "ok" and q.bytes_scored), None)
-        text = f"the same {scored:,} bytes of {report.quality[0].corpus}" if scored else "the same text"
-        notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
-                     "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
-                     "reference, so neither compares across models.")
-    failed: dict[tuple[str, str, str], list[str]] = {}  # one line for a model's quants that failed for one reason
-    for f in report.not_built:
-        failed.setdefault((f.model, f.format, f.reason), []).append(f.quant)
-    notes += [f"Not built: {model} {fmt} {', '.join(quants)}: {why}" for (model, fmt, why), quants in failed.items()]
-    if report.merged_from:
-        notes.append(f"One device in {len(report.merged_from)} reports (same id): repeats pooled from {', '.join(report.merged_from)}.")
-    return notes
 
 
 def _closest(options: list[Option]) -> tuple[str, list[str]]:

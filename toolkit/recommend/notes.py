@@ -1,0 +1,43 @@
+"""The notes under a recommendation: what its figures rest on and what they cannot say."""
+
+from __future__ import annotations
+
+from toolkit.records import DeviceReport
+
+
+def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -> list[str]:
+    notes = [f"Reference weights: {n}." for n in sorted({n for v in report.variants for n in v.notes if "dequantized" in n})]
+    models = sorted({v.model for v in report.variants if v.model})
+    if len(models) > 1:
+        scored = next((q.bytes_scored for q in report.quality if q.status == "ok" and q.bytes_scored), None)
+        text = f"the same {scored:,} bytes of {report.quality[0].corpus}" if scored else "the same text"
+        notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
+                     "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
+                     "reference, so neither compares across models.")
+    notes += context_notes(report, prompt_tokens + output_tokens)
+    failed: dict[tuple[str, str, str], list[str]] = {}  # one line for a model's quants that failed for one reason
+    for f in report.not_built:
+        failed.setdefault((f.model, f.format, f.reason), []).append(f.quant)
+    notes += [f"Not built: {model} {fmt} {', '.join(quants)}: {why}" for (model, fmt, why), quants in failed.items()]
+    if report.merged_from:
+        notes.append(f"One device in {len(report.merged_from)} reports (same id): repeats pooled from {', '.join(report.merged_from)}.")
+    return notes
+
+
+def context_notes(report: DeviceReport, response_tokens: int) -> list[str]:
+    """Models asked to work past the context they were trained for (Variant.details["context_length"], from the
+    files): a response of prompt + output tokens, the longest profiled prompt, or the fidelity windows. Speed is
+    still measured there; what the model says there is not what it was trained to do."""
+    profiled = max((p.prompt_tokens for prof in report.profiles for p in prof.prompts), default=0)
+    ctx = max((q.ctx for q in report.quality), default=0)
+    out = []
+    for model in dict.fromkeys(v.model for v in report.variants):
+        trained = min((int(v.details["context_length"]) for v in report.variants
+                       if v.model == model and "context_length" in v.details), default=None)
+        past = [what.format(n) for what, n in (("responses of {:,} tokens (the budget's prompt + output)", response_tokens),
+                                                ("prompts of {:,} tokens", profiled),
+                                                ("fidelity windows of up to {:,} tokens", ctx)) if trained and n > trained]
+        if past:
+            out.append(f"Context: {model} was trained on {trained:,} tokens; {', '.join(past)} go past it (speed is "
+                       "measured there, quality there is not what the model was trained for).")
+    return out
