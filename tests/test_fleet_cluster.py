@@ -54,6 +54,17 @@ def test_roofline_prediction_for_a_described_device_and_against_measurements(tmp
     with pytest.raises(UserError, match="no roofline"):
         predicted_vs_measured(reports[1], 512)
 
+    # prefill: 2 FLOPs per token for each parameter a prompt token is multiplied by. Of 100M parameters, 60M are
+    # the embedding and output projection (Gemma 3 270M has 62%): 100 GFLOP/s / (2 x 40M) = 1,250 tok/s
+    variants = [v.model_copy(update={"n_params": 100_000_000, "details": {"embedding_params": 60_000_000}})
+                for v in reports[0].variants]
+    assert [p.prefill_tps for p in predict(variants, Roofline(bandwidth_gbs=10, gflops=100, threads=2))] == [1250.0, 1250.0]
+    variants[0].details = {}  # the files did not say: every parameter counts (500 tok/s)
+    assert sorted(p.prefill_tps for p in predict(variants, Roofline(bandwidth_gbs=10, gflops=100, threads=2))) == [500.0, 1250.0]
+    rows, summary = predicted_vs_measured(reports[0].model_copy(update={"variants": variants}), 512)
+    # measured prefill at 512 tokens: 512 / TTFT median (800 and 600 ms) -> 640 and 853.3 tok/s
+    assert summary["prefill_measured_over_predicted_median"] == pytest.approx((640 / 500 + 853.33 / 1250) / 2, abs=1e-3)
+
 
 def test_simulation_and_deploy_files_from_the_fleet(tmp_path):
     reports = _fleet(tmp_path)

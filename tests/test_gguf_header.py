@@ -124,3 +124,34 @@ def test_trained_context_from_the_variants_own_files(tmp_path):
     assert trained_context(folder) == 4096  # onnxruntime-genai's own config first
     (tmp_path / "torn.gguf").write_bytes(b"GGUF\x03")
     assert trained_context(tmp_path / "torn.gguf") is None
+
+
+def test_embedding_parameters_from_the_tensor_table_or_the_config(tmp_path):
+    import json
+
+    from toolkit.formats.files import embedding_params
+
+    def gguf(path, tensors):
+        writer = GGUFWriter(str(path), "llama")
+        for name, shape in tensors:
+            writer.add_tensor(name, np.zeros(shape, np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path
+
+    body = [("blk.0.attn_q.weight", (8, 8))]
+    assert embedding_params(gguf(tmp_path / "tied.gguf", [("token_embd.weight", (10, 8)), *body])) == 80
+    assert embedding_params(gguf(tmp_path / "untied.gguf", [("token_embd.weight", (10, 8)), ("output.weight", (10, 8)), *body])) == 160
+    assert embedding_params(gguf(tmp_path / "none.gguf", body)) is None
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"vocab_size": 1000, "hidden_size": 64}))
+    assert embedding_params(folder) == 64_000  # tie_word_embeddings defaults to true
+    (folder / "config.json").write_text(json.dumps({"text_config": {"vocab_size": 1000, "hidden_size": 64,
+                                                                    "tie_word_embeddings": False}}))
+    assert embedding_params(folder) == 128_000
+    (folder / "config.json").unlink()
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"vocab_size": 1000, "decoder": {"hidden_size": 32}}}))
+    assert embedding_params(folder) == 32_000

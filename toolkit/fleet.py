@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from toolkit.errors import UserError
-from toolkit.profiling.roofline import Roofline, roofline_decode_tps, roofline_prefill_tps
+from toolkit.profiling.roofline import Roofline, prefill_params, roofline_decode_tps, roofline_prefill_tps
 from toolkit.profiling.rounds import merge_rounds
 from toolkit.recommend.engine import Recommendation
 from toolkit.records import DeviceReport, Variant
@@ -97,7 +97,7 @@ def predict(variants: list[Variant], roofline: Roofline, ram_mb: float | None = 
         out.append(Prediction(
             variant_id=v.id, variant=v.label, size_mb=round(size_mb, 1),
             decode_tps=round(roofline_decode_tps(v.size_bytes, roofline.bandwidth_gbs), 1),
-            prefill_tps=round(roofline_prefill_tps(v.n_params, roofline.gflops), 1) if v.n_params else None,
+            prefill_tps=round(roofline_prefill_tps(params, roofline.gflops), 1) if (params := prefill_params(v)) else None,
             fits=ram_mb is None or size_mb * 1.2 + 300 < ram_mb,  # weights + KV/buffers + runtime
         ))
     return sorted(out, key=lambda p: -p.decode_tps)

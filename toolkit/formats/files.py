@@ -50,6 +50,25 @@ def trained_context(path: Path) -> int | None:
         return None
 
 
+def embedding_params(path: Path) -> int | None:
+    """Parameters of the token embedding and the output projection (once when they are tied), from the GGUF
+    tensor table or the config beside the weights; None when the files do not say."""
+    from toolkit.formats.gguf_header import read_header
+
+    try:
+        if path.is_file():
+            sizes = {t.name: t.n_elements for t in read_header(path).tensors}
+            return sizes["token_embd.weight"] + sizes.get("output.weight", 0)
+        if (path / "config.json").exists():
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            config = config.get("text_config", config)
+            return config["vocab_size"] * config["hidden_size"] * (1 if config.get("tie_word_embeddings", True) else 2)
+        model = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))["model"]
+        return model["vocab_size"] * model["decoder"]["hidden_size"]  # tied or not, genai's config does not say
+    except (OSError, KeyError, ValueError, TypeError, UserError):
+        return None
+
+
 def cached_variant(folder: Path) -> Variant | None:
     """The variant already built in `folder`, if its record and its complete files are there."""
     record = folder / "variant.json"

@@ -1,16 +1,22 @@
 """Roofline of a device: memory bandwidth and compute, measured once, and predictions from them.
 
 Decoding reads every weight once per token, so decode tok/s <= bandwidth / weight bytes. Prefill is
-compute-bound: about 2 x parameters FLOPs per token, so prefill tok/s <= compute / (2 x parameters).
+compute-bound: about 2 FLOPs per token for each parameter a prompt token is multiplied by, which leaves out
+the token embedding (a lookup) and the output projection (run for the prompt's last token only; 62% of
+Gemma 3 270M's parameters), so prefill tok/s <= compute / (2 x those parameters).
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # records.py imports Roofline from here
+    from toolkit.records import Variant
 
 
 class Roofline(BaseModel):
@@ -59,5 +65,11 @@ def roofline_decode_tps(weight_bytes: int, bandwidth_gbs: float) -> float:
 
 
 def roofline_prefill_tps(n_params: int, gflops: float) -> float:
-    """Upper bound on prefill tokens/s at about 2 FLOPs per parameter per token."""
+    """Upper bound on prefill tokens/s at about 2 FLOPs per parameter (`prefill_params`) per token."""
     return gflops * 1e9 / (2 * n_params)
+
+
+def prefill_params(variant: Variant) -> int | None:
+    """The parameters each prompt token is multiplied by: all but the embedding and output projection, when
+    compress found their size in the variant's files (details["embedding_params"])."""
+    return variant.n_params - int(variant.details.get("embedding_params", 0)) if variant.n_params else None

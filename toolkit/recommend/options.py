@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from toolkit.profiling.meters.summary import measured_watts
-from toolkit.profiling.roofline import roofline_decode_tps, roofline_prefill_tps
+from toolkit.profiling.roofline import prefill_params, roofline_decode_tps, roofline_prefill_tps
 from toolkit.recipe import Costs, Device
 from toolkit.recommend import noise
 from toolkit.recommend.metrics import BY_KEY
@@ -169,8 +169,8 @@ def _predicted(report: DeviceReport, prof: Profile) -> dict[str, float]:
     if report.roofline is None or variant is None:
         return {}
     out = {"predicted_decode_tps": round(roofline_decode_tps(variant.size_bytes, report.roofline.bandwidth_gbs), 1)}
-    if variant.n_params:
-        out["predicted_prefill_tps"] = round(roofline_prefill_tps(variant.n_params, report.roofline.gflops), 1)
+    if params := prefill_params(variant):
+        out["predicted_prefill_tps"] = round(roofline_prefill_tps(params, report.roofline.gflops), 1)
     return out
 
 
