@@ -198,7 +198,11 @@ def test_the_mixed_answer_takes_the_longest_prompt_the_edge_can_serve():
     rec = recommend(rep, Budget(max_ttft_ms=300, ttft_prompt_tokens=512), Costs(), [cloud])
     assert rec.answer == "mixed" and rec.mixed.max_prompt_tokens == 256
     assert rec.mixed.rule == "prompts up to 256 tokens on m Q0 (edge), longer prompts to P small"
+    assert rec.message.startswith("No edge variant meets the budget (closest is m Q0: TTFT p90 800.0 ms > 300 ms")
     assert rec.message.endswith("Mixed: prompts up to 256 tokens on m Q0 (edge), longer prompts to P small.")
+    assert rec.cloud_pick == "c" and rec.ruled_out_by == ["TTFT p90 800.0 ms > 300 ms (over by 500.0 ms)"]
+    alone = recommend(rep, Budget(max_ttft_ms=300, ttft_prompt_tokens=512), Costs(), [])
+    assert alone.answer == "none" and alone.mixed is None  # no cloud for the longer prompts: nothing mixed
 
 
 def test_usd_has_four_decimals_below_a_dollar_and_cents_above():
@@ -382,3 +386,28 @@ def test_a_model_asked_past_its_trained_context_is_noted_with_each_length_that_g
         ladder_report([(50, 400, 60, 300, 12.0)]).model_copy(update={"variants": [
             rep.variants[0].model_copy(update={"details": {"context_length": 2048}})]}),
         Budget(output_tokens=2000), Costs()).notes)
+
+
+def test_the_record_rounds_its_figures_and_names_the_device_and_the_rules_behind_the_answer():
+    from toolkit.recommend.cloud import CloudModel
+
+    rep = report({"ttft": [100, 105, 112], "decode": [50, 52, 55], "kl": 0.03, "mb": 1.26, "ppl": 31},
+                 {"ttft": [160, 170, 175], "decode": [40, 41, 43], "kl": 0.011, "mb": 2.0, "ppl": 29.5})
+    rep = rep.model_copy(update={"device": rep.device.model_copy(update={"id": "abcdef0123"})})
+    rec = recommend(rep, Budget(priority="balanced"), Costs())
+    assert rec.device == "h-abcd: cpu, 2 threads"  # the device id's first 4 characters
+    first = rec.rows[0]
+    # U = 0.9758064516..., PCR = 273.7461431... (the engine's own figures), sizes in MiB to 0.1
+    assert (first.size_mb, first.utility, first.pcr) == (1.3, 0.9758, 273.746)
+    assert rec.pick == "v0" and rec.tied_with == [] and rec.tie_equivalence is None  # no tie: no equivalence share
+    assert rec.message.endswith("(`toolkit profile` re-measures the pick for the recipe's budget).")  # no cloud named
+    objectives = ["ttft_ms", "decode_tps", "memory_mb", "perplexity", "energy_j", "cost_per_1k_usd"]
+    assert rec.objectives == objectives
+    none = recommend(rep, Budget(max_ttft_ms=10), Costs(), [])
+    assert none.objectives == objectives  # nothing in budget: every option's shared objectives
+    assert none.ruled_out_by == ["TTFT p90 110.6 ms > 10 ms (over by 100.6 ms)"]
+    cloud = CloudModel(id="c1", provider="P", model="big", usd_per_1m_input=0.1, usd_per_1m_output=0.4, ttft_ms=20, tokens_per_s=500)
+    unpowered = rep.model_copy(update={"power": None})  # no energy figure: no edge cost to compare with
+    fallback = recommend(unpowered, Budget(max_ttft_ms=60), Costs(), [cloud])
+    assert fallback.answer == "cloud" and fallback.message.endswith(" per 1,000 responses.")
+    assert [(c.id, c.provider, c.model) for c in fallback.cloud_rows] == [("c1", "P", "big")]

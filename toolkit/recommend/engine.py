@@ -155,19 +155,19 @@ def recommend(
         cert = next((c for c in report.certifications if c.variant_id == pick.id and c.budget_key == key), None)
         extra = f" Cheapest cloud meeting the budget: {_cloud_name(cheapest)}." if cheapest else ""
         return Recommendation(
-            answer="edge", pick=pick.id, pick_label=pick.label, cloud_pick=None, certification=cert,
+            answer="edge", pick=pick.id, pick_label=pick.label, certification=cert,
             message=f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads): "
             f"{_edge_cost(pick)}. {certified_line(cert)}{extra}",
             **rec,
         )
     ruled = _closest(options)
-    mixed = _mixed(report, options, budget, costs, prompt_tokens, cheapest)
     if cheapest is None:
         return Recommendation(
-            answer="none", pick=None, pick_label=None, ruled_out_by=ruled[1], mixed=mixed,
+            answer="none", pick=None, pick_label=None, ruled_out_by=ruled[1],
             message=f"No variant meets the budget on this device ({ruled[0]}), and no cloud option does either.",
             **rec,
         )
+    mixed = _mixed(report, budget, costs, prompt_tokens, cheapest)
     best_edge = _cheapest_edge(options)
     edge_cost = f"; the cheapest edge variant, {best_edge.label}, would cost {_usd(best_edge.metrics['cost_per_1k_usd'])}" if best_edge and best_edge.metrics.get("cost_per_1k_usd") else ""
     message = (
@@ -220,9 +220,9 @@ def _cloud_row(cloud: CloudModel, prompt_tokens: int, budget: Budget) -> CloudRo
     )
 
 
-def _mixed(report, options, budget, costs, prompt_tokens, cloud) -> Mixed | None:
-    """Edge for the prompts it can serve in budget (shorter ones), cloud for the rest."""
-    if cloud is None or budget.max_ttft_ms is None:
+def _mixed(report: DeviceReport, budget: Budget, costs: Costs, prompt_tokens: int, cloud: CloudRow) -> Mixed | None:
+    """Edge for the prompts it can serve in budget (shorter ones), `cloud` for the rest."""
+    if budget.max_ttft_ms is None:
         return None
     shorter = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts if p.prompt_tokens < prompt_tokens}, reverse=True)
     for length in shorter:
@@ -271,8 +271,8 @@ def _edge_cost(pick: Option) -> str:
     return f"{energy:.1f} J and {_usd(cost)} per 1,000 responses"
 
 
-def _cloud_name(cloud: CloudRow | None) -> str:
-    return f"{cloud.provider} {cloud.model}" if cloud else "none"
+def _cloud_name(cloud: CloudRow) -> str:
+    return f"{cloud.provider} {cloud.model}"
 
 
 def _usd(value: float) -> str:
