@@ -411,3 +411,38 @@ def test_the_record_rounds_its_figures_and_names_the_device_and_the_rules_behind
     fallback = recommend(unpowered, Budget(max_ttft_ms=60), Costs(), [cloud])
     assert fallback.answer == "cloud" and fallback.message.endswith(" per 1,000 responses.")
     assert [(c.id, c.provider, c.model) for c in fallback.cloud_rows] == [("c1", "P", "big")]
+
+
+def test_options_details_and_status_from_the_records_by_hand():
+    from toolkit.profiling.roofline import Roofline
+    from toolkit.recommend.options import options_at
+    from toolkit.records import EvalResult
+
+    rep = report({"ttft": [100.0, 105.123, 110.45375], "decode": [50.0, 51.111, 52.5], "mb": 64},
+                 {"ttft": [200.0] * 3, "decode": [40.0] * 3}, {"ttft": [300.0] * 3, "decode": [30.0] * 3})
+    rep.quality[0].top1_agreement = 0.875
+    rep.profiles[1] = rep.profiles[1].model_copy(update={"status": "crash", "reason": "boom"})
+    rep.profiles[2] = rep.profiles[2].model_copy(update={"prompts": []})  # measured, but not at this prompt length
+    rep.accuracy = [EvalResult(key="a", variant_id="v0", task="t1", status="ok", value=0.5, runtime="llama.cpp"),
+                    EvalResult(key="b", variant_id="v0", task="t2", status="timeout", runtime="llama.cpp"),
+                    EvalResult(key="c", variant_id="v1", task="t3", status="ok", value=0.7, runtime="llama.cpp")]
+    rep.variants[0] = rep.variants[0].model_copy(update={"n_params": 10_000_000, "details": {"embedding_params": 2_000_000}})
+    rep.roofline = Roofline(bandwidth_gbs=6.4, gflops=16.0, threads=2)
+    rep.power = rep.power.model_copy(update={"busy_w": 17.3456})
+    options, details = options_at(rep, 512, 128, Costs())
+    # numpy's linear percentiles of the repeats: TTFT p90 = 105.123 + 0.8 x 5.33075 = 109.3876; decode p10 = 50.2222
+    assert (options[0].metrics["ttft_ms"], options[0].metrics["decode_tps"]) == (109.39, 50.22)
+    d = details["v0"]
+    # the recipe's busy power, 17.3456 W, to 2 decimals; predictions: 6.4e9 / 64 MiB and 16e9 / (2 x 8M)
+    assert (d["watts"], d["top1_agreement"], d["acc_t1"]) == (17.35, 0.875, 0.5) and "acc_t2" not in d and "acc_t3" not in d
+    assert (d["predicted_decode_tps"], d["predicted_prefill_tps"]) == (round(6.4e9 / 2**26, 1), 1000.0)
+    assert [(o.status, o.reason, o.model) for o in options] == [("ok", None, "m"), ("crash", "boom", "m"), ("skipped", None, "m")]
+    assert "predicted_decode_tps" in details["v1"] and "predicted_prefill_tps" not in details["v1"]  # no parameter count
+    rep.quality[0].status = "crash"  # a failed fidelity record: no top-1 figure
+    assert options_at(rep, 512, 128, Costs())[1]["v0"]["top1_agreement"] is None
+
+
+def test_figures_missing_for_one_reason_are_named_together():
+    from toolkit.recommend.options import _listed
+
+    assert [_listed(n) for n in (["a"], ["a", "b"], ["a", "b", "c"])] == ["a", "a and b", "a, b and c"]
