@@ -233,3 +233,17 @@ def test_the_named_dominator_is_on_the_front_whatever_the_order():
         made = [Option(id=i, label=i, metrics={"memory_mb": m}) for i, m in (("a", 30.0), ("v9", 20.0), ("v1", 10.0))]
         select([made[k] for k in order], [], "balanced", 0.5)
         assert made[0].dominated_by == "v1" and made[1].dominated_by == "v1", order
+
+
+def test_priority_figures_within_the_tolerance_are_equal_and_the_next_figure_decides():
+    """Found by the brute-force property test (alpha 1e-9): PCRs 1.3e-10 apart are the same PCR; the higher
+    utility, the next figure of the pcr priority, decides, as the reference does."""
+    from toolkit.recommend.select import TOLERANCE, ranking
+
+    a = Option(id="a", label="a", metrics={"ttft_ms": 2.0, "decode_tps": 2.0})
+    b = Option(id="b", label="b", metrics={"ttft_ms": 2.0, "decode_tps": 3.0})
+    a.utility, a.pcr = 0.666666667, 0.3333333335
+    b.utility, b.pcr = 0.9999999996666668, 0.33333333322222225
+    assert [o.id for o in ranking([a, b], "pcr")] == ["b", "a"]
+    b.pcr = a.pcr - 2 * TOLERANCE  # further apart than the tolerance: the PCR decides
+    assert [o.id for o in ranking([a, b], "pcr")] == ["a", "b"]

@@ -6,12 +6,12 @@ Order of decisions (right by construction):
 2. the front is the Pareto front *of the feasible options* ("in-budget front"): a variant over budget can
    neither be on it nor push a feasible one off it;
 3. utility is normalised by the best feasible option, and the pick is the best feasible option by the
-   priority (exact ties: undominated first, then TIE_RULE). Over-budget variants do not move the pick.
+   priority (ties within TOLERANCE: undominated first, then TIE_RULE). Over-budget variants do not move it.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,11 +138,9 @@ def utilities(options: list[Option], alpha: float) -> dict[str, float | None]:
 
 
 def _ratio(value: float | None, best: float | None, direction: str) -> float | None:
-    if value is None or best is None:
+    if value is None or best is None or (direction == "min" and value <= 0):
         return None
-    if direction == "max":
-        return value / best
-    return best / value if value > 0 else None
+    return value / best if direction == "max" else best / value
 
 
 def _mean(values: list) -> float:
@@ -159,9 +157,7 @@ def _best(options: list[Option], metric: str) -> float | None:
 def performance_cost_ratio(option: Option) -> float | None:
     """The Edge-First paper's PCR = U / cost, with cost per 1,000 responses in USD (None without a cost > 0)."""
     cost = option.metrics.get("cost_per_1k_usd")
-    if option.utility is None or not cost or cost <= 0:
-        return None
-    return option.utility / cost
+    return option.utility / cost if option.utility is not None and cost and cost > 0 else None
 
 
 def _low(value: float | None) -> float:
@@ -190,21 +186,31 @@ def tiebreak(o: Option, likelihood: str = PER_TOKEN) -> tuple:
     return _low(o.metrics.get("kl")), _low(o.metrics.get(likelihood)), _low(o.size_mb), o.id
 
 
+TOLERANCE = 1e-9  # priority figures this close are equal: the next figure, then the tie rule, decides
+
+
+def _compare(a: tuple[float, ...], b: tuple[float, ...]) -> int:
+    """-1 when key `a` ranks first, 1 when `b` does, 0 when every figure is within TOLERANCE."""
+    for x, y in zip(a, b, strict=True):
+        if abs(x - y) > TOLERANCE:  # two missing figures (inf) are equal: inf - inf is nan
+            return -1 if x < y else 1
+    return 0
+
+
 def ranking(options: list[Option], priority: str) -> list[Option]:
-    """Feasible options, best first: by the priority; exact ties go to undominated options, then TIE_RULE."""
+    """Feasible options, best first: by the priority, figures within TOLERANCE counting as equal (a PCR that
+    differs in the tenth decimal is the same PCR); ties go to undominated options, then TIE_RULE."""
     feasible = [o for o in options if o.feasible]
     objectives = shared_objectives(feasible)
     likelihood = likelihood_measure(feasible)
-    rank = PRIORITY_KEY[priority]
-
-    def key(o: Option) -> tuple[float, ...]:
-        return rank(o, likelihood)
+    keys = {o.id: PRIORITY_KEY[priority](o, likelihood) for o in feasible}
+    ordered = sorted(feasible, key=functools.cmp_to_key(lambda a, b: _compare(keys[a.id], keys[b.id])))
     order: list[Option] = []
-    for _, group in itertools.groupby(sorted(feasible, key=key), key=key):
-        tied = list(group)
-        if len(tied) > 1:
-            tied.sort(key=lambda o: (any(dominates(p.metrics, o.metrics, objectives) for p in feasible), tiebreak(o, likelihood)))
+    while ordered:
+        tied = [o for o in ordered if _compare(keys[ordered[0].id], keys[o.id]) == 0]
+        tied.sort(key=lambda o: (any(dominates(p.metrics, o.metrics, objectives) for p in feasible), tiebreak(o, likelihood)))
         order += tied
+        ordered = [o for o in ordered if o not in tied]
     return order
 
 
@@ -252,9 +258,7 @@ def explain(options: list[Option], pick: Option | None, priority: str,
 
 def _dominator(o: Option, feasible: list[Option], objectives: list[str]) -> str | None:
     better = [p for p in feasible if p is not o and dominates(p.metrics, o.metrics, objectives)]
-    if not better:
-        return None
-    return max(better, key=lambda p: (p.on_front, p.utility or 0, p.id)).id
+    return max(better, key=lambda p: (p.on_front, p.utility or 0, p.id)).id if better else None
 
 
 def _verdict(o: Option, pick: Option | None, options: list[Option], objectives: list[str], priority: str,
