@@ -155,3 +155,15 @@ def test_embedding_parameters_from_the_tensor_table_or_the_config(tmp_path):
     (folder / "config.json").unlink()
     (folder / "genai_config.json").write_text(json.dumps({"model": {"vocab_size": 1000, "decoder": {"hidden_size": 32}}}))
     assert embedding_params(folder) == 32_000
+
+
+def test_model_shape_reads_a_gguf_header_once_for_both_figures(tmp_path, monkeypatch):
+    from toolkit.formats import gguf_header
+    from toolkit.formats.files import model_shape
+
+    path = write_gguf(tmp_path / "m.gguf")
+    calls = []
+    real = gguf_header.read_header
+    monkeypatch.setattr(gguf_header, "read_header", lambda p: calls.append(p) or real(p))
+    shape = model_shape(path)
+    assert calls == [path] and shape == {"context_length": 2048}  # no token_embd.weight: no embedding figure

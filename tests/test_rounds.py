@@ -7,13 +7,24 @@ import pytest
 
 from tests.factories import FP_BARE as FP
 from tests.factories import repeats_report as report
-from toolkit.profiling.rounds import Rounds, merge_rounds, run_rounds
+from toolkit.profiling.rounds import Rounds, Standing, futile, merge_rounds, run_rounds
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, contenders, recommend
 from toolkit.recommend.noise import process_sigma, resample
 from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
 from toolkit.reports import certification_line, markdown
 
+
+def _standing(budget: Budget, costs: Costs):
+    """What the profile stage decides rounds on (pipeline/profile.py), for a budget."""
+
+    def standing(rep) -> Standing:
+        rec = recommend(rep, budget, costs)
+        win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
+        rival = max((r.win_probability or 0.0 for r in rec.rows if r.variant_id != rec.pick), default=0.0)
+        return Standing(rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0, rival)
+
+    return standing
 
 def _profile(vid: str, ttft: list[float], decode: list[float], mem: float, status: str = "ok", wall: float = 1.0) -> Profile:
     if status != "ok":
@@ -83,10 +94,7 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
                   {"ttft": [100] * 3, "decode": [10] * 3})
     budget, costs = Budget(ttft_prompt_tokens=512, priority="speed"), Costs()
 
-    def standing(rep):
-        rec = recommend(rep, budget, costs)
-        win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
-        return rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0
+    standing = _standing(budget, costs)
 
     rounds = Rounds(["v0", "v1", "v2"], measure)
     rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
@@ -95,8 +103,8 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
     assert counts["v2"] == 1  # cannot win: measured once
     assert 2 <= counts["v0"] <= 5 and 2 <= counts["v1"] <= 5
     assert [p.rounds for p in rep.profiles] == [counts["v0"], counts["v1"], 1]
-    pick, win, tied, _ = standing(rep)
-    assert win >= 0.9 or counts["v0"] == 5 or counts[pick] == 5  # sure enough, or out of rounds
+    now = standing(rep)
+    assert now.win >= 0.9 or counts[now.pick] == 5 or futile(now, counts[now.pick], 5, 0.9)  # sure, out of rounds, or futile
     assert rounds.extra_s == pytest.approx(2.0 * (sum(counts.values()) - 3))
     # the time cap stops it: no round after the first once extra_time_s is spent
     capped = Rounds(["v0", "v1", "v2"], measure)
@@ -109,8 +117,8 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
 def test_a_tie_of_equals_is_settled_instead_of_measured_to_max_rounds(priority):
     """Two variants measured alike (round r of each draws the same numbers): neither wins 90% of resamples
     however many rounds run. With the balanced priority their utilities stay within 0.01 of each other in
-    nearly every resample, so the tie is settled after the minimum rounds; the speed priority has no such rule
-    and measures on to max_rounds (the control)."""
+    nearly every resample, so the tie is settled after the minimum rounds; the speed priority has no such
+    rule, and its even split makes more rounds futile (test below): it stops there too."""
 
     def measure(vid: str, index: int) -> Profile:
         rng = np.random.default_rng(index)
@@ -120,10 +128,7 @@ def test_a_tie_of_equals_is_settled_instead_of_measured_to_max_rounds(priority):
     base = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [50] * 3})
     budget, costs = Budget(ttft_prompt_tokens=512, priority=priority, alpha=0.5), Costs()
 
-    def standing(rep):
-        rec = recommend(rep, budget, costs)
-        win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
-        return rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0
+    standing = _standing(budget, costs)
 
     rounds = Rounds(["v0", "v1"], measure)
     rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
@@ -134,7 +139,26 @@ def test_a_tie_of_equals_is_settled_instead_of_measured_to_max_rounds(priority):
     if priority == "balanced":
         assert rec.tie_equivalence >= 0.9 and counts == [2, 2]
     else:
-        assert rec.tie_equivalence is None and counts == [5, 5]
+        assert rec.tie_equivalence is None and counts == [2, 2] and futile(standing(rep), 2, 5, 0.9)
+
+
+@pytest.mark.parametrize(("win", "rival", "rounds"), [
+    (0.74, 0.20, 3),  # share 0.787: z 0.797; x sqrt(6/2) = 1.380 (Phi 0.916, go on), x sqrt(6/3) = 1.127 (0.870, stop)
+    (0.50, 0.50, 2),  # an even split: no lead to grow
+    (0.30, 0.45, 2),  # the pick is not even the most likely winner of the pair
+    (0.88, 0.02, 6),  # share 0.978: z 2.01 stays above Phi^-1(0.9) = 1.28 at every k; only max_rounds stops it
+])
+def test_rounds_stop_once_max_rounds_could_not_make_the_pick_sure(win, rival, rounds):
+    """A scripted standing (the pick's win probability stays where it is): rounds go on while the lead,
+    projected to max_rounds processes (z grows as sqrt(k)), would reach the target, and stop once it would not."""
+    measure = lambda vid, index: _profile(vid, [100.0] * 3, [50.0] * 3, 300, wall=1.0)  # noqa: E731
+    base = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [50] * 3})
+    runs = Rounds(["v0", "v1"], measure)
+    run_rounds(runs, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: {"v0", "v1"},
+               lambda r: Standing("v0", win, ["v1"], 0.0, rival), min_rounds=2, max_rounds=6, target=0.9, extra_time_s=1000)
+    assert [len(done) for done in runs.done.values()] == [rounds, rounds]
+    assert futile(Standing("v0", 0.99, [], 0.0, 0.0), 6, 6, 0.9)  # out of rounds
+    assert not futile(Standing("v0", 0.6, [], 0.0, 0.0), 2, 6, 0.9)  # no rival: measuring can still help
 
 
 def test_equivalence_counts_resamples_with_every_tied_utility_within_the_tolerance():

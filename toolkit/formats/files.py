@@ -32,41 +32,58 @@ def path_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def trained_context(path: Path) -> int | None:
-    """The context length the model was trained for, from the variant's own files: the GGUF header, or
-    genai_config.json / config.json beside the weights; None when they do not say."""
+def model_shape(path: Path) -> dict[str, int]:
+    """What the variant's own files say of the model's shape, read once: `context_length` (trained context) and
+    `embedding_params` (token embedding plus output projection, once when tied), from the GGUF header and tensor
+    table or the configs beside the weights; a figure the files do not give is left out."""
     from toolkit.formats.gguf_header import read_header
 
     try:
         if path.is_file():
-            fields = read_header(path).fields
-            return int(fields[f"{fields['general.architecture']}.context_length"])
-        if (path / "genai_config.json").exists():
-            return int(json.loads((path / "genai_config.json").read_text(encoding="utf-8"))["model"]["context_length"])
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        config = config.get("text_config", config)  # multimodal checkpoints keep the text model's apart
-        return int(config.get("max_position_embeddings") or config["n_positions"])
-    except (OSError, KeyError, ValueError, TypeError, UserError):
-        return None
+            files: dict = {"gguf": read_header(path)}
+        else:
+            files = {name: json.loads((path / name).read_text(encoding="utf-8"))
+                     for name in ("genai_config.json", "config.json") if (path / name).exists()}
+    except (OSError, ValueError, UserError):
+        return {}
+    shape = {}
+    for key, read in (("context_length", _context_length), ("embedding_params", _embedding_params)):
+        try:
+            shape[key] = int(read(files))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return shape
+
+
+def _context_length(files: dict) -> int:
+    if header := files.get("gguf"):
+        return header.fields[f"{header.fields['general.architecture']}.context_length"]
+    if genai := files.get("genai_config.json"):
+        return genai["model"]["context_length"]
+    config = files["config.json"]
+    config = config.get("text_config", config)  # multimodal checkpoints keep the text model's apart
+    return config.get("max_position_embeddings") or config["n_positions"]
+
+
+def _embedding_params(files: dict) -> int:
+    if header := files.get("gguf"):
+        sizes = {t.name: t.n_elements for t in header.tensors}
+        return sizes["token_embd.weight"] + sizes.get("output.weight", 0)
+    if config := files.get("config.json"):
+        config = config.get("text_config", config)
+        return config["vocab_size"] * config["hidden_size"] * (1 if config.get("tie_word_embeddings", True) else 2)
+    model = files["genai_config.json"]["model"]
+    return model["vocab_size"] * model["decoder"]["hidden_size"]  # tied or not, genai's config does not say
+
+
+def trained_context(path: Path) -> int | None:
+    """The context length the model was trained for, from the variant's own files; None when they do not say."""
+    return model_shape(path).get("context_length")
 
 
 def embedding_params(path: Path) -> int | None:
-    """Parameters of the token embedding and the output projection (once when they are tied), from the GGUF
-    tensor table or the config beside the weights; None when the files do not say."""
-    from toolkit.formats.gguf_header import read_header
-
-    try:
-        if path.is_file():
-            sizes = {t.name: t.n_elements for t in read_header(path).tensors}
-            return sizes["token_embd.weight"] + sizes.get("output.weight", 0)
-        if (path / "config.json").exists():
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            config = config.get("text_config", config)
-            return config["vocab_size"] * config["hidden_size"] * (1 if config.get("tie_word_embeddings", True) else 2)
-        model = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))["model"]
-        return model["vocab_size"] * model["decoder"]["hidden_size"]  # tied or not, genai's config does not say
-    except (OSError, KeyError, ValueError, TypeError, UserError):
-        return None
+    """Parameters of the token embedding and the output projection; None when the files do not say."""
+    return model_shape(path).get("embedding_params")
 
 
 def cached_variant(folder: Path) -> Variant | None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.formats.files import embedding_params, trained_context
+from toolkit.formats.files import model_shape
 from toolkit.io import write_json
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, variant_specs, workspace
@@ -37,9 +37,7 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     if not variants and failed:
         raise UserError(f"no variant could be built; {failed[0].label}: {failed[0].reason}", file=recipe.path)
     for variant in variants:  # read by the reports (context) and the roofline (prefill work per token)
-        for key, read in (("context_length", trained_context), ("embedding_params", embedding_params)):
-            if (value := read(Path(variant.path))) is not None:
-                variant.details.setdefault(key, value)
+        variant.details = model_shape(Path(variant.path)) | variant.details
     manifest = Manifest(recipe=recipe.name, variants=variants, not_built=failed)
     write_json(ws / "manifest.json", manifest)
     return manifest

@@ -116,10 +116,11 @@ def _standing(recipe: Recipe, report: DeviceReport) -> Standing:
     """The pick for the recipe's budget, its win probability, the variants tied with it and how sure the
     measurements are that they are practically equivalent (noise.equivalence)."""
     if not report.measured:
-        return None, 0.0, [], 0.0
+        return Standing(None, 0.0, [], 0.0)
     rec = recommend(report, recipe.budget, recipe.costs)
     win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
-    return rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0
+    rival = max((r.win_probability or 0.0 for r in rec.rows if r.variant_id != rec.pick), default=0.0)
+    return Standing(rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0, rival)
 
 
 def _settings(recipe: Recipe) -> dict:

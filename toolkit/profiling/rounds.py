@@ -9,6 +9,8 @@
    `device.max_rounds`, within `device.extra_time_s` of measuring (rounds after the first count, cached
    or not, so a rerun makes the same decisions). A tie shown practically equivalent in that share of
    resamples (noise.equivalence: utilities within 0.01 of each other) is settled and gets no more rounds.
+   So is a tie that `device.max_rounds` could not decide (`futile`): the pick's lead over its closest rival,
+   projected to max_rounds processes, would still leave it short of the target.
 4. Certification: the pick is re-measured in `device.certify_runs` fresh processes at the budget's
    response shape; if any run misses the budget it is vetoed and the next pick is certified (up to
    CERTIFY_ATTEMPTS variants).
@@ -19,15 +21,46 @@ killed run loses at most the process in flight.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
+from typing import NamedTuple
 
 from toolkit.profiling.meters.summary import merge_energy
 from toolkit.records import Certification, CertRun, DeviceReport, LlamaBench, Profile, PromptTiming, Stat
 
 CERTIFY_ATTEMPTS = 3
 Measure = Callable[[str, int], Profile]  # (variant id, round index) -> that round's profile, cached or measured
-Standing = tuple[str | None, float, list[str], float]  # pick, its win probability, tied variants, tie equivalence
+
+
+class Standing(NamedTuple):
+    """Where the pick stands after a round: what the next round is decided on."""
+
+    pick: str | None
+    win: float  # its win probability
+    tied: list[str]  # the variants tied with it
+    equivalence: float  # share of resamples in which the tie's utilities are practically equal
+    rival_win: float = 0.0  # the highest win probability among the others
+
+
+def futile(standing: Standing, measured: int, max_rounds: int, target: float) -> bool:
+    """Whether `max_rounds` processes would likely still leave the pick's win probability below `target`.
+
+    The pick's share of the resamples it and its closest rival win, p, is read as a normal test of their
+    difference: z = Phi^-1(p). That difference's standard error shrinks as 1/sqrt(k) with k processes per
+    variant (noise.resample scales by sigma / sqrt(k)), so at max_rounds z grows by sqrt(max_rounds / k) if
+    the lead holds: the conditional-power rule of sequential trials. An even tie (p <= 1/2) is futile at once.
+    """
+    if measured >= max_rounds:
+        return True
+    total = standing.win + standing.rival_win
+    share = standing.win / total if total > 0 else 0.0
+    if share <= 0.5:
+        return True
+    if share >= 1.0:
+        return False
+    normal = statistics.NormalDist()
+    return normal.cdf(normal.inv_cdf(share) * math.sqrt(max_rounds / measured)) < target
 
 
 def merge_rounds(rounds: list[Profile]) -> Profile:
@@ -122,14 +155,14 @@ def run_rounds(rounds: Rounds, report_of: Callable[[list[Profile]], DeviceReport
                 rounds.add_round(vid)
     report = report_of(rounds.profiles())
     while rounds.extra_s < extra_time_s:
-        pick, win, tied, equivalent = standing(report)
-        if pick is None or win >= target or (tied and equivalent >= target):
+        now = standing(report)
+        if now.pick is None or now.win >= target or (now.tied and now.equivalence >= target):
             break
-        todo = [vid for vid in [pick, *tied] if len(rounds.done[vid]) < max_rounds]
-        if not todo:
+        todo = [vid for vid in [now.pick, *now.tied] if len(rounds.done[vid]) < max_rounds]
+        if not todo or futile(now, min(len(rounds.done[vid]) for vid in todo), max_rounds, target):
             break
         for vid in todo:
-            progress(f"round {len(rounds.done[vid]) + 1}: {vid} (win probability {win:.2f} < {target:g})")
+            progress(f"round {len(rounds.done[vid]) + 1}: {vid} (win probability {now.win:.2f} < {target:g})")
             rounds.add_round(vid)
         report = report_of(rounds.profiles())
     return report
