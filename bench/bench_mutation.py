@@ -12,6 +12,7 @@ change). Goal: >= 85%.
 
     .venv/bin/python bench/bench_mutation.py [--workdir /tmp/edgefirst-mutation] [--max-children 1] [--fresh]
     .venv/bin/python bench/bench_mutation.py --only toolkit/pipeline/cache.py     # one file, minutes
+    .venv/bin/python bench/bench_mutation.py --survivors --only toolkit/recommend/notes.py   # after new tests
 
 It works in a copy of the repository (`--workdir`, kept between runs so that mutmut reuses what it already
 ran; `--fresh` starts over), so the tree you edit is never touched. The tests there read the test cache
@@ -22,6 +23,7 @@ Survivors are listed with `mutmut results` / `mutmut show NAME` run in the work 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -111,6 +113,8 @@ def main() -> int:
         (args.workdir / "setup.cfg").write_text(setup_cfg(mutate, TESTS))  # the test selection may have grown
         listed = subprocess.run([*mutmut, "results"], cwd=args.workdir, env=env, capture_output=True, text=True, check=True)
         names = [line.split(":")[0].strip() for line in listed.stdout.splitlines() if ":" in line]
+        if args.only:  # only the mutants of those files (mutmut names them module.x_function__mutmut_N)
+            names = [n for n in names if any(fnmatch.fnmatch(n.split(".x")[0].replace(".", "/") + ".py", g) for g in args.only)]
         print(f"rerunning {len(names)} mutants that were not killed")
     else:
         prepare(args.workdir, args.fresh, mutate, TESTS)

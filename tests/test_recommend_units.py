@@ -446,3 +446,27 @@ def test_figures_missing_for_one_reason_are_named_together():
     from toolkit.recommend.options import _listed
 
     assert [_listed(n) for n in (["a"], ["a", "b"], ["a", "b", "c"])] == ["a", "a and b", "a, b and c"]
+
+
+def test_report_notes_name_reference_weights_cross_model_quality_and_pooled_reports():
+    from tests.factories import ladder_report
+    from toolkit.recommend.notes import report_notes
+
+    rep = ladder_report([(50, 400, 60, 300, 12.0), (40, 300, 80, 200, 13.0), (45, 350, 70, 250, 9.0)])
+    assert report_notes(rep, 64, 64) == []  # one model, nothing dequantized, nothing failed, one report
+    rep.variants[0].notes = ["reference from weights dequantized from Q4_1", "built in 3 s"]
+    rep.variants[1].notes = ["reference from weights dequantized from Q4_1"]  # the same note once
+    rep.variants[2].model = "g"
+    rep.quality[0].status = "failed"
+    rep.quality[0].bytes_scored = 999  # a failed row's count is not the text scored
+    rep.quality[1].bytes_scored = 12345
+    rep.merged_from = ["a.json", "b.json"]
+    assert report_notes(rep, 64, 64) == [
+        "Reference weights: reference from weights dequantized from Q4_1.",
+        "Quality across models (g, m): bits per byte on the same 12,345 bytes of c and accuracy on the same items; "
+        "perplexity is per token of each model's own tokenizer and KL is to each model's own reference, so neither "
+        "compares across models.",
+        "One device in 2 reports (same id): repeats pooled from a.json, b.json.",
+    ]
+    rep.quality[1].bytes_scored = 0
+    assert report_notes(rep, 64, 64)[1].startswith("Quality across models (g, m): bits per byte on the same text and")
