@@ -250,3 +250,30 @@ def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, m
     second, _ = pipeline.profile(recipe)
     assert second.previous_picks == {pick_key(recipe.budget, recipe.costs): picked.pick}
     assert list((recipe.workspace_dir() / "profiles").iterdir())  # measured again, not read from a cache
+
+
+def test_rounds_are_decided_on_the_measurements_not_on_the_previous_pick(tmp_path):
+    """A device's previous certified pick keeps the answer while tied (select.STICKY_RULE), but how much more to
+    measure is decided without it: a rerun on cached rounds, which has the first run's pick as its previous one,
+    then makes the first run's decisions (the demo's rerun stopped a round early before)."""
+    from tests.conftest import write_recipe
+    from toolkit.pipeline.profile import rounds_standing
+    from toolkit.recipe import load_recipe
+    from toolkit.recommend.engine import pick_key
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"""
+        name: r
+        workspace: {tmp_path / 'ws'}
+        candidates: [{{model: smollm2-135m-instruct}}]
+        """))
+    ttft = [100.0] * 5
+    rep = report({"ttft": ttft, "decode": [100, 120, 90, 110, 105], "kl": 0.02},
+                 {"ttft": ttft, "decode": [104, 95, 118, 108, 101], "kl": 0.01})
+    fresh = rounds_standing(recipe, rep)
+    first = recommend(rep, recipe.budget, recipe.costs)
+    assert fresh.pick == first.pick and fresh.tied and 0.5 < fresh.win < 0.9
+    assert fresh.rival_win == pytest.approx(next(r.win_probability for r in first.rows if r.variant_id != first.pick))
+    other = fresh.tied[0]
+    sticky = rep.model_copy(update={"previous_picks": {pick_key(recipe.budget, recipe.costs): other}})
+    assert recommend(sticky, recipe.budget, recipe.costs).pick == other  # the answer keeps the previous pick
+    assert rounds_standing(recipe, sticky) == fresh  # the measuring does not follow it
