@@ -378,6 +378,13 @@ def test_a_model_asked_past_its_trained_context_is_noted_with_each_length_that_g
         "(speed is measured there, quality there is not what the model was trained for)."]
     rep.quality[0].ctx = 1024
     assert "prompts" not in context_notes(rep, 100)[0] and "fidelity windows of up to 1,024 tokens" in context_notes(rep, 100)[0]
+    rep.variants[1].details["context_length"] = 256  # past it: the response, the 512-token prompt, the windows
+    assert context_notes(rep, 300) == [
+        "Context: m was trained on 256 tokens; responses of 300 tokens (the budget's prompt + output), prompts of "
+        "512 tokens, fidelity windows of up to 1,024 tokens go past it (speed is measured there, quality there is not "
+        "what the model was trained for)."]
+    assert context_notes(rep.model_copy(update={"profiles": [], "quality": []}), 300)[0].startswith(
+        "Context: m was trained on 256 tokens; responses of 300 tokens (the budget's prompt + output) go past it")
     rep.variants[1].details["context_length"] = 4096
     assert context_notes(rep, 640) == []  # 2,048 trained: nothing goes past
     del rep.variants[0].details["context_length"], rep.variants[1].details["context_length"]
@@ -460,10 +467,11 @@ def test_report_notes_name_reference_weights_cross_model_quality_and_pooled_repo
     rep.quality[0].status = "failed"
     rep.quality[0].bytes_scored = 999  # a failed row's count is not the text scored
     rep.quality[1].bytes_scored = 12345
+    rep.quality[1].corpus = "flores"  # the text that row scored
     rep.merged_from = ["a.json", "b.json"]
     assert report_notes(rep, 64, 64) == [
         "Reference weights: reference from weights dequantized from Q4_1.",
-        "Quality across models (g, m): bits per byte on the same 12,345 bytes of c and accuracy on the same items; "
+        "Quality across models (g, m): bits per byte on the same 12,345 bytes of flores and accuracy on the same items; "
         "perplexity is per token of each model's own tokenizer and KL is to each model's own reference, so neither "
         "compares across models.",
         "One device in 2 reports (same id): repeats pooled from a.json, b.json.",

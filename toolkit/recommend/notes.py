@@ -9,8 +9,8 @@ def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -
     notes = [f"Reference weights: {n}." for n in sorted({n for v in report.variants for n in v.notes if "dequantized" in n})]
     models = sorted({v.model for v in report.variants if v.model})
     if len(models) > 1:
-        scored = next((q.bytes_scored for q in report.quality if q.status == "ok" and q.bytes_scored), None)
-        text = f"the same {scored:,} bytes of {report.quality[0].corpus}" if scored else "the same text"
+        scored = next((q for q in report.quality if q.status == "ok" and q.bytes_scored), None)
+        text = f"the same {scored.bytes_scored:,} bytes of {scored.corpus}" if scored else "the same text"
         notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
                      "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
                      "reference, so neither compares across models.")
