@@ -110,7 +110,9 @@ def main() -> int:
                     shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                 elif source.exists():
                     shutil.copy2(source, target)
-        (args.workdir / "setup.cfg").write_text(setup_cfg(mutate, TESTS))  # the test selection may have grown
+        # every file stays in only_mutate (a narrower list makes mutmut overwrite the other files' mutants with
+        # plain copies); --only picks which survivors to rerun, below
+        (args.workdir / "setup.cfg").write_text(setup_cfg(MUTATE, TESTS))  # the test selection may have grown
         listed = subprocess.run([*mutmut, "results"], cwd=args.workdir, env=env, capture_output=True, text=True, check=True)
         names = [line.split(":")[0].strip() for line in listed.stdout.splitlines() if ":" in line]
         if args.only:  # only the mutants of those files (mutmut names them module.x_function__mutmut_N)
@@ -126,7 +128,8 @@ def main() -> int:
     detected = stats["killed"] + stats["timeout"]
     scored = detected + stats["survived"] + stats["no_tests"] + stats["suspicious"]
     score = detected / scored if scored else 0.0
-    print(f"\nmutation score over {', '.join(mutate)}: killed {detected}/{scored} = {score:.1%} "
+    scope = MUTATE if args.survivors else mutate  # the results mutmut holds: every file of setup.cfg
+    print(f"\nmutation score over {', '.join(scope)}: killed {detected}/{scored} = {score:.1%} "
           f"(failed a test {stats['killed']}, timed out {stats['timeout']}; survived {stats['survived']}, no test reaches "
           f"{stats['no_tests']}, suspicious {stats['suspicious']}, skipped {stats['skipped']}, not yet run "
           f"{stats['total'] - scored - stats['skipped']}; {minutes:.0f} min; mutmut exit {run.returncode})")
