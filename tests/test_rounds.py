@@ -7,6 +7,7 @@ import pytest
 
 from tests.factories import FP_BARE as FP
 from tests.factories import repeats_report as report
+from toolkit.pipeline.profile import rounds_standing
 from toolkit.profiling.rounds import Rounds, Standing, futile, merge_rounds, run_rounds
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import budget_key, contenders, recommend
@@ -14,17 +15,6 @@ from toolkit.recommend.noise import process_sigma, resample
 from toolkit.records import Certification, CertRun, Profile, PromptTiming, Stat
 from toolkit.reports import certification_line, markdown
 
-
-def _standing(budget: Budget, costs: Costs):
-    """What the profile stage decides rounds on (pipeline/profile.py), for a budget."""
-
-    def standing(rep) -> Standing:
-        rec = recommend(rep, budget, costs)
-        win = next(r.win_probability for r in rec.rows if r.variant_id == rec.pick)
-        rival = max((r.win_probability or 0.0 for r in rec.rows if r.variant_id != rec.pick), default=0.0)
-        return Standing(rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0, rival)
-
-    return standing
 
 def _profile(vid: str, ttft: list[float], decode: list[float], mem: float, status: str = "ok", wall: float = 1.0) -> Profile:
     if status != "ok":
@@ -94,7 +84,7 @@ def test_rounds_go_to_contenders_until_the_pick_is_sure():
                   {"ttft": [100] * 3, "decode": [10] * 3})
     budget, costs = Budget(ttft_prompt_tokens=512, priority="speed"), Costs()
 
-    standing = _standing(budget, costs)
+    standing = lambda rep: rounds_standing(rep, budget, costs)  # noqa: E731 - as the profile stage decides
 
     rounds = Rounds(["v0", "v1", "v2"], measure)
     rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
@@ -128,7 +118,7 @@ def test_a_tie_of_equals_is_settled_instead_of_measured_to_max_rounds(priority):
     base = report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [50] * 3})
     budget, costs = Budget(ttft_prompt_tokens=512, priority=priority, alpha=0.5), Costs()
 
-    standing = _standing(budget, costs)
+    standing = lambda rep: rounds_standing(rep, budget, costs)  # noqa: E731 - as the profile stage decides
 
     rounds = Rounds(["v0", "v1"], measure)
     rep = run_rounds(rounds, lambda ps: base.model_copy(update={"profiles": ps}), lambda r: contenders(r, budget, costs, 0.25),
@@ -252,28 +242,21 @@ def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, m
     assert list((recipe.workspace_dir() / "profiles").iterdir())  # measured again, not read from a cache
 
 
-def test_rounds_are_decided_on_the_measurements_not_on_the_previous_pick(tmp_path):
+def test_rounds_are_decided_on_the_measurements_not_on_the_previous_pick():
     """A device's previous certified pick keeps the answer while tied (select.STICKY_RULE), but how much more to
     measure is decided without it: a rerun on cached rounds, which has the first run's pick as its previous one,
     then makes the first run's decisions (the demo's rerun stopped a round early before)."""
-    from tests.conftest import write_recipe
-    from toolkit.pipeline.profile import rounds_standing
-    from toolkit.recipe import load_recipe
     from toolkit.recommend.engine import pick_key
 
-    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"""
-        name: r
-        workspace: {tmp_path / 'ws'}
-        candidates: [{{model: smollm2-135m-instruct}}]
-        """))
+    budget, costs = Budget(), Costs()
     ttft = [100.0] * 5
     rep = report({"ttft": ttft, "decode": [100, 120, 90, 110, 105], "kl": 0.02},
                  {"ttft": ttft, "decode": [104, 95, 118, 108, 101], "kl": 0.01})
-    fresh = rounds_standing(recipe, rep)
-    first = recommend(rep, recipe.budget, recipe.costs)
+    fresh = rounds_standing(rep, budget, costs)
+    first = recommend(rep, budget, costs)
     assert fresh.pick == first.pick and fresh.tied and 0.5 < fresh.win < 0.9
     assert fresh.rival_win == pytest.approx(next(r.win_probability for r in first.rows if r.variant_id != first.pick))
     other = fresh.tied[0]
-    sticky = rep.model_copy(update={"previous_picks": {pick_key(recipe.budget, recipe.costs): other}})
-    assert recommend(sticky, recipe.budget, recipe.costs).pick == other  # the answer keeps the previous pick
-    assert rounds_standing(recipe, sticky) == fresh  # the measuring does not follow it
+    sticky = rep.model_copy(update={"previous_picks": {pick_key(budget, costs): other}})
+    assert recommend(sticky, budget, costs).pick == other  # the answer keeps the previous pick
+    assert rounds_standing(sticky, budget, costs) == fresh  # the measuring does not follow it

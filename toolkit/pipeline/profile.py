@@ -20,7 +20,7 @@ from toolkit.profiling.meters.summary import profile_energy
 from toolkit.profiling.roofline import Roofline
 from toolkit.profiling.roofline import measure as measure_roofline
 from toolkit.profiling.rounds import Rounds, Standing, run_rounds
-from toolkit.recipe import Recipe
+from toolkit.recipe import Budget, Costs, Recipe
 from toolkit.recommend.engine import contenders, recommend
 from toolkit.records import (
     DeviceFingerprint,
@@ -80,7 +80,7 @@ def profile(
     dev = recipe.device
     report = run_rounds(
         Rounds(list(variants), one_round), lambda profiles: base.model_copy(update={"profiles": profiles + unmeasured}),
-        lambda rep: _contenders(recipe, rep), lambda rep: rounds_standing(recipe, rep),
+        lambda rep: _contenders(recipe, rep), lambda rep: rounds_standing(rep, recipe.budget, recipe.costs),
         dev.rounds, dev.max_rounds, dev.target_win_probability, dev.extra_time_s,
     )
     if certify_pick:
@@ -112,14 +112,14 @@ def _contenders(recipe: Recipe, report: DeviceReport) -> set[str]:
     return contenders(report, recipe.budget, recipe.costs, recipe.device.noise_margin)
 
 
-def rounds_standing(recipe: Recipe, report: DeviceReport) -> Standing:
-    """The pick for the recipe's budget, its win probability, the variants tied with it, how sure the
+def rounds_standing(report: DeviceReport, budget: Budget, costs: Costs) -> Standing:
+    """The pick for the budget, its win probability, the variants tied with it, how sure the
     measurements are that they are practically equivalent (noise.equivalence), and its closest rival's win
     probability. Decided on the measurements alone: a previous certified pick (select.STICKY_RULE) may name the
     answer, but not how much to measure, so a rerun on cached rounds makes the first run's decisions."""
     if not report.measured:
         return Standing(None, 0.0, [], 0.0)
-    rec = recommend(report.model_copy(update={"previous_picks": {}}), recipe.budget, recipe.costs)
+    rec = recommend(report.model_copy(update={"previous_picks": {}}), budget, costs)
     win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
     rival = max((r.win_probability or 0.0 for r in rec.rows if r.variant_id != rec.pick), default=0.0)
     return Standing(rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0, rival)
