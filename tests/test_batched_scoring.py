@@ -189,6 +189,17 @@ def test_llama_cpp_scores_many_groups_per_decode(gguf_f32):
         llama_cpp.llama_decode = real
     # one decode: each context once, plus every continuation but its last token
     assert calls == [4 + 1 + 2 + 2 + 31 + 1]
+    # windows: each group starting at a multiple of 64 cells (filler tokens between), every ubatch >= 64 rows
+    calls.clear()
+    llama_cpp.llama_decode = counting
+    try:
+        windows = session.score_windows(groups)
+    finally:
+        llama_cpp.llama_decode = real
+    assert calls == [64 + 64 + 32]
+    for rows_many, rows_windows in zip(many, windows, strict=True):
+        for a, b in zip(rows_many, rows_windows, strict=True):
+            np.testing.assert_allclose(a, b, atol=0.1)  # F16 queries in one, F32 in the other: close, not equal
     alone = [session.score(context, conts) for context, conts in groups]
     for rows_many, rows_alone, (_, conts) in zip(many, alone, groups, strict=True):
         for a, b, cont in zip(rows_many, rows_alone, conts, strict=True):
@@ -210,18 +221,22 @@ def test_onnx_dynamic_int8_is_scored_unbatched(onnx_fp32, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_llama_cpp_numbers_do_not_depend_on_neighbours(gguf_f16):
-    """A group scores the same wherever it lands in a packed decode, to float rounding. Two traps this guards:
-    with ubatches of 64 tokens or more, llama.cpp's CPU flash attention works in 64-cell tiles that a request's
-    keys fall into by its offset (4e-4 apart here); and the last layer runs on output rows only, with other
-    kernels for one row than for several (a lone one-token answer moved by 1e-4)."""
+@pytest.mark.parametrize("layout", ["requests", "windows"])
+def test_llama_cpp_numbers_do_not_depend_on_neighbours(gguf_f16, layout):
+    """A group scores the same wherever it lands in a packed decode, to float rounding, in both layouts. The
+    traps this guards: llama.cpp's CPU flash attention has a scalar kernel below 64 query rows per ubatch and
+    a tiled one from 64 (the windows layout without its minimum of 64 rows: 9e-4 apart here; the requests
+    layout with ubatches of 64 or more: 5e-2); the tiled one walks keys in 64-cell tiles that a request's
+    keys fall into by its offset (windows without alignment: 3e-4); and the last layer runs on output rows
+    only, with other kernels for one row than for several (a lone one-token answer moved by 1e-4)."""
     session = _open("llama.cpp", gguf_f16)
+    score = session.score_many if layout == "requests" else session.score_windows
     rng = np.random.default_rng(3)
     cases = [(90, [rng.integers(3, session.n_vocab, 6).tolist(), [7]], k) for k in (1, 5, 33, 40, 70, 100)]
     cases += [(20 + 7 * t, [[5]], 10) for t in range(6)]  # short: alone, the only output row of its ubatch
     for length, conts, k in cases:
         group = ([1] + rng.integers(3, session.n_vocab, length).tolist(), conts)
         before = ([1] + rng.integers(3, session.n_vocab, k).tolist(), [[6]] if k == 10 else [[5, 6]])
-        packed = session.score_many([before, group])[1]
-        for a, b in zip(packed, session.score(*group), strict=True):
+        packed = score([before, group])[1]
+        for a, b in zip(packed, score([group])[0], strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)

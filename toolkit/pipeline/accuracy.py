@@ -17,7 +17,7 @@ from toolkit.runtimes import get_runtime
 from toolkit.tasks import TASKS
 from toolkit.tasks import prepare as prepare_task
 
-ACCURACY_VERSION = 3  # bump when the lm-eval job changes, so cached results are recomputed
+ACCURACY_VERSION = 4  # bump when the lm-eval job changes, so cached results are recomputed
 
 
 def task_dir(name: str) -> str | None:

@@ -15,7 +15,7 @@ from toolkit.recipe import Recipe
 from toolkit.records import Manifest, Quality, Variant
 from toolkit.runtimes import get_runtime
 
-FIDELITY_VERSION = 5  # bump when the scoring method changes, so cached results are recomputed
+FIDELITY_VERSION = 6  # bump when the scoring method changes, so cached results are recomputed
 
 
 def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:

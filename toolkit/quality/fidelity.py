@@ -55,8 +55,13 @@ def slices(groups: list, rows_of, limit: int) -> Iterator[list]:
         yield current
 
 
-def score_groups(session, groups: list[tuple[list[int], list[list[int]]]], batched: bool = True) -> list[list[np.ndarray]]:
-    """Per (context, continuations) group, per continuation, the logits predicting each of its tokens."""
+def score_groups(session, groups: list[tuple[list[int], list[list[int]]]], batched: bool = True,
+                 windows: bool = False) -> list[list[np.ndarray]]:
+    """Per (context, continuations) group, per continuation, the logits predicting each of its tokens.
+    `windows`: the groups are long text windows, scored in the session's layout for them where it has one
+    (llama.cpp's `score_windows`), batched or one at a time."""
+    if windows and hasattr(session, "score_windows"):
+        return session.score_windows(groups) if batched else [session.score_windows([g])[0] for g in groups]
     if batched and hasattr(session, "score_many"):
         return session.score_many(groups)
     if hasattr(session, "score"):
@@ -68,7 +73,7 @@ def score_groups(session, groups: list[tuple[list[int], list[list[int]]]], batch
 def window_logits(session, windows: list[tuple[list[int], list[int]]], batched: bool = True) -> Iterator[np.ndarray]:
     """For each (context, target) window in order, the logits predicting `target` (len(target) x n_vocab)."""
     for part in slices(windows, lambda w: len(w[1]), max_rows(session)):
-        for rows in score_groups(session, [(context, [target]) for context, target in part], batched):
+        for rows in score_groups(session, [(context, [target]) for context, target in part], batched, windows=True):
             yield rows[0]
 
 

@@ -1,10 +1,10 @@
 """llama.cpp through llama-cpp-python's C API: no high-level wrapper between the timer and the runtime.
 
-Two contexts over one model: the one that `prefill`/`decode`/`logits` use (one sequence, as a deployment runs it,
-so profiles measure that), and, made on the first `score_many`, a scoring context that holds many sequences in
-one unified KV cache, so one `llama_decode` scores several requests (as llama.cpp's perplexity and hellaswag
-tools do) and a context shared by several continuations is evaluated once, its tokens assigned to every
-continuation's sequence.
+Contexts over one model: the one that `prefill`/`decode`/`logits` use (one sequence, as a deployment runs it,
+so profiles measure that), and, made on first use, a scoring context per layout (`score_many` for requests,
+`score_windows` for long windows) that holds many sequences in one unified KV cache, so one `llama_decode`
+scores several requests (as llama.cpp's perplexity and hellaswag tools do) and a context shared by several
+continuations is evaluated once, its tokens assigned to every continuation's sequence.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtimes import greedy_generate
-from toolkit.runtimes.llamacpp_batch import decode_round, plan_rounds, plan_units
+from toolkit.runtimes.llamacpp_batch import Shape, decode_round, plan_rounds, plan_units
 
 IMPORTS = ("llama_cpp",)  # what a deployment of a variant loads
 
@@ -77,8 +77,7 @@ class LlamaCppSession:
         self.threads = threads
         self._pos = 0
         self._one = (llama_cpp.llama_token * 1)()
-        self._sctx = None  # the scoring context, made on first use
-        self._sbatch = None
+        self._scoring: dict[str, tuple] = {}  # layout -> its scoring context and batch, made on first use
 
     def tokenize(self, text: str) -> list[int]:
         raw = text.encode()
@@ -162,30 +161,30 @@ class LlamaCppSession:
 
     # -- batched scoring: many (context, continuations) groups per llama_decode
     SCORE_TOKENS = 1024  # tokens per decode: a round of requests packed together (n_batch and KV cells)
-    # Tokens per compute pass inside a decode (n_ubatch). Below ggml-cpu's flash-attention tile (64 query rows)
-    # the kernel walks each query's keys one by one, skipping cells of other sequences, so a request's numbers
-    # do not depend on where it sits in the batch. From 64 rows up it works in 64-cell tiles that a request's
-    # keys fall into by its offset in the cache: its logits then move by up to 5e-2 with its neighbours (F16
-    # GGUF; 1e-2 for F32: the F16 KV cache rounds the different sums apart), for about 25% more speed here.
-    SCORE_UBATCH = 63
-    # A ubatch of 1-3 tokens takes other matmul kernels (vector dot products, not llamafile's tiles, and GEMV
-    # forms of repacked quant kernels): a round whose last ubatch would be that short is topped up to SCORE_TAIL
-    # tokens with a filler sequence of its own (no logits); likewise a ubatch never has a single output row.
-    SCORE_TAIL = 4
     SCORE_SEQS = 64  # sequences one round may hold (n_seq_max of the scoring context)
     SCORE_LOGIT_BYTES = 256 * 2**20  # float32 logit rows one round may return (llama.cpp's output buffer)
+    # How a decode is laid out, so that a request's numbers never depend on its neighbours. ggml-cpu's flash
+    # attention has two kernels: below 64 query rows in a ubatch, a scalar one that rounds queries to F16 and
+    # walks each query's keys one by one (skipping other sequences' cells); from 64 rows, a tiled one in F32
+    # that walks keys in 64-cell tiles, which a request's keys fall into by its offset in the cache.
+    # - "requests" (lm-eval's loglikelihood: short contexts, many per decode): ubatches of 63 tokens, the
+    #   scalar kernel always; a last ubatch of 1-3 tokens (other matmul kernels) is topped up to 4.
+    # - "windows" (fidelity and rolling log-likelihood: windows of up to ctx tokens): ubatches of 256 with at
+    #   least 64 rows (the tiled kernel always), each window starting at a multiple of 64 cells. 25% faster
+    #   on SmolLM2's 512-token windows; on short requests the padding to 64 cells costs more than it saves.
+    # Filler tokens, a sequence of their own, make up the alignment and the minimum rows.
+    SCORE_SHAPES = {"requests": Shape(ubatch=63, min_rows=4, align=1), "windows": Shape(ubatch=256, min_rows=64, align=64)}
 
-    def _scoring_context(self):
-        """The multi-sequence context: unified KV (a token may belong to several sequences), n_batch = n_ctx =
-        the larger of the session's context and SCORE_TOKENS, so any request the session accepts fits one
-        decode."""
-        if self._sctx is None:
-            ll = self._ll
+    def _scoring_context(self, layout: str):
+        """The multi-sequence context of a layout, made on first use: unified KV (a token may belong to several
+        sequences), n_ctx = n_batch = the larger of the session's context and SCORE_TOKENS plus room for
+        filler, so any request the session accepts fits one decode; and its batch."""
+        if layout not in self._scoring:
+            ll, shape = self._ll, self.SCORE_SHAPES[layout]
             self.score_capacity = max(self.n_ctx, self.SCORE_TOKENS)
             cparams = ll.llama_context_default_params()
-            cparams.n_ctx = self.score_capacity + self.SCORE_TAIL
-            cparams.n_batch = self.score_capacity + self.SCORE_TAIL
-            cparams.n_ubatch = self._score_ubatch = min(self.SCORE_UBATCH, self.score_capacity)
+            cparams.n_ctx = cparams.n_batch = self.score_capacity + shape.min_rows
+            cparams.n_ubatch = shape.ubatch
             cparams.n_seq_max = self.SCORE_SEQS
             cparams.kv_unified = True
             # flash attention: a query skips the cells other sequences hold (plain attention multiplies them in,
@@ -197,10 +196,8 @@ class LlamaCppSession:
             ctx = ll.llama_init_from_model(self.model, cparams)
             if not ctx:
                 raise RuntimeError("llama.cpp could not create the batched scoring context")
-            self._sctx = ctx
-            self._score_seqs = self.SCORE_SEQS - 1  # for requests; the last one is the filler's
-            self._sbatch = ll.llama_batch_init(self.score_capacity, 0, self.SCORE_SEQS)
-        return self._sctx
+            self._scoring[layout] = (ctx, ll.llama_batch_init(self.score_capacity + shape.min_rows, 0, self.SCORE_SEQS))
+        return self._scoring[layout]
 
     def score_many(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[np.ndarray]]:
         """`score` for many groups at once: for each (context, continuations) group, per continuation the logits
@@ -209,12 +206,22 @@ class LlamaCppSession:
         Groups are packed into rounds of up to SCORE_TOKENS tokens, one `llama_decode` each, every group on
         its own sequence ids; a context is decoded once for all its continuations (its tokens carry every
         continuation's sequence id); logits are computed only where a continuation token is predicted."""
-        ctx = self._scoring_context()
+        return self._score(groups, "requests")
+
+    def score_windows(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[np.ndarray]]:
+        """`score_many` in the "windows" layout: for long spans (fidelity's and rolling log-likelihood's
+        windows). Its numbers differ from score_many's (F32 queries, not F16), and never with the batch."""
+        return self._score(groups, "windows")
+
+    def _score(self, groups, layout: str) -> list[list[np.ndarray]]:
+        ctx, batch = self._scoring_context(layout)
+        shape = self.SCORE_SHAPES[layout]
         out: list[list[np.ndarray | None]] = [[None] * len(conts) for _, conts in groups]
         max_outputs = max(1, self.SCORE_LOGIT_BYTES // (4 * self.n_vocab))
-        units = plan_units(groups, self.score_capacity, self._score_seqs)
-        for rnd in plan_rounds(units, min(self.SCORE_TOKENS, self.score_capacity), self._score_seqs, max_outputs):
-            decode_round(self._ll, ctx, self._sbatch, rnd, groups, out, self.n_vocab, (self._score_ubatch, self.SCORE_TAIL))
+        seqs = self.SCORE_SEQS - 1  # for requests; the last one is the filler's
+        units = plan_units(groups, self.score_capacity, seqs)
+        for rnd in plan_rounds(units, min(self.SCORE_TOKENS, self.score_capacity), seqs, max_outputs, shape.align):
+            decode_round(self._ll, ctx, batch, rnd, groups, out, self.n_vocab, shape)
         return out
 
     def perf(self) -> dict[str, float]:
@@ -230,12 +237,10 @@ class LlamaCppSession:
         self._ll.llama_perf_context_reset(self.ctx)
 
     def close(self) -> None:
-        if self._sbatch is not None:
-            self._ll.llama_batch_free(self._sbatch)
-            self._sbatch = None
-        if self._sctx:
-            self._ll.llama_free(self._sctx)
-            self._sctx = None
+        for ctx, batch in self._scoring.values():
+            self._ll.llama_batch_free(batch)
+            self._ll.llama_free(ctx)
+        self._scoring.clear()
         if self.ctx:
             self._ll.llama_free(self.ctx)
             self.ctx = None
