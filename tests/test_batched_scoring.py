@@ -169,7 +169,7 @@ def test_fidelity_one_pass_batched_and_unbatched(model, tmp_path):
     assert batched["top1_agreement"] == pytest.approx(unbatched["top1_agreement"], abs=1 / 160)
 
 
-def test_llama_cpp_scores_many_groups_per_decode(gguf_f32):
+def test_llama_cpp_scores_many_groups_per_decode(gguf_f32, monkeypatch):
     """The packing itself: shared contexts are decoded once, several groups share one llama_decode."""
     import llama_cpp
 
@@ -182,20 +182,13 @@ def test_llama_cpp_scores_many_groups_per_decode(gguf_f32):
         return real(ctx, batch)
 
     groups = [([1, 5, 6, 7], [[8], [9, 10], [11, 12, 13]]), ([1, 20], [[21]]), ([1] + list(range(30, 60)), [[61, 62]])]
-    llama_cpp.llama_decode = counting
-    try:
-        many = session.score_many(groups)
-    finally:
-        llama_cpp.llama_decode = real
+    monkeypatch.setattr(llama_cpp, "llama_decode", counting)
+    many = session.score_many(groups)
     # one decode: each context once, plus every continuation but its last token
     assert calls == [4 + 1 + 2 + 2 + 31 + 1]
     # windows: each group starting at a multiple of 64 cells (filler tokens between), every ubatch >= 64 rows
     calls.clear()
-    llama_cpp.llama_decode = counting
-    try:
-        windows = session.score_windows(groups)
-    finally:
-        llama_cpp.llama_decode = real
+    windows = session.score_windows(groups)
     assert calls == [64 + 64 + 32]
     for rows_many, rows_windows in zip(many, windows, strict=True):
         for a, b in zip(rows_many, rows_windows, strict=True):

@@ -175,13 +175,17 @@ class LlamaCppSession:
     # Filler tokens, a sequence of their own, make up the alignment and the minimum rows.
     SCORE_SHAPES = {"requests": Shape(ubatch=63, min_rows=4, align=1), "windows": Shape(ubatch=256, min_rows=64, align=64)}
 
+    @property
+    def score_capacity(self) -> int:
+        """KV cells for requests in a scoring decode: the larger of the session's context and SCORE_TOKENS."""
+        return max(self.n_ctx, self.SCORE_TOKENS)
+
     def _scoring_context(self, layout: str):
         """The multi-sequence context of a layout, made on first use: unified KV (a token may belong to several
-        sequences), n_ctx = n_batch = the larger of the session's context and SCORE_TOKENS plus room for
-        filler, so any request the session accepts fits one decode; and its batch."""
+        sequences), n_ctx = n_batch = score_capacity plus room for filler, so any request the session accepts
+        fits one decode; and its batch."""
         if layout not in self._scoring:
             ll, shape = self._ll, self.SCORE_SHAPES[layout]
-            self.score_capacity = max(self.n_ctx, self.SCORE_TOKENS)
             cparams = ll.llama_context_default_params()
             cparams.n_ctx = cparams.n_batch = self.score_capacity + shape.min_rows
             cparams.n_ubatch = shape.ubatch
