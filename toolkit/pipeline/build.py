@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import psutil
+
+from toolkit.catalogue import find_card
 from toolkit.errors import UserError
 from toolkit.formats import get_format
 from toolkit.pipeline.workspace import variant_specs
@@ -12,6 +16,9 @@ from toolkit.records import BuildFailure, Variant
 from toolkit.sources import resolve, source_kind
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
+# Peak memory of one candidate's build per parameter, with room: Gemma 3 270M's (dequantized to fp32, then
+# onnxruntime-genai's builder) peaked at 4.7 GB, 17 bytes per parameter.
+BUILD_BYTES_PER_PARAM = 32
 
 
 def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: None) -> Built:
@@ -35,3 +42,32 @@ def not_built(recipe: Recipe, candidate: Candidate, reason: str) -> list[BuildFa
     model, kind = candidate.name or candidate.model, source_kind(candidate, recipe)
     specs = [s for s in variant_specs(recipe) if kind is None or get_format(s.format).applies_to(kind, s)]
     return [BuildFailure(model=model, format=s.format, quant=s.quant, reason=reason) for s in specs]
+
+
+def candidate_params(candidate: Candidate, recipe: Recipe) -> int | None:
+    """The candidate's parameter count, told without fetching anything: its catalogue card, or the headers of a
+    local GGUF file or safetensors folder; None when unknown (a hub reference not yet fetched)."""
+    from toolkit.formats.gguf_header import read_header
+    from toolkit.reference import count_parameters
+
+    if (card := find_card(candidate.model)) is not None:
+        return int(card.params_m * 1e6)
+    path = Path(candidate.model) if Path(candidate.model).is_absolute() else recipe.base_dir / candidate.model
+    try:
+        return read_header(path).n_params if path.is_file() else count_parameters(path) if path.is_dir() else None
+    except Exception:  # noqa: BLE001 - a file its build will reject, with that build's own message
+        return None
+
+
+def local_build_width(recipe: Recipe) -> int:
+    """How many candidates to build at once on this machine. Half of a build is one-threaded Python (the
+    dequantize, llama.cpp's converter, onnxruntime-genai's builder), so two builds share two cores well: as
+    many as there are cores, as long as every build's peak (BUILD_BYTES_PER_PARAM) fits the memory available;
+    one at a time when a candidate's size is unknown."""
+    if len(recipe.candidates) < 2:
+        return 1
+    sizes = [candidate_params(c, recipe) for c in recipe.candidates]
+    if None in sizes:
+        return 1
+    fits = psutil.virtual_memory().available // (BUILD_BYTES_PER_PARAM * max(sizes))
+    return int(max(1, min(len(sizes), os.cpu_count() or 1, fits)))

@@ -19,7 +19,8 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     """Build (or find cached) each variant; a format's own cache makes a rerun cheap. A variant that cannot be
     built (an architecture a builder does not support, a precision it lacks) is recorded with its one-line
     reason and the sweep goes on; when nothing could be built, that is the error. The executor builds as many
-    candidate models at once as it can (one model's variants share its conversion, so they stay together)."""
+    candidate models at once as it can (one model's variants share its conversion, so they stay together);
+    the variants keep the recipe's order whatever finishes first."""
     ws = workspace(recipe)
     total, done = len(recipe.candidates) * len(variant_specs(recipe)), [0]
 
@@ -28,7 +29,7 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
         done[0] += 1
     calls = [functools.partial(executor.build, recipe, i, ws, step) for i in range(len(recipe.candidates))]
     variants, failed = [], []
-    for built, not_built in fan_out(executor, calls):
+    for built, not_built in fan_out(executor, calls, executor.build_width(recipe)):
         variants += built
         failed += not_built
     for failure in failed:

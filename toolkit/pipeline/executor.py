@@ -1,14 +1,13 @@
-"""Where the evaluate stage's child-process jobs run: here, one after another (`Local`, the default), or fanned
-out over a Ray cluster (`RayExecutor`, `toolkit evaluate --executor ray --ray-address HEAD:6379`).
+"""Where compress builds and the evaluate stage's child-process jobs run: here (`Local`, the default), or over a
+Ray cluster (`RayExecutor`, `toolkit evaluate --executor ray --ray-address HEAD:6379`).
 
-A stage hands every job that is not cached to `fan_out`; each job still runs in a fresh child process
-(profiling/harness.py), on whichever node has the CPUs it asks for: a job reserves `threads` CPUs, so on a
-node of 2 cores two jobs of 2 threads never run at once. The files a job reads (the variant, the corpus, its
-reference's logits, the offline tasks) travel through Ray's object store to a node-local folder that is
-deleted after the job, or are read in place when every node mounts the workspace (`shared=True`); what a job
-writes (a reference's logits) comes back the same way. Results are cached by the driver under the same
-content keys as a local run, so a rerun anywhere reuses finished work. A job whose node dies is recorded as
-a crash with Ray's reason; the other jobs complete, and the next run redoes only the missing ones.
+A stage hands every job that is not cached to `fan_out`; each job runs in a fresh child process
+(profiling/harness.py) on a node with the CPUs it reserves (`threads`: two 2-thread jobs never share 2 cores).
+A job's inputs (the variant, the corpus, its reference's logits, the offline tasks) travel through Ray's object
+store to a node-local folder deleted after the job, or are read in place when every node mounts the workspace
+(`shared=True`); what it writes (a reference's logits) comes back the same way. The driver caches results
+under a local run's content keys, so a rerun anywhere reuses finished work. A job whose node dies is recorded
+as a crash with Ray's reason; the others complete, and the next run redoes only the missing ones.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Protocol, TypeVar
 from toolkit.errors import UserError
 from toolkit.io import cache_root, content_hash, ensure_dir, temp_prefix
 from toolkit.pipeline import jobs
-from toolkit.pipeline.build import Built, build_candidate, not_built
+from toolkit.pipeline.build import Built, build_candidate, local_build_width, not_built
 from toolkit.pipeline.workspace import threads
 from toolkit.profiling.harness import ChildResult, run_child
 from toolkit.recipe import Recipe
@@ -42,15 +41,15 @@ class Executor(Protocol):
     def run(self, job: jobs.Job, timeout_s: float, memory_cap_mb: float | None, log: Path,
             returns: Path | None = None) -> ChildResult:
         """Run `job` in a child process; `returns`: a folder the job writes that must end up here."""
-        ...
 
     def build(self, recipe: Recipe, index: int, ws: Path, step: Callable[[str], None]) -> Built:
         """Every variant of the recipe's `index`-th candidate, its files in `ws`."""
-        ...
+
+    def build_width(self, recipe: Recipe) -> int: ...  # how many candidates `build` builds at once
 
 
 class Local:
-    """Today's behaviour: every job in a child process of this machine, one at a time."""
+    """Jobs in child processes here, one at a time; candidates built side by side as `local_build_width` allows."""
 
     width = 1
 
@@ -61,15 +60,18 @@ class Local:
     def build(self, recipe: Recipe, index: int, ws: Path, step: Callable[[str], None]) -> Built:
         return build_candidate(recipe, index, ws, step)
 
+    def build_width(self, recipe: Recipe) -> int:
+        return local_build_width(recipe)
+
 
 LOCAL = Local()
 
 
-def fan_out(executor: Executor, calls: list[Callable[[], T]]) -> list[T]:
-    """Every call's result, in order; as many at once as the executor runs."""
-    if executor.width <= 1 or len(calls) <= 1:
+def fan_out(executor: Executor, calls: list[Callable[[], T]], width: int | None = None) -> list[T]:
+    """Every call's result, in order; as many at once as the executor runs (or `width`)."""
+    if (width := width or executor.width) <= 1 or len(calls) <= 1:
         return [call() for call in calls]
-    with ThreadPoolExecutor(min(executor.width, len(calls))) as pool:
+    with ThreadPoolExecutor(min(width, len(calls))) as pool:
         return list(pool.map(lambda call: call(), calls))
 
 
@@ -102,10 +104,8 @@ class RayExecutor:
 
         cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
         self.largest = int(max(cpus, default=0))
-        self.width = max(1, int(sum(cpus)))
-        self.shared = shared
-        self.task = ray.remote(run_there)
-        self.build_task = ray.remote(build_there)
+        self.width, self.shared = max(1, int(sum(cpus))), shared
+        self.task, self.build_task = ray.remote(run_there), ray.remote(build_there)
 
     def run(self, job: jobs.Job, timeout_s: float, memory_cap_mb: float | None, log: Path,
             returns: Path | None = None) -> ChildResult:
@@ -152,6 +152,9 @@ class RayExecutor:
         except ray.exceptions.RayError as exc:
             return [], not_built(recipe, candidate, "Ray: " + ray_reason(exc))
         return variants, [BuildFailure.model_validate(f) for f in head["failed"]]
+
+    def build_width(self, recipe: Recipe) -> int:
+        return self.width
 
 
 def needed_files(job: jobs.Job) -> list[str]:
