@@ -35,7 +35,7 @@ from toolkit.records import (
 )
 from toolkit.runtimes import get_runtime
 
-PROFILER_VERSION = 3  # bump when the measurement method changes, so cached profiles are re-measured
+PROFILER_VERSION = 4  # bump when the measurement method changes, so cached profiles are re-measured
 # Settings that decide how many rounds run, not what one round measures: left out of a round's cache key.
 ROUND_SETTINGS = {"power", "rounds", "max_rounds", "target_win_probability", "extra_time_s", "noise_margin", "certify_runs"}
 

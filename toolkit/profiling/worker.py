@@ -99,28 +99,21 @@ def energy_figures(energy: Recorder, choice: Choice) -> dict:
 
 
 def timed_runs(session, tokens: list[int], job: dict, energy: Recorder) -> dict:
+    """`repeats` timed prefills of each prompt length, and `repeats` decodes of `decode_tokens` after a prompt of
+    the first length. The prefills before the decodes are that length's timed prefills: the same call on a fresh
+    cache, not run twice."""
     lengths, n_decode = job["prompt_lengths"], job["decode_tokens"]
     for _ in range(job["warmup"]):
         first = session.prefill(tokens[: lengths[0]])
         for _ in range(min(8, n_decode)):
             first = session.decode(first)
-    prompts = []
-    for length in lengths:
-        ttft, runtime_tps = [], []
+    prompts = {length: {"prompt_tokens": length, "ttft_ms": [], "runtime_prefill_tps": []} for length in lengths}
+    for length in lengths[1:]:
         for _ in range(job["repeats"]):
-            session.reset_perf()
-            start = energy.mark()
-            t0 = time.perf_counter()
-            session.prefill(tokens[:length])
-            ttft.append((time.perf_counter() - t0) * 1000)
-            energy.window("prefill", length, start, energy.mark())
-            perf = _counters(session)
-            if perf and perf["prefill_ms"] > 0:
-                runtime_tps.append(perf["prefill_tokens"] / perf["prefill_ms"] * 1000)
-        prompts.append({"prompt_tokens": length, "ttft_ms": ttft, "runtime_prefill_tps": runtime_tps})
+            timed_prefill(session, tokens[:length], energy, prompts[length])
     decode_tps, itl, runtime_decode = [], [], []
     for _ in range(job["repeats"]):
-        token = session.prefill(tokens[: lengths[0]])
+        token = timed_prefill(session, tokens[: lengths[0]], energy, prompts[lengths[0]])
         session.reset_perf()
         steps = []
         start = energy.mark()
@@ -135,12 +128,26 @@ def timed_runs(session, tokens: list[int], job: dict, energy: Recorder) -> dict:
         if perf and perf["decode_ms"] > 0:
             runtime_decode.append(perf["decode_tokens"] / perf["decode_ms"] * 1000)
     return {
-        "prompts": prompts,
+        "prompts": list(prompts.values()),
         "decode_tps": decode_tps,
         "itl_ms": itl,
         "runtime_decode_tps": runtime_decode,
         "decode_context": lengths[0],
     }
+
+
+def timed_prefill(session, prompt: list[int], energy: Recorder, into: dict) -> int:
+    """One prefill on a fresh cache: its time to first token and runtime-counted speed added to `into`."""
+    session.reset_perf()
+    start = energy.mark()
+    t0 = time.perf_counter()
+    token = session.prefill(prompt)
+    into["ttft_ms"].append((time.perf_counter() - t0) * 1000)
+    energy.window("prefill", len(prompt), start, energy.mark())
+    perf = _counters(session)
+    if perf and perf["prefill_ms"] > 0:
+        into["runtime_prefill_tps"].append(perf["prefill_tokens"] / perf["prefill_ms"] * 1000)
+    return token
 
 
 def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None) -> dict:
