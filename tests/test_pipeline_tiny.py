@@ -208,8 +208,9 @@ def test_cli_bad_budget_flag_is_one_line(flag, value, words):
 def test_candidates_build_side_by_side_in_recipe_order(tiny_llama, tmp_path, monkeypatch):
     """Two candidates built at once (two cores, memory for both) give the variants a one-at-a-time build gives,
     byte for byte, in the recipe's order; with one core, or a candidate of unknown size, one at a time."""
-    from toolkit.pipeline import build
-    from toolkit.pipeline.build import candidate_params, local_build_width
+    from toolkit.pipeline import local as build
+    from toolkit.pipeline.build import candidate_params
+    from toolkit.pipeline.local import local_build_width
 
     def two(folder: Path, first: str = str(tiny_llama)):
         folder.mkdir(exist_ok=True)
@@ -240,3 +241,43 @@ def test_candidates_build_side_by_side_in_recipe_order(tiny_llama, tmp_path, mon
     assert local_build_width(two(tmp_path / "hub", "hf:someone/unknown-model")) == 1  # size unknown until fetched
     monkeypatch.setattr(build, "BUILD_BYTES_PER_PARAM", 1 << 40)  # no room for two builds
     assert local_build_width(side_by_side) == 1
+
+
+def test_evaluation_jobs_run_two_at_once_with_the_same_numbers(recipe, manifest, monkeypatch):
+    """With two threads, fidelity runs the reference, then the other two variants at once with one thread each,
+    and gets the numbers one job at a time with both threads gets."""
+    import shutil
+    import threading
+
+    from toolkit.pipeline import local
+    from toolkit.pipeline.fidelity import fidelity
+    from toolkit.pipeline.workspace import corpus
+
+    running, peak, threads, lock = [0], [0], [], threading.Lock()
+    original = jobs.run
+
+    def tracked(job, *args):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            threads.append(job.threads)
+        try:
+            return original(job, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+    monkeypatch.setattr(jobs, "run", tracked)
+    assert local.local_job_width(recipe, manifest.variants) == 2
+    together = fidelity(recipe, manifest, corpus(recipe))
+    assert peak[0] == 2 and threads == [1, 1, 1]
+    for folder in ("quality", "fidelity"):
+        shutil.rmtree(recipe.workspace_dir() / folder)
+    monkeypatch.setattr(local, "JOBS_AT_ONCE", 1)
+    peak[0], threads[:] = 0, []
+    alone = fidelity(recipe, manifest, corpus(recipe))
+    assert peak[0] == 1 and threads == [2, 2, 2]
+    figures = ("perplexity", "bits_per_byte", "kl_mean", "kl_p99", "top1_agreement", "status")
+    assert [q.model_dump(include=set(figures)) for q in together] == [q.model_dump(include=set(figures)) for q in alone]
+    assert all(q.status == "ok" for q in alone) and alone[1].kl_mean > 0
+    monkeypatch.setattr(local, "JOB_OVERHEAD_BYTES", 1 << 50)  # no room for two
+    assert local.local_job_width(recipe, manifest.variants) == 1

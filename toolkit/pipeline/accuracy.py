@@ -71,9 +71,10 @@ def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
              ruled_out: dict[str, str] | None = None, executor: Executor = LOCAL) -> list[EvalResult]:
     """Every variant on every task, except those in `ruled_out` (pipeline/search.py): they get the reason.
     One child per variant scores all of its tasks that are not cached yet (one model load, one lm-eval start);
-    the executor runs as many variants at once as it can."""
+    the executor runs as many variants at once as it can for these variants."""
     tasks, ruled_out = recipe.accuracy.tasks, ruled_out or {}
     folders = task_dirs(recipe)
+    executor = executor.for_jobs(recipe, [v for v in manifest.variants if v.id not in ruled_out])
     done = [0]
 
     def one(variant: Variant) -> dict[str, EvalResult | None]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import psutil
 
 from toolkit.catalogue import find_card
 from toolkit.errors import UserError
@@ -16,9 +13,6 @@ from toolkit.records import BuildFailure, Variant
 from toolkit.sources import resolve, source_kind
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
-# Peak memory of one candidate's build per parameter, with room: Gemma 3 270M's (dequantized to fp32, then
-# onnxruntime-genai's builder) peaked at 4.7 GB, 17 bytes per parameter.
-BUILD_BYTES_PER_PARAM = 32
 
 
 def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: None) -> Built:
@@ -58,16 +52,3 @@ def candidate_params(candidate: Candidate, recipe: Recipe) -> int | None:
     except Exception:  # noqa: BLE001 - a file its build will reject, with that build's own message
         return None
 
-
-def local_build_width(recipe: Recipe) -> int:
-    """How many candidates to build at once on this machine. Half of a build is one-threaded Python (the
-    dequantize, llama.cpp's converter, onnxruntime-genai's builder), so two builds share two cores well: as
-    many as there are cores, as long as every build's peak (BUILD_BYTES_PER_PARAM) fits the memory available;
-    one at a time when a candidate's size is unknown."""
-    if len(recipe.candidates) < 2:
-        return 1
-    sizes = [candidate_params(c, recipe) for c in recipe.candidates]
-    if None in sizes:
-        return 1
-    fits = psutil.virtual_memory().available // (BUILD_BYTES_PER_PARAM * max(sizes))
-    return int(max(1, min(len(sizes), os.cpu_count() or 1, fits)))

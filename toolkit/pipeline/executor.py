@@ -26,7 +26,8 @@ from typing import Protocol, TypeVar
 from toolkit.errors import UserError
 from toolkit.io import cache_root, content_hash, ensure_dir, temp_prefix
 from toolkit.pipeline import jobs
-from toolkit.pipeline.build import Built, build_candidate, local_build_width, not_built
+from toolkit.pipeline.build import Built, build_candidate, not_built
+from toolkit.pipeline.local import LOCAL
 from toolkit.pipeline.workspace import threads
 from toolkit.profiling.harness import ChildResult, run_child
 from toolkit.recipe import Recipe
@@ -47,24 +48,7 @@ class Executor(Protocol):
 
     def build_width(self, recipe: Recipe) -> int: ...  # how many candidates `build` builds at once
 
-
-class Local:
-    """Jobs in child processes here, one at a time; candidates built side by side as `local_build_width` allows."""
-
-    width = 1
-
-    def run(self, job: jobs.Job, timeout_s: float, memory_cap_mb: float | None, log: Path,
-            returns: Path | None = None) -> ChildResult:
-        return jobs.run(job, timeout_s, memory_cap_mb, log)
-
-    def build(self, recipe: Recipe, index: int, ws: Path, step: Callable[[str], None]) -> Built:
-        return build_candidate(recipe, index, ws, step)
-
-    def build_width(self, recipe: Recipe) -> int:
-        return local_build_width(recipe)
-
-
-LOCAL = Local()
+    def for_jobs(self, recipe: Recipe, variants: list[Variant]) -> Executor: ...  # sized for these variants' jobs
 
 
 def fan_out(executor: Executor, calls: list[Callable[[], T]], width: int | None = None) -> list[T]:
@@ -155,6 +139,9 @@ class RayExecutor:
 
     def build_width(self, recipe: Recipe) -> int:
         return self.width
+
+    def for_jobs(self, recipe: Recipe, variants: list[Variant]) -> RayExecutor:
+        return self
 
 
 def needed_files(job: jobs.Job) -> list[str]:

@@ -30,26 +30,31 @@ def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
 
 def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progress = quiet,
              executor: Executor = LOCAL) -> list[Quality]:
-    """Per candidate model: its reference first (it writes the logits the others are compared with), then
-    every other variant of that model, as many at once as the executor runs."""
+    """Every candidate model's reference first (it writes the logits the others are compared with), then every
+    other variant of every model; as many at once as the executor runs for these variants."""
     digest = sha256_file(corpus)
-    results, done = [], [0]
+    executor = executor.for_jobs(recipe, manifest.variants)
+    done = [0]
 
     def one(variant: Variant, reference: Variant, ref_dir: Path) -> Quality:
         progress(f"fidelity {variant.label}", done[0], len(manifest.variants))
         quality = _cached_score(recipe, variant, corpus, digest, reference, ref_dir, executor)
         done[0] += 1
         return quality
+    references = {}
     for model in dict.fromkeys(v.model for v in manifest.variants):
         reference = reference_variant(manifest, model)
         ref_key = content_hash(digest, recipe.quality.model_dump(), reference.sha256, runtime_versions(reference), FIDELITY_VERSION)
-        ref_dir = ensure_dir(recipe.workspace_dir() / "fidelity" / f"{reference.id}-{ref_key}")
-        others = [v for v in manifest.variants if v.model == model and v.id != reference.id]
-        results.append(scored := one(reference, reference, ref_dir))
+        references[model] = reference, ensure_dir(recipe.workspace_dir() / "fidelity" / f"{reference.id}-{ref_key}")
+    scored_refs = fan_out(executor, [functools.partial(one, ref, ref, folder) for ref, folder in references.values()])
+    results, calls = list(scored_refs), []
+    for (reference, ref_dir), scored in zip(references.values(), scored_refs, strict=True):
+        others = [v for v in manifest.variants if v.model == reference.model and v.id != reference.id]
         if scored.status == "ok":
-            results += fan_out(executor, [functools.partial(one, v, reference, ref_dir) for v in others])
+            calls += [functools.partial(one, v, reference, ref_dir) for v in others]
         else:  # nothing to compare with: said once per variant, not found out by each one's child
             results += [_without_reference(recipe, v, digest, reference, scored) for v in others]
+    results += fan_out(executor, calls)
     order = {v.id: i for i, v in enumerate(manifest.variants)}
     return sorted(results, key=lambda q: order[q.variant_id])
 

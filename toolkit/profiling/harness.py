@@ -40,7 +40,7 @@ def run_child(job: dict, timeout_s: float, memory_cap_mb: float | None, log_path
                 [sys.executable, "-m", "toolkit.profiling.worker", str(job_file), str(out_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent(),
+                preexec_fn=die_with_parent(waited=True),
             )
             verdict = _watch(child, timeout_s, memory_cap_mb)
         wall = time.perf_counter() - start
