@@ -205,9 +205,10 @@ def test_cli_bad_budget_flag_is_one_line(flag, value, words):
     assert len(lines) == 1 and words in lines[0] and "demo.yaml" in lines[0]
 
 
-def test_candidates_build_side_by_side_in_recipe_order(tiny_llama, tmp_path, monkeypatch):
-    """Two candidates built at once (two cores, memory for both) give the variants a one-at-a-time build gives,
-    byte for byte, in the recipe's order; with one core, or a candidate of unknown size, one at a time."""
+def test_candidates_build_side_by_side_in_recipe_order(built, tiny_llama, tmp_path, monkeypatch):
+    """Two candidates built at once (two cores, memory for both) give the variant a one-at-a-time build gave (the
+    module's ladder), byte for byte, in the recipe's order; with one core, or a candidate of unknown size, one at
+    a time."""
     from toolkit.pipeline import local as build
     from toolkit.pipeline.build import candidate_params
     from toolkit.pipeline.local import local_build_width
@@ -231,12 +232,11 @@ def test_candidates_build_side_by_side_in_recipe_order(tiny_llama, tmp_path, mon
     assert local_build_width(side_by_side) == 2
     assert candidate_params(side_by_side.candidates[0], side_by_side) > 0
     together = pipeline.compress(side_by_side)
-    monkeypatch.setattr(build.os, "cpu_count", lambda: 1)
-    alone = two(tmp_path / "alone")
-    assert local_build_width(alone) == 1
-    serial = pipeline.compress(alone)
+    serial = next(v for v in Manifest.load(built / "manifest.json").variants if v.quant == "Q8_0")
     assert [v.label for v in together.variants] == ["tiny-b Q8_0", "tiny-a Q8_0"]
-    assert [v.sha256 for v in together.variants] == [v.sha256 for v in serial.variants]
+    assert [v.sha256 for v in together.variants] == [serial.sha256] * 2
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 1)
+    assert local_build_width(side_by_side) == 1
     monkeypatch.setattr(build.os, "cpu_count", lambda: 2)
     assert local_build_width(two(tmp_path / "hub", "hf:someone/unknown-model")) == 1  # size unknown until fetched
     monkeypatch.setattr(build, "BUILD_BYTES_PER_PARAM", 1 << 40)  # no room for two builds
