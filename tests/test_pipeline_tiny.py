@@ -227,7 +227,7 @@ def test_candidates_build_side_by_side_in_recipe_order(built, tiny_llama, tmp_pa
               gguf:
                 quants: [Q8_0]
             """))
-    monkeypatch.setattr(build.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(build, "usable_cpus", lambda: 2)
     side_by_side = two(tmp_path / "side")
     assert local_build_width(side_by_side) == 2
     assert candidate_params(side_by_side.candidates[0], side_by_side) > 0
@@ -235,9 +235,9 @@ def test_candidates_build_side_by_side_in_recipe_order(built, tiny_llama, tmp_pa
     serial = next(v for v in Manifest.load(built / "manifest.json").variants if v.quant == "Q8_0")
     assert [v.label for v in together.variants] == ["tiny-b Q8_0", "tiny-a Q8_0"]
     assert [v.sha256 for v in together.variants] == [serial.sha256] * 2
-    monkeypatch.setattr(build.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(build, "usable_cpus", lambda: 1)
     assert local_build_width(side_by_side) == 1
-    monkeypatch.setattr(build.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(build, "usable_cpus", lambda: 2)
     assert local_build_width(two(tmp_path / "hub", "hf:someone/unknown-model")) == 1  # size unknown until fetched
     monkeypatch.setattr(build, "BUILD_BYTES_PER_PARAM", 1 << 40)  # no room for two builds
     assert local_build_width(side_by_side) == 1

@@ -42,9 +42,7 @@ def resolve(candidate: Candidate, recipe: Recipe) -> SourceModel:
     if candidate.model.startswith("hf:"):
         repo = candidate.model.removeprefix("hf:")
         return _from_hub(HubSource(repo=repo), name, candidate)
-    path = Path(candidate.model)
-    if not path.is_absolute():
-        path = recipe.base_dir / path
+    path = local_path(candidate, recipe)
     if not path.exists():
         raise UserError(
             f"model {candidate.model!r} is neither in the catalogue (toolkit models) nor a local path",
@@ -63,8 +61,14 @@ def source_kind(candidate: Candidate, recipe: Recipe) -> Literal["gguf", "hf"] |
         return "gguf"
     if source is not None or candidate.model.startswith("hf:"):
         return "gguf" if getattr(source, "gguf_file", None) else "hf"
-    path = Path(candidate.model) if Path(candidate.model).is_absolute() else recipe.base_dir / candidate.model
+    path = local_path(candidate, recipe)
     return None if not path.exists() else "gguf" if path.is_file() else "hf"
+
+
+def local_path(candidate: Candidate, recipe: Recipe) -> Path:
+    """Where the candidate's model would be as a local path: as written, or relative to the recipe's folder."""
+    path = Path(candidate.model)
+    return path if path.is_absolute() else recipe.base_dir / path
 
 
 def _name_from_ref(ref: str) -> str:

@@ -10,7 +10,7 @@ from toolkit.formats import get_format
 from toolkit.pipeline.workspace import variant_specs
 from toolkit.recipe import Candidate, Recipe
 from toolkit.records import BuildFailure, Variant
-from toolkit.sources import resolve, source_kind
+from toolkit.sources import local_path, resolve, source_kind
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
 
@@ -46,7 +46,7 @@ def candidate_params(candidate: Candidate, recipe: Recipe) -> int | None:
 
     if (card := find_card(candidate.model)) is not None:
         return int(card.params_m * 1e6)
-    path = Path(candidate.model) if Path(candidate.model).is_absolute() else recipe.base_dir / candidate.model
+    path = local_path(candidate, recipe)
     try:
         return read_header(path).n_params if path.is_file() else count_parameters(path) if path.is_dir() else None
     except Exception:  # noqa: BLE001 - a file its build will reject, with that build's own message

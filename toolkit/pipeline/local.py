@@ -1,6 +1,6 @@
 """The local executor (the default): jobs in child processes of this machine, builds in this process.
 
-Fidelity and accuracy jobs run two at a time where the recipe has two cores or more, each with half the threads:
+Fidelity and accuracy jobs run two at a time where the recipe has two threads or more, each with half of them:
 a job's one-threaded parts (Python start-up, lm-eval, the numpy reductions) then overlap the other job's
 runtime work. llama.cpp computes every logit the same whatever its thread count, so the numbers do not change
 (checked on the demo's GGUF variants); on 2 cores two demo variants took 11% less time than one at a time.
@@ -9,7 +9,6 @@ Profiling never runs here side by side: it calls `jobs.run` itself, one process 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import psutil
 from toolkit.pipeline import jobs
 from toolkit.pipeline.build import Built, build_candidate, candidate_params
 from toolkit.pipeline.workspace import threads
+from toolkit.profiling.device import usable_cpus
 from toolkit.profiling.harness import ChildResult
 from toolkit.recipe import Recipe
 from toolkit.records import Variant
@@ -58,7 +58,7 @@ LOCAL = Local()
 def local_build_width(recipe: Recipe) -> int:
     """How many candidates to build at once on this machine. Half of a build is one-threaded Python (the
     dequantize, llama.cpp's converter, onnxruntime-genai's builder), so two builds share two cores well: as
-    many as there are cores, as long as every build's peak (BUILD_BYTES_PER_PARAM) fits the memory available;
+    many as there are usable cores, as long as every build's peak (BUILD_BYTES_PER_PARAM) fits the memory available;
     one at a time when a candidate's size is unknown."""
     if len(recipe.candidates) < 2:
         return 1
@@ -66,7 +66,7 @@ def local_build_width(recipe: Recipe) -> int:
     if None in sizes:
         return 1
     fits = psutil.virtual_memory().available // (BUILD_BYTES_PER_PARAM * max(sizes))
-    return int(max(1, min(len(sizes), os.cpu_count() or 1, fits)))
+    return int(max(1, min(len(sizes), usable_cpus(), fits)))
 
 
 def local_job_width(recipe: Recipe, variants: list[Variant]) -> int:
