@@ -91,3 +91,33 @@ def test_reference_windows_are_reused_by_the_variant(tmp_path):
     same = perplexity(Other(256, by_byte), TEXT, 32, 2, {"dir": str(tmp_path), "write": False})
     assert same["bytes_scored"] == ref["bytes_scored"] and same["kl_mean"] == pytest.approx(0, abs=5e-3)  # logits stored as float16
     assert same["top1_agreement"] == 1.0
+
+
+class Peaked(Uniform):
+    """Random logits, three standard deviations wide: far from the uniform reference."""
+
+    def logits(self, tokens):
+        return np.random.default_rng(len(tokens)).normal(size=(len(tokens), self.n_vocab)).astype(np.float32) * 3
+
+
+def test_scoring_stops_once_a_figure_is_sure_to_break_its_limit_and_its_bounds_hold(tmp_path):
+    """With `stop_over`, scoring stops after the first pair of passages whose figures so far already put the
+    whole text's over a limit; the lower bounds it returns never exceed what scoring everything gives."""
+    reference = {"dir": str(tmp_path), "write": True}
+    assert "lower_bounds" not in perplexity(Uniform(256, by_byte), TEXT, 32, 6, reference, stop_over={"kl": 0})
+    reading = {"dir": str(tmp_path), "write": False}
+    full = perplexity(Peaked(256, by_byte), TEXT, 32, 6, reading)
+    assert full["chunks"] == 6 and "lower_bounds" not in full
+
+    halfway = {"kl": full["kl_mean"] / 2, "perplexity": full["perplexity"] ** 0.5, "bits_per_byte": full["bits_per_byte"] / 2}
+    for metric, limit in halfway.items():
+        stopped = perplexity(Peaked(256, by_byte), TEXT, 32, 6, reading, stop_over={metric: limit})
+        bounds = stopped["lower_bounds"]
+        assert stopped["chunks"] < 6 and bounds[metric] > limit, (metric, stopped)
+        assert bounds["kl"] <= full["kl_mean"] and bounds["perplexity"] <= full["perplexity"]
+        assert bounds["bits_per_byte"] <= full["bits_per_byte"]
+        assert stopped["tokens_scored"] < full["tokens_scored"]
+
+    # a limit the whole text stays under never stops it: the same figures as without one
+    never = perplexity(Peaked(256, by_byte), TEXT, 32, 6, reading, stop_over={"kl": full["kl_mean"] * 1.01})
+    assert never == full

@@ -71,6 +71,10 @@ def test_staged_and_exhaustive_pick_the_same_and_staged_measures_less(tmp_path, 
     too_far = [q for q, r in by_quant.items() if kl[r.variant_id] > 0.5]
     assert too_far == ["x8"], kl
     assert by_quant["x8"].status == "skipped" and by_quant["x8"].verdict.startswith("not measured further: KL divergence")
+    # ... and its fidelity scoring stopped half-way, once its KL over the whole text was sure to exceed 0.5
+    stopped = {q.variant_id: q for q in staged_report.quality}[by_quant["x8"].variant_id]
+    assert stopped.status == "stopped" and stopped.chunks == 1 and stopped.lower_bounds["kl"] > 0.5
+    assert "at least: scoring stopped after 1 of 2 chunks" in by_quant["x8"].verdict
     assert by_quant["x8"].metrics["decode_tps"] is None
     # the slowest is profiled, breaks min_decode_tps even 25% faster, and is not evaluated for accuracy
     assert by_quant["x1"].metrics["decode_tps"] < 190 / 1.25
@@ -85,6 +89,9 @@ def test_staged_and_exhaustive_pick_the_same_and_staged_measures_less(tmp_path, 
     assert set(exhaustive.tied_with) == set(staged.tied_with)
     rows = {r.quant: r for r in exhaustive.rows}
     assert rows["x8"].status == "ok" and rows["x8"].violations and rows["x1"].violations  # measured, over budget
+    full = {q.variant_id: q for q in exhaustive_report.quality}[rows["x8"].variant_id]  # scored whole: over its bound
+    assert full.status == "ok" and full.chunks == 2 and full.kl_mean >= stopped.lower_bounds["kl"]
+    assert full.perplexity >= stopped.lower_bounds["perplexity"] and full.bits_per_byte >= stopped.lower_bounds["bits_per_byte"]
     assert {q: r.win_probability for q, r in rows.items() if q not in ("x1", "x8")} == {
         q: r.win_probability for q, r in by_quant.items() if q not in ("x1", "x8")}
 

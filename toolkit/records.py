@@ -29,11 +29,8 @@ class Record(BaseModel):
         except ValueError as exc:
             raise UserError(f"not a valid {cls.__name__} record ({_first_error(exc)})", file=path) from exc
         if record.schema_version != SCHEMA_VERSION:
-            raise UserError(
-                f"written by schema version {record.schema_version}, this toolkit reads {SCHEMA_VERSION}",
-                file=path,
-                field="schema_version",
-            )
+            raise UserError(f"written by schema version {record.schema_version}, this toolkit reads {SCHEMA_VERSION}",
+                            file=path, field="schema_version")
         return record
 
 
@@ -126,6 +123,7 @@ class LlamaBench(BaseModel):
 
 
 RunStatus = Literal["ok", "oom", "crash", "timeout", "skipped"]
+QualityStatus = Literal["ok", "stopped", "oom", "crash", "timeout", "skipped"]  # stopped: sure to break the budget
 
 
 class EnergyWindow(BaseModel):
@@ -195,7 +193,7 @@ class Quality(Record):
 
     key: str
     variant_id: str
-    status: RunStatus
+    status: QualityStatus
     reason: str | None = None
     corpus: str
     corpus_sha256: str
@@ -210,6 +208,7 @@ class Quality(Record):
     kl_mean: float | None = None
     kl_p99: float | None = None
     top1_agreement: float | None = None
+    lower_bounds: dict[str, float] | None = None  # status "stopped": the least each figure can be over the whole text
     wall_s: float = 0.0
 
 

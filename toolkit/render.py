@@ -150,8 +150,7 @@ def evaluation_table(manifest: Manifest, quality: list[Quality], accuracy: list[
     a_by = {(a.variant_id, a.task): a for a in accuracy}
     for v in manifest.variants:
         q = q_by.get(v.id)
-        cells = [_f(q.perplexity, 2), _f(q.bits_per_byte, 3), _f(q.kl_mean, 4), _f(q.kl_p99, 3), _f(q.top1_agreement, 3)] \
-            if q and q.status == "ok" else [q.status if q else "-", "", "", "", ""]
+        cells = _quality_cells(q)
         for task in tasks:
             a = a_by.get((v.id, task))
             if a and a.status == "ok":
@@ -160,6 +159,17 @@ def evaluation_table(manifest: Manifest, quality: list[Quality], accuracy: list[
                 cells.append(a.status if a else "-")
         table.add_row(v.label, v.runtime, *cells)
     return table
+
+
+def _quality_cells(q: Quality | None) -> list[str]:
+    """ppl, bits/byte, KL mean, KL p99 and top-1 cells; a score stopped early shows its lower bounds."""
+    if q and q.status == "ok":
+        return [_f(q.perplexity, 2), _f(q.bits_per_byte, 3), _f(q.kl_mean, 4), _f(q.kl_p99, 3), _f(q.top1_agreement, 3)]
+    if q and q.status == "stopped" and q.lower_bounds:
+        low = q.lower_bounds
+        return [f">={low['perplexity']:.2f}", f">={low['bits_per_byte']:.3f}",
+                f">={low['kl']:.4f}" if "kl" in low else "", f"stopped after {q.chunks} chunks", ""]
+    return [q.status if q else "-", "", "", "", ""]
 
 
 def tasks_table() -> RichTable:

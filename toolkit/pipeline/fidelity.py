@@ -10,6 +10,7 @@ from toolkit.io import content_hash, ensure_dir, sha256_file
 from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import load_or_compute, save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
+from toolkit.pipeline.gates import broken_quality, quality_limits
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
 from toolkit.recipe import Recipe
 from toolkit.records import Manifest, Quality, Variant
@@ -31,14 +32,16 @@ def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
 def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progress = quiet,
              executor: Executor = LOCAL) -> list[Quality]:
     """Every candidate model's reference first (it writes the logits the others are compared with), then every
-    other variant of every model; as many at once as the executor runs for these variants."""
+    other variant of every model; as many at once as the executor runs for these variants. In the staged
+    search a variant's scoring stops once it is sure to break the budget's quality limits (status `stopped`)."""
     digest = sha256_file(corpus)
     executor = executor.for_jobs(recipe, manifest.variants)
+    stop_over = quality_limits(recipe) if recipe.search == "staged" else None
     done = [0]
 
     def one(variant: Variant, reference: Variant, ref_dir: Path) -> Quality:
         progress(f"fidelity {variant.label}", done[0], len(manifest.variants))
-        quality = _cached_score(recipe, variant, corpus, digest, reference, ref_dir, executor)
+        quality = _cached_score(recipe, variant, corpus, digest, reference, ref_dir, executor, stop_over)
         done[0] += 1
         return quality
     references = {}
@@ -60,11 +63,16 @@ def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progres
 
 
 def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, reference: Variant, ref_dir: Path,
-                  executor: Executor) -> Quality:
+                  executor: Executor, stop_over: dict[str, float] | None) -> Quality:
+    """The stored result when whole, or stopped early and still over the limits scoring may stop at now; else
+    scored (fully when `stop_over` is None: the exhaustive sweep)."""
     is_ref = variant.id == reference.id
     logits = jobs.ReferenceLogits(dir=str(ref_dir), write=is_ref)
     path = quality_path(recipe, variant, digest, reference)
-    score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id, executor)
+    found = stored(path, Quality)
+    if found and found.status == "stopped" and stop_over and broken_quality(recipe, found.lower_bounds or {}):
+        return found
+    score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id, executor, stop_over)
     reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
     return load_or_compute(path, Quality, score, reusable)
 
@@ -88,12 +96,12 @@ def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: V
 
 
 def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str, reference: jobs.ReferenceLogits,
-           ref_id: str, executor: Executor) -> Quality:
+           ref_id: str, executor: Executor, stop_over: dict[str, float] | None = None) -> Quality:
     q = recipe.quality
     base = dict(key=key, variant_id=variant.id, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks)
     if missing := get_runtime(variant.runtime).available():
         return Quality(status="skipped", reason=missing, **base)
-    job = jobs.measure_job(recipe, variant, "perplexity", corpus, reference)
+    job = jobs.measure_job(recipe, variant, "perplexity", corpus, reference).model_copy(update={"stop_over": stop_over})
     log = recipe.workspace_dir() / "logs" / f"quality-{variant.id}.log"
     returns = Path(reference.dir) if reference.write else None
     child = executor.run(job, recipe.device.timeout_s, recipe.device.memory_cap_mb, log, returns)
@@ -102,8 +110,12 @@ def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str
     d = jobs.FidelityResult.model_validate(child.data)
     base["chunks"] = d.chunks
     own = reference.write  # the reference against itself: KL 0, top-1 agreement 1
+    stopped = d.lower_bounds is not None
     return Quality(
-        status="ok", tokens_scored=d.tokens_scored, bytes_scored=d.bytes_scored, perplexity=round(d.perplexity, 4),
+        status="stopped" if stopped else "ok",
+        reason=f"scored {d.chunks} of {q.chunks} chunks: over the budget's quality limits whatever the rest" if stopped else None,
+        lower_bounds=d.lower_bounds,  # unrounded: a bound rounded down could fall back under its limit
+        tokens_scored=d.tokens_scored, bytes_scored=d.bytes_scored, perplexity=round(d.perplexity, 4),
         bits_per_byte=round(d.bits_per_byte, 5), nll_stderr=round(d.nll_stderr, 5),
         reference_id=ref_id,
         kl_mean=round(d.kl_mean, 6) if d.kl_mean is not None else (0.0 if own else None),

@@ -14,17 +14,28 @@ QUALITY_LIMITS = {"kl", "perplexity", "bits_per_byte"}
 TIMING_LIMITS = {"ttft_ms", "decode_tps", "memory_mb", "energy_j", "cost_per_1k_usd"}
 
 
-def quality_gate(recipe: Recipe, quality: list[Quality]) -> dict[str, str]:
-    """Variants whose measured fidelity breaks a quality limit of the budget, with the reason."""
+def quality_limits(recipe: Recipe) -> dict[str, float]:
+    """The budget's quality limits (each a maximum): where the staged search's fidelity scoring may stop."""
+    return {lim.metric: lim.bound for lim in budget_limits(recipe.budget, QUALITY_LIMITS)}
+
+
+def broken_quality(recipe: Recipe, figures: dict[str, float | None]) -> list[str]:
+    """The budget's quality limits that `figures` (kl, perplexity, bits_per_byte) break, as check() words them."""
     limits = budget_limits(recipe.budget, QUALITY_LIMITS)
+    return [v for v in check(Option(id="", label="", metrics=figures), limits) if not v.endswith("not measured")]
+
+
+def quality_gate(recipe: Recipe, quality: list[Quality]) -> dict[str, str]:
+    """Variants whose fidelity breaks a quality limit of the budget, with the reason: as measured, or, where
+    scoring stopped early (status `stopped`), at least by its lower bounds over the whole text."""
     out = {}
     for q in quality:
-        if q.status != "ok" or not limits:
-            continue
-        figures = Option(id=q.variant_id, label="", metrics={"kl": q.kl_mean, "perplexity": q.perplexity,
-                                                             "bits_per_byte": q.bits_per_byte})
-        if broken := [v for v in check(figures, limits) if not v.endswith("not measured")]:
-            out[q.variant_id] = RULED_OUT + "; ".join(broken)
+        if q.status == "ok":
+            if broken := broken_quality(recipe, {"kl": q.kl_mean, "perplexity": q.perplexity, "bits_per_byte": q.bits_per_byte}):
+                out[q.variant_id] = RULED_OUT + "; ".join(broken)
+        elif q.status == "stopped" and (broken := broken_quality(recipe, q.lower_bounds or {})):
+            out[q.variant_id] = (RULED_OUT + "; ".join(broken) + f" at least: scoring stopped after {q.chunks} of "
+                                 f"{recipe.quality.chunks} chunks, as the others could only add to it")
     return out
 
 

@@ -44,6 +44,7 @@ class MeasureJob(Job):
     ctx: int
     chunks: int
     reference: ReferenceLogits | None = None
+    stop_over: dict[str, float] | None = None  # fidelity: stop once a figure is sure to exceed its limit (staged search)
     energy_meter: str = "auto"  # device.energy_meter (profiling/meters)
     power: dict[str, float | str] | None = None  # device.power, for the power-model fallback
     profiler: Literal["session", "module"] = "session"  # the runtime's Runtime.profiler
@@ -98,6 +99,7 @@ class FidelityResult(Result):
     kl_mean: float | None = None
     kl_p99: float | None = None
     top1_agreement: float | None = None
+    lower_bounds: dict[str, float] | None = None  # set when scoring stopped early (quality.fidelity.perplexity)
 
 
 class TaskScore(BaseModel):

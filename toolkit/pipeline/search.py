@@ -3,7 +3,8 @@ work first.
 
 1. compress every variant (compress.py);
 2. fidelity of every variant (seconds each); a variant that breaks the budget's quality limits (KL,
-   perplexity, bits per byte) is not measured further;
+   perplexity, bits per byte) is not measured further, and its scoring stops as soon as its figures over the
+   whole text are sure to break them (status `stopped`, with lower bounds: quality/fidelity.py);
 3. profile the rest once: the first round of rounds (profile.py), one fresh process each;
 4. accuracy (the slowest stage) only for variants that would meet every timing and memory limit even with
    their timings `device.noise_margin` better: the others cannot be the pick;

@@ -51,7 +51,7 @@ def run_job(job: dict) -> dict:
         if job["kind"] == "profile":
             result = profile(session, session.tokenize(text), job)
         else:
-            result = perplexity(session, text, job["ctx"], job["chunks"], job.get("reference"))
+            result = perplexity(session, text, job["ctx"], job["chunks"], job.get("reference"), job.get("stop_over"))
     finally:
         session.close()
     result["load_ms"] = load_ms
@@ -150,11 +150,12 @@ def timed_prefill(session, prompt: list[int], energy: Recorder, into: dict) -> i
     return token
 
 
-def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None) -> dict:
+def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None,
+               stop_over: dict[str, float] | None = None) -> dict:
     """Perplexity, bits per byte, KL divergence and top-1 agreement in one pass (`toolkit.quality.fidelity`)."""
     from toolkit.quality.fidelity import perplexity as score_fidelity
 
-    return score_fidelity(session, text, ctx, chunks, reference)
+    return score_fidelity(session, text, ctx, chunks, reference, stop_over=stop_over)
 
 
 def lm_eval_job(job: dict) -> dict:

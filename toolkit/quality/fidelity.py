@@ -175,7 +175,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return max(n, 1)
 
 
-def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None, batched: bool = True) -> dict:
+# The least one row's KL can read: the reference's log-probabilities are stored as float16, off by at most 2^-8
+# wherever they carry mass, so a row reads >= -0.004 (the closest variant measured: +5e-6); -0.01 leaves room.
+KL_FLOOR = -0.01
+
+
+def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None, batched: bool = True,
+               stop_over: dict[str, float] | None = None) -> dict:
     """Perplexity and bits per byte on the same text for every model, and fidelity to a reference.
 
     The text is cut into passages of whole lines (`text_windows`); each pair's second passage is scored given
@@ -185,6 +191,11 @@ def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None
     variant of the model reads them, scores the *same* token ids, and reports mean KL divergence
     (reference || variant) and top-1 agreement, as llama.cpp's KL-divergence mode does. All of it comes from
     one pass: each window's log-softmax serves every figure.
+
+    `stop_over` ({"kl" | "perplexity" | "bits_per_byte": limit}): stop after a pair of passages once a figure
+    over the whole text is sure to exceed its limit whatever the unscored pairs hold (per-token NLL is >= 0 and
+    KL >= KL_FLOOR), and return the figures so far with `lower_bounds`, the least each can be over the whole
+    text. The reference itself never stops: every other variant reads its logits.
     """
     ref_dir = Path(reference["dir"]) if reference else None
     writing = bool(reference and reference["write"])
@@ -195,23 +206,57 @@ def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None
         sizes = stored["sizes"].tolist()
     else:
         windows, sizes = text_windows(session, text, ctx, chunks)
-    nll, kl, agree = [], [], []
-    for i, (logits, (_, target)) in enumerate(zip(window_logits(session, windows, batched), windows, strict=True)):
-        if not ref_dir:
-            nll.append(-target_logprobs(logits, target))
-            continue
-        path = ref_dir / f"logp-{i}.npy"
-        figures = window_figures(logits, target, None if writing else np.load(path, mmap_mode="r"))
-        nll.append(figures.nll)
-        if writing:
-            np.save(path, figures.logp16)
-        else:
-            kl.append(figures.kl)
-            agree.append(figures.agree)
+    stop_over = None if writing else stop_over
+    nll, kl, agree, bounds, i = [], [], [], None, 0
+    for pair in _pairs(sizes) if stop_over else [range(len(windows))]:
+        part = [windows[j] for j in pair]
+        for logits, (_, target) in zip(window_logits(session, part, batched), part, strict=True):
+            nll.append(_window(logits, target, ref_dir, writing, i, kl, agree))
+            i += 1
+        if stop_over and i < len(windows) and (bounds := _over(windows, sizes, nll, kl, stop_over)):
+            break
     if writing:  # last, so that its presence means the logits are all there
         arrays = {f"c{i}": np.asarray(c, np.int32) for i, (c, _) in enumerate(windows)}
         arrays |= {f"t{i}": np.asarray(t, np.int32) for i, (_, t) in enumerate(windows)}
         np.savez(ref_dir / "windows.npz", sizes=np.asarray(sizes, np.int64), **arrays)
+    return _figures(nll, kl, agree, sizes[:i]) | ({"lower_bounds": bounds} if bounds else {})
+
+
+def _window(logits: np.ndarray, target: list[int], ref_dir: Path | None, writing: bool, i: int, kl: list,
+            agree: list) -> np.ndarray:
+    """Window `i`'s per-token NLL; its KL and top-1 agreement appended to `kl` and `agree`, or its
+    log-probabilities stored when this is the reference."""
+    if not ref_dir:
+        return -target_logprobs(logits, target)
+    path = ref_dir / f"logp-{i}.npy"
+    figures = window_figures(logits, target, None if writing else np.load(path, mmap_mode="r"))
+    if writing:
+        np.save(path, figures.logp16)
+    else:
+        kl.append(figures.kl)
+        agree.append(figures.agree)
+    return figures.nll
+
+
+def _pairs(sizes: list[int]) -> list[range]:
+    """The windows of each pair of passages (a pair's last window carries its bytes)."""
+    ends = [i + 1 for i, size in enumerate(sizes) if size]
+    return [range(start, end) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def _over(windows: list, sizes: list[int], nll: list, kl: list, stop_over: dict[str, float]) -> dict[str, float] | None:
+    """The least perplexity, bits per byte and KL the whole text can give after the windows scored so far, when
+    one of them is already over its limit in `stop_over`."""
+    rows = sum(len(t) for _, t in windows)
+    nll_sum = float(sum(v.sum() for v in nll))
+    bounds = {"perplexity": float(np.exp(nll_sum / rows)), "bits_per_byte": float(nll_sum / np.log(2) / sum(sizes))}
+    if kl:
+        left = rows - sum(v.size for v in kl)
+        bounds["kl"] = (float(sum(v.sum() for v in kl)) + KL_FLOOR * left) / rows
+    return bounds if any(bounds.get(m, -np.inf) > limit for m, limit in stop_over.items()) else None
+
+
+def _figures(nll: list, kl: list, agree: list, sizes: list[int]) -> dict:
     values = np.concatenate(nll)
     out = {
         "chunks": sum(1 for s in sizes if s),
