@@ -11,9 +11,11 @@ import pytest
 from tests import fakes
 from tests.conftest import write_recipe
 from toolkit import pipeline
+from toolkit.pipeline.workspace import load_manifest
 from toolkit.recipe import load_recipe
 from toolkit.recommend.engine import recommend
 from toolkit.records import EvalResult
+from toolkit.render import evaluation_table
 
 ACCURACY = {"x1": 0.40, "x2": 0.40, "x3": 0.45, "x4": 0.29, "x8": 0.30}  # by quant: x3 and x4 come out within noise
 
@@ -53,6 +55,11 @@ def _recipe(tmp_path, search: str):
         """))
 
 
+def _rows(table) -> list[list[str]]:
+    columns = [list(c.cells) for c in table.columns]
+    return [list(row) for row in zip(*columns, strict=True)]
+
+
 def _run(recipe):
     pipeline.compress(recipe)
     if recipe.search == "staged":
@@ -75,6 +82,9 @@ def test_staged_and_exhaustive_pick_the_same_and_staged_measures_less(tmp_path, 
     stopped = {q.variant_id: q for q in staged_report.quality}[by_quant["x8"].variant_id]
     assert stopped.status == "stopped" and stopped.chunks == 1 and stopped.lower_bounds["kl"] > 0.5
     assert "at least: scoring stopped after 1 of 2 chunks" in by_quant["x8"].verdict
+    table = evaluation_table(load_manifest(_recipe(tmp_path, "staged")), staged_report.quality, staged_report.accuracy)
+    cells = next(row for row in _rows(table) if row[0].endswith("x8"))
+    assert cells[2].startswith(">=") and cells[4] == f">={stopped.lower_bounds['kl']:.4f}", cells  # its bounds, not "ok"
     assert by_quant["x8"].metrics["decode_tps"] is None
     # the slowest is profiled, breaks min_decode_tps even 25% faster, and is not evaluated for accuracy
     assert by_quant["x1"].metrics["decode_tps"] < 190 / 1.25
