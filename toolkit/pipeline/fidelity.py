@@ -12,6 +12,7 @@ from toolkit.pipeline.cache import load_or_compute, save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.gates import broken_quality, quality_limits
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
+from toolkit.quality.fidelity import DIGITS
 from toolkit.recipe import Recipe
 from toolkit.records import Manifest, Quality, Variant
 from toolkit.runtimes import get_runtime
@@ -114,11 +115,10 @@ def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str
     return Quality(
         status="stopped" if stopped else "ok",
         reason=f"scored {d.chunks} of {q.chunks} chunks: over the budget's quality limits whatever the rest" if stopped else None,
-        lower_bounds=d.lower_bounds,  # unrounded: a bound rounded down could fall back under its limit
-        tokens_scored=d.tokens_scored, bytes_scored=d.bytes_scored, perplexity=round(d.perplexity, 4),
-        bits_per_byte=round(d.bits_per_byte, 5), nll_stderr=round(d.nll_stderr, 5),
-        reference_id=ref_id,
-        kl_mean=round(d.kl_mean, 6) if d.kl_mean is not None else (0.0 if own else None),
+        lower_bounds=d.lower_bounds, tokens_scored=d.tokens_scored, bytes_scored=d.bytes_scored,
+        perplexity=round(d.perplexity, DIGITS["perplexity"]), bits_per_byte=round(d.bits_per_byte, DIGITS["bits_per_byte"]),
+        nll_stderr=round(d.nll_stderr, 5), reference_id=ref_id,
+        kl_mean=round(d.kl_mean, DIGITS["kl"]) if d.kl_mean is not None else (0.0 if own else None),
         kl_p99=round(d.kl_p99, 6) if d.kl_p99 is not None else None,
         top1_agreement=round(d.top1_agreement, 5) if d.top1_agreement is not None else (1.0 if own else None),
         wall_s=round(child.wall_s, 2), **base,

@@ -178,6 +178,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 # The least one row's KL can read: the reference's log-probabilities are stored as float16, off by at most 2^-8
 # wherever they carry mass, so a row reads >= -0.004 (the closest variant measured: +5e-6); -0.01 leaves room.
 KL_FLOOR = -0.01
+DIGITS = {"perplexity": 4, "bits_per_byte": 5, "kl": 6}  # as records.Quality keeps each figure (pipeline/fidelity.py)
 
 
 def perplexity(session, text: str, ctx: int, chunks: int, reference: dict | None = None, batched: bool = True,
@@ -246,13 +247,15 @@ def _pairs(sizes: list[int]) -> list[range]:
 
 def _over(windows: list, sizes: list[int], nll: list, kl: list, stop_over: dict[str, float]) -> dict[str, float] | None:
     """The least perplexity, bits per byte and KL the whole text can give after the windows scored so far, when
-    one of them is already over its limit in `stop_over`."""
+    one of them is already over its limit in `stop_over`. Rounded as stored: the whole text's figure, rounded
+    the same way, is at least as large, so a bound over a limit means a stored figure over it."""
     rows = sum(len(t) for _, t in windows)
     nll_sum = float(sum(v.sum() for v in nll))
     bounds = {"perplexity": float(np.exp(nll_sum / rows)), "bits_per_byte": float(nll_sum / np.log(2) / sum(sizes))}
     if kl:
         left = rows - sum(v.size for v in kl)
         bounds["kl"] = (float(sum(v.sum() for v in kl)) + KL_FLOOR * left) / rows
+    bounds = {k: round(v, DIGITS[k]) for k, v in bounds.items()}
     return bounds if any(bounds.get(m, -np.inf) > limit for m, limit in stop_over.items()) else None
 
 
