@@ -11,7 +11,8 @@ import pytest
 from tests import fakes
 from tests.conftest import write_recipe
 from toolkit import pipeline
-from toolkit.pipeline.workspace import load_manifest
+from toolkit.pipeline.fidelity import fidelity
+from toolkit.pipeline.workspace import corpus, load_manifest
 from toolkit.recipe import load_recipe
 from toolkit.recommend.engine import recommend
 from toolkit.records import EvalResult
@@ -82,6 +83,9 @@ def test_staged_and_exhaustive_pick_the_same_and_staged_measures_less(tmp_path, 
     stopped = {q.variant_id: q for q in staged_report.quality}[by_quant["x8"].variant_id]
     assert stopped.status == "stopped" and stopped.chunks == 1 and stopped.lower_bounds["kl"] > 0.5
     assert "at least: scoring stopped after 1 of 2 chunks" in by_quant["x8"].verdict
+    recipe = _recipe(tmp_path, "staged")  # while still over the limit, the stopped score is reused as stored
+    rescored = fidelity(recipe, load_manifest(recipe), corpus(recipe))
+    assert next(q for q in rescored if q.variant_id == stopped.variant_id) == stopped
     table = evaluation_table(load_manifest(_recipe(tmp_path, "staged")), staged_report.quality, staged_report.accuracy)
     cells = next(row for row in _rows(table) if row[0].endswith("x8"))
     assert cells[2].startswith(">=") and cells[4] == f">={stopped.lower_bounds['kl']:.4f}", cells  # its bounds, not "ok"

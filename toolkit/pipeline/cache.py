@@ -1,6 +1,7 @@
 """Load-or-compute for every cached result: one place that decides what a stored record is worth.
 
-A stored record is reused only when it reads back whole and says `ok`; a failure is kept with its reason
+A stored record is reused only when it reads back whole and says `ok` (or serves the caller otherwise: a
+fidelity score stopped early that still breaks the budget, pipeline/fidelity.py); a failure is kept with its reason
 (for the reports) and recomputed on the next run, a corrupt or foreign file is recomputed, and a
 `skipped` result (runtime not installed here) is never written, and takes the place of a failure stored before.
 """
@@ -31,9 +32,15 @@ def stored(path: Path, record: type[R]) -> R | None:
         return None
 
 
-def load_or_compute(path: Path, record: type[R], compute: Callable[[], R], reusable: bool = True) -> R:
-    """The stored ok record at `path` (when `reusable`), else `compute()`, written atomically unless skipped."""
-    if reusable and (found := stored(path, record)) is not None and getattr(found, "status", "ok") == "ok":
+def is_ok(found: Record) -> bool:
+    return getattr(found, "status", "ok") == "ok"
+
+
+def load_or_compute(path: Path, record: type[R], compute: Callable[[], R], reusable: bool = True,
+                    serves: Callable[[R], bool] = is_ok) -> R:
+    """The stored record at `path` when `reusable` and it `serves` (by default: it says ok), else `compute()`,
+    written atomically unless skipped."""
+    if reusable and (found := stored(path, record)) is not None and serves(found):
         return found
     return save(path, compute())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolkit.io import content_hash, ensure_dir, sha256_file
 from toolkit.pipeline import jobs
-from toolkit.pipeline.cache import load_or_compute, save, stored
+from toolkit.pipeline.cache import is_ok, load_or_compute, save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.gates import broken_quality, quality_limits
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
@@ -70,12 +70,13 @@ def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, r
     is_ref = variant.id == reference.id
     logits = jobs.ReferenceLogits(dir=str(ref_dir), write=is_ref)
     path = quality_path(recipe, variant, digest, reference)
-    found = stored(path, Quality)
-    if found and found.status == "stopped" and stop_over and broken_quality(recipe, found.lower_bounds or {}):
-        return found
     score = functools.partial(_score, recipe, variant, corpus, digest, path.stem, logits, reference.id, executor, stop_over)
     reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
-    return load_or_compute(path, Quality, score, reusable)
+
+    def serves(found: Quality) -> bool:
+        still_over = bool(stop_over) and bool(broken_quality(recipe, found.lower_bounds or {}))
+        return is_ok(found) or (found.status == "stopped" and still_over)
+    return load_or_compute(path, Quality, score, reusable, serves)
 
 
 def _without_reference(recipe: Recipe, variant: Variant, digest: str, reference: Variant, scored: Quality) -> Quality:
