@@ -5,6 +5,8 @@ import pytest
 from tests.conftest import write_recipe
 from toolkit.catalogue import catalogue, load_card
 from toolkit.errors import UserError
+from toolkit.pipeline.build import build_candidate
+from toolkit.pipeline.compress import compress
 from toolkit.recipe import load_recipe
 from toolkit.sources import resolve
 
@@ -40,6 +42,16 @@ def test_hub_model_unreachable_is_one_clear_line(tmp_path, monkeypatch):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", "name: t\ncandidates: [{model: qwen2.5-0.5b-instruct}]\n"))
     with pytest.raises(UserError, match="cannot fetch 'Qwen/Qwen2.5-0.5B-Instruct' from the Hugging Face hub"):
         resolve(recipe.candidates[0], recipe)
+    with pytest.raises(UserError, match=r"r.yaml: candidates.0.model: cannot fetch .* hub \([^.()]*\); check"):
+        build_candidate(recipe, 0, tmp_path / "ws")  # the recipe's file, which candidate, the reason's first sentence
+
+
+def test_an_unknown_candidate_stops_compress_before_any_build(tmp_path):
+    text = "name: t\nworkspace: ws\ncandidates: [{model: smollm2-135m-instruct}, {model: nosuch}]\n"
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", text))
+    with pytest.raises(UserError, match=r"r.yaml: candidates.1.model: model 'nosuch' is neither in the catalogue"):
+        compress(recipe)
+    assert not (tmp_path / "ws").exists()  # nothing started
 
 
 def test_missing_local_model(tmp_path):

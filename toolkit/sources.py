@@ -122,7 +122,7 @@ def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel
             allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = " ".join(str(exc).split()).split(". ")[0][:300]  # its first sentence
         raise UserError(
             f"cannot fetch {source.repo!r} from the Hugging Face hub ({reason}); "
             "check network access and HF_TOKEN, or point the recipe at a local copy",

@@ -17,7 +17,12 @@ Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and 
 
 def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: None) -> Built:
     """Every variant of the recipe's `index`-th candidate, built in `ws` (or found in its cache)."""
-    source = resolve(recipe.candidates[index], recipe)
+    try:
+        source = resolve(recipe.candidates[index], recipe)
+    except UserError as exc:
+        if exc.field != "candidates.model":  # a problem inside the model's own files, which the error names
+            raise
+        raise UserError(exc.message, file=recipe.path, field=f"candidates.{index}.model") from exc
     variants, failed = [], []
     for spec in variant_specs(recipe):
         step(f"{source.model} {spec.format} {spec.quant}")
@@ -29,6 +34,15 @@ def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: Non
         if variant is not None:
             variants.append(variant)
     return variants, failed
+
+
+def check_candidates(recipe: Recipe) -> None:
+    """Stop before any work on a candidate that is neither in the catalogue, a hub reference nor a local path,
+    rather than after building the ones before it."""
+    for index, candidate in enumerate(recipe.candidates):
+        if source_kind(candidate, recipe) is None:
+            raise UserError(f"model {candidate.model!r} is neither in the catalogue (toolkit models), a hub reference "
+                            "(hf:<org>/<name>) nor a local path", file=recipe.path, field=f"candidates.{index}.model")
 
 
 def not_built(recipe: Recipe, candidate: Candidate, reason: str) -> list[BuildFailure]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.formats.files import model_shape
 from toolkit.io import write_json
+from toolkit.pipeline.build import check_candidates
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, variant_specs, workspace
 from toolkit.recipe import Recipe
@@ -21,6 +22,7 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     reason and the sweep goes on; when nothing could be built, that is the error. The executor builds as many
     candidate models at once as it can (one model's variants share its conversion, so they stay together);
     the variants keep the recipe's order whatever finishes first."""
+    check_candidates(recipe)
     ws = workspace(recipe)
     total, done = len(recipe.candidates) * len(variant_specs(recipe)), [0]
 
