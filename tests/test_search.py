@@ -94,7 +94,15 @@ def test_staged_and_exhaustive_pick_the_same_and_staged_measures_less(tmp_path, 
     assert by_quant["x1"].metrics["decode_tps"] < 190 / 1.25
     assert by_quant["x1"].verdict.startswith("not measured further: decode (p10)") and "still over with timings 25% better" in by_quant["x1"].verdict
     assert sorted(evaluated) == ["x2", "x3", "x4"]
-    assert staged.pick is not None
+    assert staged.pick is not None and staged.unmeasured == [] and "Provisional" not in staged.message
+    # a looser budget at recommend time would not rule them out: the answer says it is provisional, and why
+    budget = _recipe(tmp_path, "staged").budget
+    looser = recommend(staged_report, budget.model_copy(update={"max_kl": 5.0, "min_decode_tps": 100}))
+    assert sorted(looser.unmeasured) == sorted(by_quant[q].variant_id for q in ("x1", "x8"))
+    assert "Provisional: the staged search did not measure" in looser.message
+    assert all("this budget would not rule it out" in r.verdict for r in looser.rows if r.variant_id in looser.unmeasured)
+    tighter = recommend(staged_report, budget.model_copy(update={"max_kl": 0.4}))  # still out: nothing pending
+    assert tighter.unmeasured == [] and "Provisional" not in tighter.message
 
     evaluated.clear()
     exhaustive_report, exhaustive = _run(_recipe(tmp_path, "exhaustive"))

@@ -1,17 +1,15 @@
 """What the staged search (pipeline/search.py) rules out before measuring further: variants that break the
-budget whatever else is measured, each with the reason its row shows ("not measured further: ...")."""
+budget whatever else is measured, each with the reason its row shows ("not measured further: ..."). The checks
+themselves are recommend/ruled_out.py's, which also tells when a later budget would not rule a variant out."""
 
 from __future__ import annotations
 
 from toolkit.recipe import Recipe
-from toolkit.recommend.engine import budget_limits
-from toolkit.recommend.noise import shifted
+from toolkit.recommend.keys import budget_limits
 from toolkit.recommend.options import options_at
-from toolkit.recommend.select import RULED_OUT, Option, check
+from toolkit.recommend.ruled_out import QUALITY_LIMITS, TIMING_LIMITS, quality_breaks, quality_figures, timing_breaks
+from toolkit.recommend.select import RULED_OUT, check
 from toolkit.records import DeviceReport, Quality
-
-QUALITY_LIMITS = {"kl", "perplexity", "bits_per_byte"}
-TIMING_LIMITS = {"ttft_ms", "decode_tps", "memory_mb", "energy_j", "cost_per_1k_usd"}
 
 
 def quality_limits(recipe: Recipe) -> dict[str, float]:
@@ -21,8 +19,7 @@ def quality_limits(recipe: Recipe) -> dict[str, float]:
 
 def broken_quality(recipe: Recipe, figures: dict[str, float | None]) -> list[str]:
     """The budget's quality limits that `figures` (kl, perplexity, bits_per_byte) break, as check() words them."""
-    limits = budget_limits(recipe.budget, QUALITY_LIMITS)
-    return [v for v in check(Option(id="", label="", metrics=figures), limits) if not v.endswith("not measured")]
+    return quality_breaks(recipe.budget, figures)
 
 
 def quality_gate(recipe: Recipe, quality: list[Quality]) -> dict[str, str]:
@@ -30,12 +27,12 @@ def quality_gate(recipe: Recipe, quality: list[Quality]) -> dict[str, str]:
     scoring stopped early (status `stopped`), at least by its lower bounds over the whole text."""
     out = {}
     for q in quality:
-        if q.status == "ok":
-            if broken := broken_quality(recipe, {"kl": q.kl_mean, "perplexity": q.perplexity, "bits_per_byte": q.bits_per_byte}):
-                out[q.variant_id] = RULED_OUT + "; ".join(broken)
-        elif q.status == "stopped" and (broken := broken_quality(recipe, q.lower_bounds or {})):
-            out[q.variant_id] = (RULED_OUT + "; ".join(broken) + f" at least: scoring stopped after {q.chunks} of "
-                                 f"{recipe.quality.chunks} chunks, as the others could only add to it")
+        if not (broken := broken_quality(recipe, quality_figures(q))):
+            continue
+        out[q.variant_id] = RULED_OUT + "; ".join(broken)
+        if q.status == "stopped":
+            out[q.variant_id] += (f" at least: scoring stopped after {q.chunks} of {recipe.quality.chunks} chunks, "
+                                  "as the others could only add to it")
     return out
 
 
@@ -50,6 +47,6 @@ def timing_gate(recipe: Recipe, report: DeviceReport) -> dict[str, str]:
     options, _ = options_at(report, budget.ttft_prompt_tokens or max(profiled), budget.output_tokens, recipe.costs)
     out = {}
     for o in options:
-        if o.status in ("ok", "incomplete") and check(shifted(o, 1 + margin), limits):
+        if o.status in ("ok", "incomplete") and timing_breaks(o, budget, margin):
             out[o.id] = RULED_OUT + "; ".join(check(o, limits)) + f"; still over with timings {margin:.0%} better"
     return out

@@ -14,6 +14,7 @@ from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.keys import budget_key, budget_limits, certification_vetoes, pick_key
 from toolkit.recommend.notes import report_notes
 from toolkit.recommend.options import draws, noise_margin, options_at
+from toolkit.recommend.ruled_out import admitted
 from toolkit.recommend.select import (
     STICKY_RULE,
     TIE_RULE,
@@ -92,6 +93,7 @@ class Recommendation(Record):
     cloud_pick: str | None = None
     mixed: Mixed | None = None
     ruled_out_by: list[str] = []
+    unmeasured: list[str] = []  # ruled out by the staged search under the recipe's budget, not by this one
     message: str
     rows: list[Row]
     cloud_rows: list[CloudRow] = []
@@ -130,6 +132,9 @@ def recommend(
         if len(tied) > 1 and budget.priority == "balanced":
             equivalent = round(noise.equivalence(utilities, [o.id for o in tied]), 3)
     explain(options, pick, budget.priority, win, tied, rule)
+    pending = admitted(report, options, budget, noise_margin(report))
+    for o in pending:
+        o.verdict += "; this budget would not rule it out: not compared with the pick until measured under it"
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
     feasible_cloud = sorted((c for c in clouds if not c.violations), key=lambda c: (c.cost_per_1k_usd, c.id))
     rec = dict(
@@ -145,6 +150,7 @@ def recommend(
         rows=_rows(report, options, details, win if pick else None),
         cloud_rows=clouds,
         notes=report_notes(report, prompt_tokens, budget.output_tokens),
+        unmeasured=[o.id for o in pending],
         resamples=noise.RESAMPLES if pick else 0,
         tied_with=[o.id for o in tied if o is not pick],
         tie_rule=rule if len(tied) > 1 else None,
@@ -157,14 +163,15 @@ def recommend(
         return Recommendation(
             answer="edge", pick=pick.id, pick_label=pick.label, certification=cert,
             message=f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads): "
-            f"{_edge_cost(pick)}. {certified_line(cert)}{extra}",
+            f"{_edge_cost(pick)}. {certified_line(cert)}{extra}" + (f" {_provisional(pending)}" if pending else ""),
             **rec,
         )
     ruled = _closest(options)
     if cheapest is None:
         return Recommendation(
             answer="none", pick=None, pick_label=None, ruled_out_by=ruled[1],
-            message=f"No variant meets the budget on this device ({ruled[0]}), and no cloud option does either.",
+            message=f"No variant meets the budget on this device ({ruled[0]}), and no cloud option does either."
+            + (f" {_provisional(pending)}" if pending else ""),
             **rec,
         )
     mixed = _mixed(report, budget, costs, prompt_tokens, cheapest)
@@ -176,10 +183,19 @@ def recommend(
     )
     if mixed:
         message += f" Mixed: {mixed.rule}."
+    if pending:
+        message += f" {_provisional(pending)}"
     return Recommendation(
         answer="mixed" if mixed else "cloud", pick=None, pick_label=None, cloud_pick=cheapest.id, mixed=mixed,
         ruled_out_by=ruled[1], message=message, **rec,
     )
+
+
+def _provisional(pending: list[Option]) -> str:
+    names = ", ".join(o.label for o in pending)
+    return (f"Provisional: the staged search did not measure {names} further under the recipe's budget, and this "
+            "budget would not rule them out; put it in the recipe and rerun `toolkit run` (cached work is reused) "
+            "to compare them.")
 
 
 def certified_line(cert: Certification | None) -> str:
