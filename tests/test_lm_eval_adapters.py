@@ -78,3 +78,22 @@ def test_unknown_task_stops_the_run_before_any_work_with_a_clear_error(tmp_path,
     assert lines == [f"error: {recipe}: accuracy.tasks: unknown task 'no_such_task': not an offline task "
                      "(mmlu_offline, social_iqa_bb, strategyqa_bb, winowhy_bb, gsm8k_offline) nor an lm-eval task"], lines
     assert not (tmp_path / "ws" / "manifest.json").exists()  # nothing was compressed
+
+
+def test_a_stock_task_whose_data_cannot_be_had_stops_the_run_before_any_work(tmp_path, monkeypatch, capsys):
+    import datasets
+    from huggingface_hub import constants
+
+    from tests.conftest import run_console, write_recipe
+
+    # the hub is off in the tests (conftest.py) and both caches are empty folders: hellaswag's data cannot be had
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    recipe = write_recipe(tmp_path / "r.yaml", f"name: t\nworkspace: {tmp_path / 'ws'}\n"
+                          "candidates: [{model: smollm2-135m-instruct}]\naccuracy: {tasks: [hellaswag]}\n")
+    assert run_console(monkeypatch, "run", str(recipe)) == 2
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {recipe}: accuracy.tasks: hellaswag: its data set "
+                                                   "'Rowan/hellaswag' cannot be loaded ("), lines
+    assert lines[0].endswith("use an offline task (toolkit tasks) or give this machine the hub"), lines
+    assert not (tmp_path / "ws" / "manifest.json").exists()  # nothing was compressed

@@ -24,18 +24,43 @@ def task_dir(name: str) -> str | None:
     """The folder holding an offline task's YAML, or None for a stock lm-eval task (needs the hub)."""
     if name in TASKS:
         return str(prepare_task(name))
-    if name not in _stock_tasks():
+    if name not in _stock_index().all_tasks:
         raise UserError(
             f"unknown task {name!r}: not an offline task ({', '.join(TASKS)}) nor an lm-eval task", field="accuracy.tasks"
         )
+    if unreachable := _unreachable_data(name):
+        raise UserError(f"{name}: {unreachable}; use an offline task (toolkit tasks) or give this machine the hub",
+                        field="accuracy.tasks")
     return None
 
 
 @functools.cache
-def _stock_tasks() -> frozenset[str]:
+def _stock_index():
     from lm_eval.tasks import TaskManager
 
-    return frozenset(TaskManager().all_tasks)  # indexes every YAML lm-eval ships (seconds): once per process
+    return TaskManager()  # indexes every YAML lm-eval ships (seconds): once per process
+
+
+@functools.cache
+def _unreachable_data(name: str) -> str | None:
+    """Why a stock task's data set cannot be had (not in the local cache, and the hub out of reach), or None: said
+    once here rather than by every variant's accuracy job. A group is checked by its first task."""
+    import datasets
+
+    index = _stock_index().task_index
+    entry = index[name]
+    while "task" in entry.cfg and isinstance(entry.cfg["task"], list) and entry.cfg["task"]:
+        first = entry.cfg["task"][0]
+        if not isinstance(first, str) or first not in index:
+            return None
+        entry = index[first]
+    if not (path := entry.cfg.get("dataset_path")):
+        return None
+    try:
+        datasets.load_dataset_builder(path, entry.cfg.get("dataset_name"))
+    except Exception as exc:  # noqa: BLE001 - whatever stops the builder stops every variant's job
+        return f"its data set {path!r} cannot be loaded (" + " ".join(str(exc).split()).split(". ")[0][:200] + ")"
+    return None
 
 
 def task_dirs(recipe: Recipe) -> dict[str, str | None]:

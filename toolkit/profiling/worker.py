@@ -162,8 +162,9 @@ def lm_eval_job(job: dict) -> dict:
     """Score one variant on its lm-eval tasks, through the variant's own runtime, with one model load."""
     import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if not job["stock_tasks"]:  # offline tasks read local files: no hub calls; a stock task may fetch its data
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import lm_eval
     from lm_eval.tasks import TaskManager
 
