@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import FP_BARE as FP
+from tests.factories import ladder_report
 from tests.factories import repeats_report as report
 from toolkit.io import content_hash
 from toolkit.recipe import Budget, Costs
@@ -478,3 +479,14 @@ def test_report_notes_name_reference_weights_cross_model_quality_and_pooled_repo
     ]
     rep.quality[1].bytes_scored = 0
     assert report_notes(rep, 64, 64)[1].startswith("Quality across models (g, m): bits per byte on the same text and")
+
+
+def test_a_cost_priority_without_any_cost_says_what_ranked_the_variants_instead():
+    rows = [(100, 400, 50, 300, 10.0), (120, 450, 60, 200, 10.5)]
+    for priority, instead in (("pcr", "utility U"), ("cost", "decode speed")):
+        bare = recommend(ladder_report(rows, power=None), Budget(priority=priority))
+        assert f"Priority '{priority}' ranks by cost per response" in " ".join(bare.notes)
+        assert any(n.endswith(f"ranked by {instead} instead.") for n in bare.notes), bare.notes
+        priced = recommend(ladder_report(rows), Budget(priority=priority))  # a power model: costs, no such note
+        assert not any(n.startswith("Priority ") for n in priced.notes)
+    assert not any(n.startswith("Priority ") for n in recommend(ladder_report(rows, power=None), Budget()).notes)

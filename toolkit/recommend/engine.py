@@ -12,7 +12,7 @@ from toolkit.recipe import Budget, Costs
 from toolkit.recommend import noise
 from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.keys import budget_key, budget_limits, certification_vetoes, pick_key
-from toolkit.recommend.notes import report_notes
+from toolkit.recommend.notes import priority_notes, report_notes
 from toolkit.recommend.options import draws, noise_margin, options_at
 from toolkit.recommend.ruled_out import admitted
 from toolkit.recommend.select import (
@@ -149,7 +149,7 @@ def recommend(
         objectives=shared_objectives([o for o in options if o.feasible] or options),
         rows=_rows(report, options, details, win if pick else None),
         cloud_rows=clouds,
-        notes=report_notes(report, prompt_tokens, budget.output_tokens),
+        notes=report_notes(report, prompt_tokens, budget.output_tokens) + priority_notes(options, budget.priority),
         unmeasured=[o.id for o in pending],
         resamples=noise.RESAMPLES if pick else 0,
         tied_with=[o.id for o in tied if o is not pick],

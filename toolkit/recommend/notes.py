@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from toolkit.recommend.select import Option
 from toolkit.records import DeviceReport
+
+# What each priority falls back to when no variant in budget has a cost per response (select.PRIORITY_KEY)
+COST_FALLBACK = {"pcr": "utility U", "cost": "decode speed"}
 
 
 def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -> list[str]:
@@ -41,3 +45,13 @@ def context_notes(report: DeviceReport, response_tokens: int) -> list[str]:
             out.append(f"Context: {model} was trained on {trained:,} tokens; {', '.join(past)} go past it (speed is "
                        "measured there, quality there is not what the model was trained for).")
     return out
+
+
+def priority_notes(options: list[Option], priority: str) -> list[str]:
+    """A priority that ranks by cost, where no variant in budget has one (energy unknown: no meter, no
+    device.power): what ranked them instead."""
+    feasible = [o for o in options if o.feasible]
+    if priority not in COST_FALLBACK or not feasible or any(o.metrics.get("cost_per_1k_usd") for o in feasible):
+        return []
+    return [f"Priority '{priority}' ranks by cost per response, which no variant in budget has here (energy unknown: "
+            f"no energy meter read, no device.power in the recipe): ranked by {COST_FALLBACK[priority]} instead."]
