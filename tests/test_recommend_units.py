@@ -490,3 +490,6 @@ def test_a_cost_priority_without_any_cost_says_what_ranked_the_variants_instead(
         priced = recommend(ladder_report(rows), Budget(priority=priority))  # a power model: costs, no such note
         assert not any(n.startswith("Priority ") for n in priced.notes)
     assert not any(n.startswith("Priority ") for n in recommend(ladder_report(rows, power=None), Budget()).notes)
+    capped = recommend(ladder_report(rows, power=None), Budget(max_energy_j=100))  # a limit nothing here can check
+    assert capped.answer != "edge" and capped.ruled_out_by == [
+        "energy per response not measured (no energy meter read here, and no device.power in the recipe to estimate it from)"]

@@ -25,6 +25,7 @@ class Metric:
     budget_text: str = ""  # the budget line, "{bound:g}" for the bound
     better: str | None = None  # why a dominator wins on it; None: not a Pareto objective
     limit_digits: int = 1  # decimals in violation messages
+    missing: str = ""  # why it can be missing, where one reason is the only one (after "not measured")
 
     @property
     def limit_kind(self) -> Literal["max", "min"]:
@@ -32,6 +33,7 @@ class Metric:
         return "max" if self.direction == "min" else "min"
 
 
+NO_ENERGY = " (no energy meter read here, and no device.power in the recipe to estimate it from)"
 METRICS: tuple[Metric, ...] = (
     Metric("ttft_ms", "TTFT p90", "ms", "min", 1, "TTFT p90 ms", "TTFT p90 ms", "TTFT p90 (ms)",
            "max_ttft_ms", "TTFT p90 <= {bound:g} ms at {prompt} prompt tokens", "lower TTFT"),
@@ -48,9 +50,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("accuracy", "mean accuracy", "", "max", 3, "acc", "acc", "mean accuracy",
            "min_accuracy", "mean accuracy >= {bound:g}", "higher accuracy", 3),
     Metric("energy_j", "energy per response", "J", "min", 1, "J/response", "J/resp", "energy per response (J)",
-           "max_energy_j", "energy <= {bound:g} J per response", "less energy"),
+           "max_energy_j", "energy <= {bound:g} J per response", "less energy", missing=NO_ENERGY),
     Metric("cost_per_1k_usd", "cost per 1,000 responses", "USD", "min", 5, "USD/1k", "USD/1k", "USD per 1,000 responses",
-           "max_cost_per_1k_usd", "cost <= ${bound:g} per 1,000 responses", "cheaper", 4),
+           "max_cost_per_1k_usd", "cost <= ${bound:g} per 1,000 responses", "cheaper", 4, missing=NO_ENERGY),
 )
 BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
 BY_BUDGET: dict[str, Metric] = {m.budget: m for m in METRICS if m.budget}

@@ -101,7 +101,7 @@ def check(option: Option, limits: list[Limit]) -> list[str]:
         value = option.metrics.get(limit.metric)
         metric = BY_KEY[limit.metric]
         if value is None:
-            out.append(f"{metric.name} not measured")
+            out.append(f"{metric.name} not measured{metric.missing}")
             continue
         gap = limit.violation(value)
         if gap > 0:
