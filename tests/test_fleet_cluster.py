@@ -93,6 +93,10 @@ def test_simulation_and_deploy_files_from_the_fleet(tmp_path):
     assert all(m["litellm_params"]["rpm"] == 21 for m in edge)  # router_rpm: LiteLLM stops one early
     servers = paths["servers"].read_text()
     assert servers.count("llama_cpp.server") == 2 and "--host 127.0.0.1" in servers
+    assert servers.count("--n_ctx 2048 ") == 2  # the context `toolkit export` gives a 512 + 128 token response
+    for v in reports[0].variants:  # ... within the model's own
+        v.details["context_length"] = 1024
+    assert "--n_ctx 1024 " in deploy_files(recipe, reports, recs, cloud, tmp_path / "short")["servers"].read_text()
     # a device profiled through its own llama-server (native runtime, 20 layers on its GPU) is served by it
     native = reports[1].model_copy(deep=True)
     for p in native.profiles:

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from toolkit.errors import UserError
+from toolkit.export import serving_ctx
 from toolkit.io import write_text
 from toolkit.recipe import Recipe
 from toolkit.recommend.cloud import CloudModel
@@ -70,13 +71,14 @@ def sim_cloud(cloud: CloudModel, prompt_tokens: int, output_tokens: int) -> SimC
                     usd_per_response=cloud.cost_usd(prompt_tokens, output_tokens))
 
 
-def server_command(path: str, profile: Profile | None, threads: int, host: str, port: int, alias: str) -> list[str]:
+def server_command(path: str, profile: Profile | None, threads: int, host: str, port: int, alias: str,
+                   ctx: int) -> list[str]:
     """The server a pick was measured through: llama-server (with its GPU layers) for a native profile, else
     llama-cpp-python's."""
     if profile is not None and profile.runtime == "llama.cpp-native":
-        return ["llama-server", "--model", path, "--threads", str(threads), "--ctx-size", "4096", "--host", host,
+        return ["llama-server", "--model", path, "--threads", str(threads), "--ctx-size", str(ctx), "--host", host,
                 "--port", str(port), "--alias", alias, *(["--n-gpu-layers", str(profile.gpu_layers)] if profile.gpu_layers else [])]
-    return ["python3", "-m", "llama_cpp.server", "--model", path, "--n_threads", str(threads), "--n_ctx", "4096",
+    return ["python3", "-m", "llama_cpp.server", "--model", path, "--n_threads", str(threads), "--n_ctx", str(ctx),
             "--host", host, "--port", str(port), "--model_alias", alias]
 
 
@@ -98,7 +100,9 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
             continue
         port = c.base_port + i
         profile = next((p for p in report.profiles if p.variant_id == variant.id), None)
-        cmd = server_command(variant.path, profile, report.device.threads_used, c.host, port, f"edge-{i}")
+        trained = variant.details.get("context_length")
+        ctx = serving_ctx(rec, int(trained) if trained else None)  # as `toolkit export` sizes it
+        cmd = server_command(variant.path, profile, report.device.threads_used, c.host, port, f"edge-{i}", ctx)
         commands.append(f"# {report.device.hostname} ({report.device.cpu_model}): {variant.label}")
         commands.append(shlex.join(cmd))
         row = next(r for r in rec.rows if r.variant_id == rec.pick)

@@ -94,10 +94,11 @@ def default_system(fmt: ChatFormat, jinja: str | None) -> str | None:
     return found.group(1).strip() if found else None
 
 
-def num_ctx(rec: Recommendation, info: GgufInfo) -> int:
-    """A context for the budget's response shape (a power of two, at least 2048), within the model's own."""
+def serving_ctx(rec: Recommendation, trained: int | None) -> int:
+    """A server's context for the budget's response shape (a power of two, at least 2048), within the model's
+    own: the same in every hand-off (export, deploy)."""
     ctx = max(2048, 2 ** math.ceil(math.log2(rec.prompt_tokens + rec.output_tokens)))
-    return min(ctx, info.context_length) if info.context_length else ctx
+    return min(ctx, trained) if trained else ctx
 
 
 def _quoted(text: str) -> str:
@@ -122,7 +123,7 @@ def modelfile(variant: Variant, rec: Recommendation, info: GgufInfo, origin: str
         f"TEMPLATE {_quoted(fmt.template)}",
         *([f"SYSTEM {_quoted(system)}"] if system else []),
         *(f'PARAMETER stop "{s}"' for s in stops if '"' not in s),
-        f"PARAMETER num_ctx {num_ctx(rec, info)}",
+        f"PARAMETER num_ctx {serving_ctx(rec, info.context_length)}",
         *(f"PARAMETER {name} {value:g}" for name, value in info.sampling.items()),
         *([f"LICENSE {_quoted(info.license)}"] if info.license else []),
     ]
@@ -135,7 +136,7 @@ def ollama_name(variant: Variant) -> str:
 
 def llama_server(variant: Variant, rec: Recommendation, report: DeviceReport, info: GgufInfo, port: int = 8080) -> str:
     threads = str(report.device.threads_used)
-    ctx = str(num_ctx(rec, info))
+    ctx = str(serving_ctx(rec, info.context_length))
     layers = next((p.gpu_layers for p in report.profiles if p.variant_id == variant.id and p.gpu_layers), None)
     server = ["llama-server", "--model", variant.path, "--alias", ollama_name(variant), "--ctx-size", ctx,
               "--threads", threads, "--host", "127.0.0.1", "--port", str(port), "--jinja",
