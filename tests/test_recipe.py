@@ -41,6 +41,7 @@ def test_defaults(tmp_path):
         (GOOD + "budget:\n  priority: cheapest\n", "budget.priority", "balanced"),
         (GOOD + "budget:\n  ttft_prompt_tokens: 300\n", None, "not among device.prompt_lengths"),
         ("name: 'bad name!'\ncandidates: [{model: x}]\n", "name", "pattern"),
+        ("name: t\ncandidates: [{model: x}, {model: y}, {model: x}]\n", "candidates", "candidates 0 and 2 are both 'x'"),
     ],
 )
 def test_bad_fields_give_one_line_naming_file_and_field(tmp_path, body, field, words):

@@ -191,6 +191,16 @@ class Recipe(Strict):
 
     path: Path | None = Field(None, exclude=True)
 
+    @field_validator("candidates")
+    @classmethod
+    def _candidates_apart(cls, candidates: list[Candidate]) -> list[Candidate]:
+        seen: dict[str, int] = {}
+        for i, c in enumerate(candidates):
+            if (first := seen.setdefault(c.name or c.model, i)) != i:
+                raise ValueError(f"candidates {first} and {i} are both {c.name or c.model!r}: remove one, or give "
+                                 "each its own name")
+        return candidates
+
     @field_validator("variants", mode="before")
     @classmethod
     def _variants(cls, raw: object) -> BaseModel:
