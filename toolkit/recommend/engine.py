@@ -135,6 +135,7 @@ def recommend(
     pending = admitted(report, options, budget, noise_margin(report))
     for o in pending:
         o.verdict += "; this budget would not rule it out: not compared with the pick until measured under it"
+    provisional = f" {_provisional(pending)}" if pending else ""
     clouds = [_cloud_row(c, prompt_tokens, budget) for c in providers or []]
     feasible_cloud = sorted((c for c in clouds if not c.violations), key=lambda c: (c.cost_per_1k_usd, c.id))
     rec = dict(
@@ -163,15 +164,14 @@ def recommend(
         return Recommendation(
             answer="edge", pick=pick.id, pick_label=pick.label, certification=cert,
             message=f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads): "
-            f"{_edge_cost(pick)}. {certified_line(cert)}{extra}" + (f" {_provisional(pending)}" if pending else ""),
+            f"{_edge_cost(pick)}. {certified_line(cert)}{extra}{provisional}",
             **rec,
         )
     ruled = _closest(options)
     if cheapest is None:
         return Recommendation(
             answer="none", pick=None, pick_label=None, ruled_out_by=ruled[1],
-            message=f"No variant meets the budget on this device ({ruled[0]}), and no cloud option does either."
-            + (f" {_provisional(pending)}" if pending else ""),
+            message=f"No variant meets the budget on this device ({ruled[0]}), and no cloud option does either.{provisional}",
             **rec,
         )
     mixed = _mixed(report, budget, costs, prompt_tokens, cheapest)
@@ -183,8 +183,7 @@ def recommend(
     )
     if mixed:
         message += f" Mixed: {mixed.rule}."
-    if pending:
-        message += f" {_provisional(pending)}"
+    message += provisional
     return Recommendation(
         answer="mixed" if mixed else "cloud", pick=None, pick_label=None, cloud_pick=cheapest.id, mixed=mixed,
         ruled_out_by=ruled[1], message=message, **rec,
