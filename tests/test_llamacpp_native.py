@@ -67,7 +67,7 @@ def test_profile_through_llama_server_with_llama_bench_beside(tiny_native):
     assert all(t.runtime_prefill_tps.n == 3 for t in p.prompts)
     # llama-bench on the same file: pp at each prompt length, tg at the decode depth, every repeat kept
     bench = p.llama_bench
-    assert bench.build.startswith("b11434 (") and bench.depth == 32
+    assert bench.build.startswith("b11434 (") and bench.depth == 64  # the longest prompt, where the profile decodes
     assert sorted(bench.prefill_tps) == [32, 64] and bench.decode_tps.n == 3
     # memory is the server's own peak (the deployment), at least the mapped model
     assert p.deploy_rss_mb == p.peak_rss_mb > p.file_size_mb

@@ -260,3 +260,40 @@ def test_rounds_are_decided_on_the_measurements_not_on_the_previous_pick():
     sticky = rep.model_copy(update={"previous_picks": {pick_key(budget, costs): other}})
     assert recommend(sticky, budget, costs).pick == other  # the answer keeps the previous pick
     assert rounds_standing(sticky, budget, costs) == fresh  # the measuring does not follow it
+
+
+def test_decode_is_timed_after_the_longest_prompt_where_certification_measures_it():
+    """Decode slows as the context grows (llama-bench here: Gemma 3 270M F16 tg128 20.6 tok/s at depth 128, 19.1
+    at 512), so the rounds time it after the deepest prompt a budget can name, as certification does."""
+    from toolkit.profiling.meters.sampler import Recorder
+    from toolkit.profiling.worker import timed_runs
+
+    class Recording:
+        def __init__(self):
+            self.calls, self.context = [], 0
+
+        def prefill(self, prompt):
+            self.context = len(prompt)
+            self.calls.append(("prefill", len(prompt)))
+            return 1
+
+        def decode(self, token):
+            self.calls.append(("decode", self.context))
+            self.context += 1
+            return token
+
+        def reset_perf(self):
+            pass
+
+        def perf(self):
+            return None
+
+    session = Recording()
+    job = {"prompt_lengths": [128, 512, 256], "decode_tokens": 4, "warmup": 1, "repeats": 2}
+    with Recorder(None) as energy:
+        out = timed_runs(session, list(range(600)), job, energy)
+    timed = session.calls[1 + 4:]  # after the warm-up's prefill and decodes
+    assert out["decode_context"] == 512 and all(n == 2 for n in (len(p["ttft_ms"]) for p in out["prompts"]))
+    decodes = [i for i, call in enumerate(timed) if call[0] == "decode"]
+    assert [timed[i - 1] for i in decodes if timed[i - 1][0] == "prefill"] == [("prefill", 512)] * 2
+    assert timed.count(("prefill", 512)) == 2 and len(out["decode_tps"]) == 2  # no prefill run twice

@@ -117,7 +117,7 @@ class LlamaBench(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     build: str  # llama.cpp build number (commit)
-    depth: int  # tokens in the context while decode is timed (the first prompt length, as the profile decodes)
+    depth: int  # tokens in the context while decode is timed (the longest prompt length, as the profile decodes)
     prefill_tps: dict[int, Stat]  # pp, per prompt length
     decode_tps: Stat  # tg
 
@@ -168,6 +168,7 @@ class Profile(Record):
     load_ms: float | None = None
     prompts: list[PromptTiming] = Field(default_factory=list)
     decode_tokens: int = 0
+    decode_context: int | None = None  # prompt tokens in the context before the timed decodes (the longest prompt)
     decode_tps: Stat | None = None
     itl_ms: Stat | None = None
     runtime_decode_tps: Stat | None = None

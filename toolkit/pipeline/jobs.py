@@ -79,6 +79,7 @@ class ProfileResult(Result):
     decode_tps: list[float]
     itl_ms: list[float]
     runtime_decode_tps: list[float] = []
+    decode_context: int | None = None  # prompt tokens before the timed decodes
     rapl_watts: list[float] = []
     load_ms: float
     peak_rss_mb: float
@@ -125,7 +126,7 @@ def measure_job(recipe: Recipe, variant: Variant, kind: Literal["profile", "perp
         kind=kind, runtime_module=chosen.module, profiler=chosen.profiler, n_gpu_layers=dev.llama_cpp.n_gpu_layers,
         decode_target=recipe.budget.min_decode_tps,
         llama_cpp_bin=llama_cpp_bin(recipe), path=variant.path, threads=threads(recipe),
-        n_ctx=max(max(dev.prompt_lengths) + 16, dev.prompt_lengths[0] + dev.decode_tokens + 16, recipe.quality.ctx),
+        n_ctx=max(max(dev.prompt_lengths) + dev.decode_tokens + 16, recipe.quality.ctx),
         n_batch=longest, corpus=str(corpus), prompt_lengths=dev.prompt_lengths, decode_tokens=dev.decode_tokens,
         warmup=dev.warmup, repeats=dev.repeats, ctx=recipe.quality.ctx, chunks=recipe.quality.chunks, reference=reference,
         energy_meter=dev.energy_meter, power=dev.power.model_dump() if dev.power else None,

@@ -35,7 +35,7 @@ from toolkit.records import (
 )
 from toolkit.runtimes import get_runtime
 
-PROFILER_VERSION = 4  # bump when the measurement method changes, so cached profiles are re-measured
+PROFILER_VERSION = 5  # bump when the measurement method changes, so cached profiles are re-measured
 # Settings that decide how many rounds run, not what one round measures: left out of a round's cache key.
 ROUND_SETTINGS = {"power", "rounds", "max_rounds", "target_win_probability", "extra_time_s", "noise_margin", "certify_runs"}
 
@@ -202,6 +202,7 @@ def measure(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: st
     ]
     return Profile(
         status="ok", load_ms=round(d.load_ms, 2), prompts=prompts, decode_tokens=dev.decode_tokens,
+        decode_context=d.decode_context,
         decode_tps=Stat.of(d.decode_tps), itl_ms=Stat.of(d.itl_ms, keep_values=False),
         runtime_decode_tps=Stat.of(d.runtime_decode_tps) if d.runtime_decode_tps else None,
         rapl_watts=Stat.of(d.rapl_watts) if d.rapl_watts else None, energy=profile_energy(child.data),

@@ -100,20 +100,22 @@ def energy_figures(energy: Recorder, choice: Choice) -> dict:
 
 def timed_runs(session, tokens: list[int], job: dict, energy: Recorder) -> dict:
     """`repeats` timed prefills of each prompt length, and `repeats` decodes of `decode_tokens` after a prompt of
-    the first length. The prefills before the decodes are that length's timed prefills: the same call on a fresh
-    cache, not run twice."""
+    the longest length: the deepest context profiled, where a budget's response (its prompt is one of the
+    lengths) decodes no slower, and the shape certification re-measures. The prefills before the decodes are that
+    length's timed prefills: the same call on a fresh cache, not run twice."""
     lengths, n_decode = job["prompt_lengths"], job["decode_tokens"]
+    deepest = max(lengths)
     for _ in range(job["warmup"]):
         first = session.prefill(tokens[: lengths[0]])
         for _ in range(min(8, n_decode)):
             first = session.decode(first)
     prompts = {length: {"prompt_tokens": length, "ttft_ms": [], "runtime_prefill_tps": []} for length in lengths}
-    for length in lengths[1:]:
+    for length in [n for n in lengths if n != deepest]:
         for _ in range(job["repeats"]):
             timed_prefill(session, tokens[:length], energy, prompts[length])
     decode_tps, itl, runtime_decode = [], [], []
     for _ in range(job["repeats"]):
-        token = timed_prefill(session, tokens[: lengths[0]], energy, prompts[lengths[0]])
+        token = timed_prefill(session, tokens[:deepest], energy, prompts[deepest])
         session.reset_perf()
         steps = []
         start = energy.mark()
@@ -132,7 +134,7 @@ def timed_runs(session, tokens: list[int], job: dict, energy: Recorder) -> dict:
         "decode_tps": decode_tps,
         "itl_ms": itl,
         "runtime_decode_tps": runtime_decode,
-        "decode_context": lengths[0],
+        "decode_context": deepest,
     }
 
 

@@ -217,7 +217,8 @@ def served_runs(server: Server, job: dict, energy, layers: int) -> dict:
     ttft = {n: [] for n in lengths}
     prefill = {n: [] for n in lengths}
     decode_tps, itl, runtime_decode = [], [], []
-    bench = {"build": "", "depth": lengths[0], "prefill_tps": {str(n): [] for n in lengths}, "decode_tps": []}
+    deepest = max(lengths)  # decode after the longest prompt, as the bundled runtime does (profiling/worker.py)
+    bench = {"build": "", "depth": deepest, "prefill_tps": {str(n): [] for n in lengths}, "decode_tps": []}
     for _ in range(job["repeats"]):
         for length in lengths:
             mark = energy.mark()
@@ -229,19 +230,19 @@ def served_runs(server: Server, job: dict, energy, layers: int) -> dict:
         for test in llama_bench(job, layers, ["-p", ",".join(map(str, lengths)), "-n", "0"]):
             bench["prefill_tps"][str(test["n_prompt"])] += test["samples_ts"]
         mark = energy.mark()
-        _, events, timings = server.stream(tokens[: lengths[0]], n_decode + 1)
+        _, events, timings = server.stream(tokens[:deepest], n_decode + 1)
         energy.window("decode", n_decode, mark, energy.mark())
         itl.extend(gaps(events))
         (first, before), (last, after) = events[0], events[-1]
         decode_tps.append((after - before) / (last - first))
         if timings.get("predicted_ms"):
             runtime_decode.append(timings["predicted_n"] / timings["predicted_ms"] * 1000)
-        [tg] = llama_bench(job, layers, ["-p", "0", "-n", str(n_decode), "-d", str(lengths[0])])
+        [tg] = llama_bench(job, layers, ["-p", "0", "-n", str(n_decode), "-d", str(deepest)])
         bench["decode_tps"] += tg["samples_ts"]
         bench["build"] = f"b{tg['build_number']} ({tg['build_commit']})"
     prompts = [{"prompt_tokens": n, "ttft_ms": ttft[n], "runtime_prefill_tps": prefill[n]} for n in lengths]
     return {"prompts": prompts, "decode_tps": decode_tps, "itl_ms": itl, "runtime_decode_tps": runtime_decode,
-            "decode_context": lengths[0], "llama_bench": bench}
+            "decode_context": deepest, "llama_bench": bench}
 
 
 def offload_layers(job: dict) -> tuple[int, str | None]:
@@ -264,7 +265,7 @@ def offload_layers(job: dict) -> tuple[int, str | None]:
     n_layers = int(fields[f"{fields['general.architecture']}.block_count"]) + 1  # the output layer too
 
     def tg(layers: int) -> list[float]:
-        args = ["-p", "0", "-n", str(job["decode_tokens"]), "-d", str(job["prompt_lengths"][0])]
+        args = ["-p", "0", "-n", str(job["decode_tokens"]), "-d", str(max(job["prompt_lengths"]))]
         return llama_bench(job, layers, args, job["repeats"])[0]["samples_ts"]
 
     layers, tried, why = fewest_layers(tg, n_layers, job.get("decode_target"))
