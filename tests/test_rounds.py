@@ -297,3 +297,36 @@ def test_decode_is_timed_after_the_longest_prompt_where_certification_measures_i
     decodes = [i for i, call in enumerate(timed) if call[0] == "decode"]
     assert [timed[i - 1] for i in decodes if timed[i - 1][0] == "prefill"] == [("prefill", 512)] * 2
     assert timed.count(("prefill", 512)) == 2 and len(out["decode_tps"]) == 2  # no prefill run twice
+
+
+@pytest.mark.parametrize(("extra_s", "certified"), [(1000, "v3"), (100, None)])
+def test_certification_goes_down_the_picks_until_one_passes_or_its_time_runs_out(extra_s, certified):
+    """v0-v2 miss the TTFT limit when re-measured (40 s of runs each); v3 meets it. With 1,000 s allowed for
+    certifying, the fourth pick is certified; with 100 s, the third attempt is the last, and the pick says its
+    turn did not come rather than that `toolkit profile` would certify it."""
+    from toolkit.pipeline.certify import certify
+    from toolkit.recipe import Device, Recipe
+
+    rep = report(*({"ttft": [100 + 10 * i] * 3, "decode": [50 - i] * 3} for i in range(5)))
+    budget = Budget(ttft_prompt_tokens=512, max_ttft_ms=200, priority="speed")
+    recipe = Recipe(name="r", candidates=[{"model": "m"}], budget=budget,
+                    device=Device(prompt_lengths=[512], certify_runs=2, extra_time_s=extra_s))
+    measured: list[str] = []
+
+    def measure_round(at_shape, variant, index):
+        measured.append(variant.id)
+        ttft = 150 if variant.id == "v3" else 250
+        return rep.profiles[0].model_copy(update={
+            "variant_id": variant.id, "wall_s": 20.0, "decode_tokens": at_shape.device.decode_tokens,
+            "prompts": [PromptTiming(prompt_tokens=512, ttft_ms=Stat.of([ttft] * 3), prefill_tps=Stat.of([2000.0] * 3))]})
+
+    out = certify(recipe, rep, measure_round)
+    rec = recommend(out, budget, Costs())
+    if certified:
+        assert measured == ["v0"] * 2 + ["v1"] * 2 + ["v2"] * 2 + ["v3"] * 2 and rec.pick == "v3"
+        assert rec.certification.certified and "Certified: meets the budget in 2/2 fresh runs" in rec.message
+    else:
+        assert measured == ["v0"] * 2 + ["v1"] * 2 + ["v2"] * 2 and rec.pick == "v3" and rec.certification is None
+        assert ("Not certified: the picks before it failed certification (m Q0, m Q1, m Q2), and the time for "
+                "certifying (device.extra_time_s) ran out before its turn.") in rec.message
+        assert certification_line(rec) == "Certification: none; the time for it ran out after m Q0, m Q1, m Q2 failed it"

@@ -98,6 +98,9 @@ def certification_line(rec: Recommendation) -> str | None:
     cert = rec.certification
     if rec.pick is None:
         return None
+    failed = [r.label for r in rec.rows if any(v.startswith("failed certification") for v in r.violations)]
+    if cert is None and failed:
+        return f"Certification: none; the time for it ran out after {', '.join(failed)} failed it"
     if cert is None:
         return "Certification: none for this budget (`toolkit profile` certifies the recipe's budget)"
     runs = "; ".join(

@@ -1,5 +1,6 @@
 """Certification: the pick re-measured in fresh processes at the budget's response shape; a pick that misses
-the budget in any run is vetoed and the next one certified (profiling/rounds.py, step 4)."""
+the budget in any run is vetoed and the next one certified, within `device.extra_time_s` of certification runs
+(profiling/rounds.py, step 4)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 from toolkit.errors import UserError
 from toolkit.pipeline.workspace import Progress, quiet
-from toolkit.profiling.rounds import CERTIFY_ATTEMPTS, certify_runs
+from toolkit.profiling.rounds import certify_runs
 from toolkit.recipe import Recipe
 from toolkit.recommend.engine import budget_key, check_run, pick_key, recommend
 from toolkit.records import DeviceFingerprint, DeviceReport, Profile, Variant
@@ -20,8 +21,8 @@ def certify(recipe: Recipe, report: DeviceReport, measure_round: MeasureRound, p
     n, budget = recipe.device.certify_runs, recipe.budget
     if n == 0 or not report.measured:
         return report
-    key = budget_key(budget, recipe.costs)
-    for _ in range(CERTIFY_ATTEMPTS):
+    key, spent, attempts = budget_key(budget, recipe.costs), 0.0, 0
+    while attempts == 0 or spent < recipe.device.extra_time_s:  # each attempt vetoes a pick or certifies one
         rec = recommend(report, budget, recipe.costs)
         if rec.pick is None or rec.certification is not None:
             break
@@ -32,6 +33,7 @@ def certify(recipe: Recipe, report: DeviceReport, measure_round: MeasureRound, p
         for i in range(n):
             progress(f"certify {variant.label} ({i + 1}/{n})", i, n)
             runs.append(measure_round(at_shape, variant, i))
+        spent, attempts = spent + sum(run.wall_s for run in runs), attempts + 1
         check = functools.partial(_check, report, recipe, rec.prompt_tokens)
         cert = certify_runs(runs, check, variant.id, key, rec.prompt_tokens, rec.output_tokens)
         report = report.model_copy(update={"certifications": [*report.certifications, cert]})

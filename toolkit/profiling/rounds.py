@@ -12,8 +12,9 @@
    So is a tie that `device.max_rounds` could not decide (`futile`): the pick's lead over its closest rival,
    projected to max_rounds processes, would still leave it short of the target.
 4. Certification: the pick is re-measured in `device.certify_runs` fresh processes at the budget's
-   response shape; if any run misses the budget it is vetoed and the next pick is certified (up to
-   CERTIFY_ATTEMPTS variants).
+   response shape; if any run misses the budget it is vetoed and the next pick is certified, until one is,
+   none is left, or the certification runs (cached or not, by their recorded time) have taken
+   `device.extra_time_s`; then the pick says that its turn did not come.
 
 Every round and certification run is cached on its own (by variant, settings, device and index), so a
 killed run loses at most the process in flight.
@@ -29,7 +30,6 @@ from typing import NamedTuple
 from toolkit.profiling.meters.summary import merge_energy
 from toolkit.records import Certification, CertRun, DeviceReport, LlamaBench, Profile, PromptTiming, Stat
 
-CERTIFY_ATTEMPTS = 3
 Measure = Callable[[str, int], Profile]  # (variant id, round index) -> that round's profile, cached or measured
 
 

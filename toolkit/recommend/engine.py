@@ -160,11 +160,12 @@ def recommend(
     cheapest = feasible_cloud[0] if feasible_cloud else None
     if pick:
         cert = next((c for c in report.certifications if c.variant_id == pick.id and c.budget_key == key), None)
+        failed = [o.label for o in options if o.id in vetoes]
         extra = f" Cheapest cloud meeting the budget: {_cloud_name(cheapest)}." if cheapest else ""
         return Recommendation(
             answer="edge", pick=pick.id, pick_label=pick.label, certification=cert,
             message=f"Run {pick.label} on {report.device.cpu_model} ({report.device.threads_used} threads): "
-            f"{_edge_cost(pick)}. {certified_line(cert)}{extra}{provisional}",
+            f"{_edge_cost(pick)}. {certified_line(cert, failed)}{extra}{provisional}",
             **rec,
         )
     ruled = _closest(options)
@@ -197,7 +198,11 @@ def _provisional(pending: list[Option]) -> str:
             "to compare them.")
 
 
-def certified_line(cert: Certification | None) -> str:
+def certified_line(cert: Certification | None, failed: list[str] | None = None) -> str:
+    """The certification sentence; `failed`: the picks before this one that failed this budget's."""
+    if cert is None and failed:
+        return (f"Not certified: the picks before it failed certification ({', '.join(failed)}), and the time for "
+                "certifying (device.extra_time_s) ran out before its turn.")
     if cert is None:
         return "Not certified for this budget (`toolkit profile` re-measures the pick for the recipe's budget)."
     return f"Certified: meets the budget in {cert.passed}/{len(cert.runs)} fresh runs."
