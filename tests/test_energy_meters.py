@@ -474,8 +474,8 @@ def test_worker_measures_every_window_with_the_chosen_meter(rapl, monkeypatch):
     energy = out["energy"]
     assert energy["meter"] == "rapl" and energy["source"] == "measured: RAPL package+DRAM" and energy["idle_w"] == 0
     assert [(w["phase"], w["tokens"], w["joules"]) for w in energy["windows"]] == [
-        ("prefill", 32, 0.032), ("prefill", 32, 0.032),  # the first length's prefills are the decodes' own
-        ("prefill", 8, 0.008), ("decode", 4, 0.08), ("prefill", 8, 0.008), ("decode", 4, 0.08),
+        ("prefill", 8, 0.008), ("prefill", 8, 0.008),  # the longest length's prefills are the decodes' own
+        ("prefill", 32, 0.032), ("decode", 4, 0.08), ("prefill", 32, 0.032), ("decode", 4, 0.08),
     ]  # 1 mJ per prompt token, 20 mJ per decoded token
     assert [(p["prompt_tokens"], len(p["ttft_ms"])) for p in out["prompts"]] == [(8, 2), (32, 2)]
     assert len(out["rapl_watts"]) == 6 and out["rapl_watts"][3] == pytest.approx(0.08 / energy["windows"][3]["seconds"], rel=1e-3)
