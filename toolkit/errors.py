@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_sentence(text: str, limit: int) -> str:
+    """An exception's text on one line, up to its first sentence's end and at most `limit` characters: the reason
+    a one-line error quotes."""
+    return " ".join(text.split()).split(". ")[0][:limit]
+
+
 class UserError(Exception):
     """A problem with the user's input, rendered as one line naming the file and the field."""
 

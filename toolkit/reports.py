@@ -18,6 +18,7 @@ from toolkit.plots import (
     write_plotly_js,
 )
 from toolkit.recommend.engine import Recommendation
+from toolkit.recommend.keys import FAILED_CERTIFICATION
 from toolkit.recommend.metrics import BY_BUDGET, BY_KEY, cell
 from toolkit.recommend.noise import EQUIVALENT_UTILITY, TIE_THRESHOLD
 
@@ -98,7 +99,7 @@ def certification_line(rec: Recommendation) -> str | None:
     cert = rec.certification
     if rec.pick is None:
         return None
-    failed = [r.label for r in rec.rows if any(v.startswith("failed certification") for v in r.violations)]
+    failed = [r.label for r in rec.rows if any(v.startswith(FAILED_CERTIFICATION) for v in r.violations)]
     if cert is None and failed:
         return f"Certification: none; the time for it ran out after {', '.join(failed)} failed it"
     if cert is None:

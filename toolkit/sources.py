@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from toolkit.catalogue import HubSource, ModelCard, PyPISource, find_card
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_sentence
 from toolkit.io import atomic_dir, atomic_path, cache_root, sha256_file
 from toolkit.procs import die_with_parent
 
@@ -44,12 +44,14 @@ def resolve(candidate: Candidate, recipe: Recipe) -> SourceModel:
         return _from_hub(HubSource(repo=repo), name, candidate)
     path = local_path(candidate, recipe)
     if not path.exists():
-        raise UserError(
-            f"model {candidate.model!r} is neither in the catalogue (toolkit models) nor a local path",
-            file=recipe.path,
-            field="candidates.model",
-        )
+        raise nowhere(candidate, recipe)
     return _from_local(path, name, candidate)
+
+
+def nowhere(candidate: Candidate, recipe: Recipe, field: str = "candidates.model") -> UserError:
+    """The error for a candidate that is neither in the catalogue, a hub reference nor a local path."""
+    return UserError(f"model {candidate.model!r} is neither in the catalogue (toolkit models), a hub reference "
+                     "(hf:<org>/<name>) nor a local path", file=recipe.path, field=field)
 
 
 def source_kind(candidate: Candidate, recipe: Recipe) -> Literal["gguf", "hf"] | None:
@@ -122,7 +124,7 @@ def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel
             allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        reason = " ".join(str(exc).split()).split(". ")[0][:300]  # its first sentence
+        reason = first_sentence(str(exc), 300)
         raise UserError(
             f"cannot fetch {source.repo!r} from the Hugging Face hub ({reason}); "
             "check network access and HF_TOKEN, or point the recipe at a local copy",

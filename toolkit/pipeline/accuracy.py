@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_sentence
 from toolkit.io import content_hash
 from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import save, stored
@@ -59,7 +59,7 @@ def _unreachable_data(name: str) -> str | None:
     try:
         datasets.load_dataset_builder(path, entry.cfg.get("dataset_name"))
     except Exception as exc:  # noqa: BLE001 - whatever stops the builder stops every variant's job
-        return f"its data set {path!r} cannot be loaded (" + " ".join(str(exc).split()).split(". ")[0][:200] + ")"
+        return f"its data set {path!r} cannot be loaded ({first_sentence(str(exc), 200)})"
     return None
 
 

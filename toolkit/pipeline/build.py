@@ -10,7 +10,7 @@ from toolkit.formats import get_format
 from toolkit.pipeline.workspace import variant_specs
 from toolkit.recipe import Candidate, Recipe
 from toolkit.records import BuildFailure, Variant
-from toolkit.sources import local_path, resolve, source_kind
+from toolkit.sources import local_path, nowhere, resolve, source_kind
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
 
@@ -41,8 +41,7 @@ def check_candidates(recipe: Recipe) -> None:
     rather than after building the ones before it."""
     for index, candidate in enumerate(recipe.candidates):
         if source_kind(candidate, recipe) is None:
-            raise UserError(f"model {candidate.model!r} is neither in the catalogue (toolkit models), a hub reference "
-                            "(hf:<org>/<name>) nor a local path", file=recipe.path, field=f"candidates.{index}.model")
+            raise nowhere(candidate, recipe, field=f"candidates.{index}.model")
 
 
 def not_built(recipe: Recipe, candidate: Candidate, reason: str) -> list[BuildFailure]:

@@ -10,10 +10,11 @@ from toolkit.io import content_hash, ensure_dir, sha256_file
 from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import is_ok, load_or_compute, save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
-from toolkit.pipeline.gates import broken_quality, quality_limits
+from toolkit.pipeline.gates import quality_limits
 from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
 from toolkit.quality.fidelity import DIGITS
 from toolkit.recipe import Recipe
+from toolkit.recommend.ruled_out import quality_breaks
 from toolkit.records import Manifest, Quality, Variant
 from toolkit.runtimes import get_runtime
 
@@ -74,7 +75,7 @@ def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, r
     reusable = not is_ref or (ref_dir / "windows.npz").exists()  # the reference's logits must be there too
 
     def serves(found: Quality) -> bool:
-        still_over = bool(stop_over) and bool(broken_quality(recipe, found.lower_bounds or {}))
+        still_over = bool(stop_over) and bool(quality_breaks(recipe.budget, found.lower_bounds or {}))
         return is_ok(found) or (found.status == "stopped" and still_over)
     return load_or_compute(path, Quality, score, reusable, serves)
 

@@ -17,17 +17,12 @@ def quality_limits(recipe: Recipe) -> dict[str, float]:
     return {lim.metric: lim.bound for lim in budget_limits(recipe.budget, QUALITY_LIMITS)}
 
 
-def broken_quality(recipe: Recipe, figures: dict[str, float | None]) -> list[str]:
-    """The budget's quality limits that `figures` (kl, perplexity, bits_per_byte) break, as check() words them."""
-    return quality_breaks(recipe.budget, figures)
-
-
 def quality_gate(recipe: Recipe, quality: list[Quality]) -> dict[str, str]:
     """Variants whose fidelity breaks a quality limit of the budget, with the reason: as measured, or, where
     scoring stopped early (status `stopped`), at least by its lower bounds over the whole text."""
     out = {}
     for q in quality:
-        if not (broken := broken_quality(recipe, quality_figures(q))):
+        if not (broken := quality_breaks(recipe.budget, quality_figures(q))):
             continue
         out[q.variant_id] = RULED_OUT + "; ".join(broken)
         if q.status == "stopped":

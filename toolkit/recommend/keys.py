@@ -19,6 +19,9 @@ def pick_key(budget: Budget, costs: Costs) -> str:
     return content_hash(budget.model_dump(), costs.model_dump())
 
 
+FAILED_CERTIFICATION = "failed certification"  # how a veto starts (reports.py finds the vetoed rows by it)
+
+
 def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
     """Variants whose re-measurement missed this budget in some fresh process: never the pick."""
     out = {}
@@ -26,7 +29,7 @@ def certification_vetoes(report: DeviceReport, key: str) -> dict[str, str]:
         if cert.budget_key == key and not cert.certified:
             failed = next(r for r in cert.runs if not r.meets)
             why = "; ".join(failed.violations) or failed.status
-            out[cert.variant_id] = f"failed certification: met the budget in {cert.passed}/{len(cert.runs)} fresh runs ({why})"
+            out[cert.variant_id] = f"{FAILED_CERTIFICATION}: met the budget in {cert.passed}/{len(cert.runs)} fresh runs ({why})"
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from toolkit.recommend.metrics import NO_ENERGY
 from toolkit.recommend.select import Option
 from toolkit.records import DeviceReport
 
@@ -53,5 +54,5 @@ def priority_notes(options: list[Option], priority: str) -> list[str]:
     feasible = [o for o in options if o.feasible]
     if priority not in COST_FALLBACK or not feasible or any(o.metrics.get("cost_per_1k_usd") for o in feasible):
         return []
-    return [f"Priority '{priority}' ranks by cost per response, which no variant in budget has here (energy unknown: "
-            f"no energy meter read, no device.power in the recipe): ranked by {COST_FALLBACK[priority]} instead."]
+    return [f"Priority '{priority}' ranks by cost per response, which no variant in budget has{NO_ENERGY}: ranked "
+            f"by {COST_FALLBACK[priority]} instead."]
