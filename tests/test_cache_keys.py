@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import write_recipe
 from toolkit import pipeline
+from toolkit.formats.files import serving_context
 from toolkit.io import write_json
 from toolkit.pipeline import accuracy, jobs, workspace
 from toolkit.profiling.harness import ChildResult
@@ -34,6 +35,7 @@ class FakeWorker:
 
     def __call__(self, job: dict, timeout_s: float, memory_cap_mb: float | None, log_path: Path) -> ChildResult:
         self.calls.append((job["kind"], Path(job["path"]).name))
+        self.n_ctx = job.get("n_ctx")
         if Path(job["path"]).name in self.fail:
             return ChildResult("crash", {}, "exit code 1: boom", 0.1)
         if job["kind"] == "profile":
@@ -163,6 +165,24 @@ def test_profile_key_names_variant_settings_and_device(setup):
     _set_manifest(recipe, [f16, q8.model_copy(update={"sha256": "new"})])
     pipeline.profile(recipe)
     assert worker.count("profile") == ["Q8_0.gguf"]
+
+
+def test_profiles_open_the_context_a_deployed_server_gets_and_are_keyed_by_it(setup):
+    """Memory is measured with the KV cache `toolkit export`/`deploy` allocate: the serving context of the
+    budget's response shape (at least 2048, a power of two, within the trained context), so a budget whose
+    response needs a larger server is profiled again, and one that fits the same server is not."""
+    recipe, worker, (f16, q8), _ = setup
+    report, _ = pipeline.profile(recipe)
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"] and worker.n_ctx == 2048
+    assert {p.settings["n_ctx"] for p in report.profiles} == {2048}
+    assert worker.n_ctx == serving_context(16, recipe.budget.output_tokens, None)
+    pipeline.profile(_recipe_with(recipe, "budget", output_tokens=1000))  # 16 + 1000 tokens: the same 2048 server
+    assert worker.count("profile") == []
+    pipeline.profile(_recipe_with(recipe, "budget", output_tokens=3000))
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"] and worker.n_ctx == 4096
+    _set_manifest(recipe, [v.model_copy(update={"details": {"context_length": 1024}}) for v in (f16, q8)])
+    report, _ = pipeline.profile(recipe)  # a model trained for 1024 tokens is served at 1024
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"] and worker.n_ctx == 1024
 
 
 def test_a_failure_is_kept_with_its_reason_and_retried(setup):

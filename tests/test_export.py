@@ -167,6 +167,19 @@ def test_export_files_for_gguf_onnx_and_gptq(tmp_path, monkeypatch):
         assert expected in code and repr(str(folder)) in code
 
 
+def test_a_server_given_more_context_than_memory_was_measured_at_says_so(tmp_path, monkeypatch):
+    rec, report = _rec_and_report()
+    monkeypatch.setattr(export, "gguf_metadata", lambda v: (GgufInfo(chat_template=CHATML_JINJA, context_length=8192), "x"))
+    ctx = export.serving_ctx(rec, 8192)
+    for measured, warned in ((ctx, False), (ctx // 2, True), (None, True)):
+        profiled = report.model_copy(deep=True)
+        for p in profiled.profiles:
+            p.settings = {"n_ctx": measured} if measured else {}
+        text = export_pick(rec, profiled, tmp_path / str(measured))["llama-server"].read_text()
+        assert ("holds a larger KV cache" in text) == warned, text
+        assert f"--ctx-size {ctx} " in text
+
+
 def test_export_refuses_without_an_edge_pick(tmp_path):
     report = ladder_report([(100, 800, 50, 300, 30)])
     rec = recommend(report, Budget(min_decode_tps=10_000), Costs(), CLOUDS)

@@ -145,3 +145,12 @@ def test_deploy_memory_leaves_out_the_workers_own_imports():
 
     assert deploy_rss_mb({"baseline_rss_mb": 500.0, "runtime_rss_mb": 60.0}, 900.0) == 460.0
     assert deploy_rss_mb({"baseline_rss_mb": 500.0}, 900.0) is None
+
+
+def test_deploy_memory_holds_the_kv_cache_of_the_context_the_runtime_opened(tiny_gguf, corpus, tmp_path):
+    """Profiles open the runtime at the serving context (pipeline/jobs.py: profile_context), because llama.cpp
+    allocates and clears the whole KV cache up front: the deploy figure grows by its size. The tiny Llama's cache
+    is 2 layers x (K + V) x 2 KV heads x 64 dims x 2 bytes (F16) = 1 KiB per token of context."""
+    small, large = (_worker(_job("llamacpp", tiny_gguf, corpus) | {"n_ctx": n}, tmp_path) for n in (256, 65536))
+    kv_mb = (65536 - 256) * 1024 / 2**20
+    assert small["deploy_rss_mb"] + 0.9 * kv_mb <= large["deploy_rss_mb"] <= small["deploy_rss_mb"] + 1.1 * kv_mb

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from toolkit.errors import UserError
-from toolkit.export import serving_ctx
+from toolkit.export import context_warning, serving_ctx
 from toolkit.io import write_text
 from toolkit.recipe import Recipe
 from toolkit.recommend.cloud import CloudModel
@@ -104,6 +104,7 @@ def deploy_files(recipe: Recipe, reports: list[DeviceReport], recs: list[Recomme
         ctx = serving_ctx(rec, int(trained) if trained else None)  # as `toolkit export` sizes it
         cmd = server_command(variant.path, profile, report.device.threads_used, c.host, port, f"edge-{i}", ctx)
         commands.append(f"# {report.device.hostname} ({report.device.cpu_model}): {variant.label}")
+        commands.extend(context_warning(report, variant.id, ctx))
         commands.append(shlex.join(cmd))
         row = next(r for r in rec.rows if r.variant_id == rec.pick)
         tokens_per_request = rec.prompt_tokens + rec.output_tokens

@@ -10,7 +10,6 @@ the Modelfile says so: check it against the model card before serving.
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from toolkit.catalogue import PyPISource, find_card
 from toolkit.errors import UserError
+from toolkit.formats.files import serving_context
 from toolkit.io import write_text
 from toolkit.recommend.engine import Recommendation
 from toolkit.records import DeviceReport, Variant
@@ -95,10 +95,19 @@ def default_system(fmt: ChatFormat, jinja: str | None) -> str | None:
 
 
 def serving_ctx(rec: Recommendation, trained: int | None) -> int:
-    """A server's context for the budget's response shape (a power of two, at least 2048), within the model's
-    own: the same in every hand-off (export, deploy)."""
-    ctx = max(2048, 2 ** math.ceil(math.log2(rec.prompt_tokens + rec.output_tokens)))
-    return min(ctx, trained) if trained else ctx
+    """A server's context for the recommendation's response shape (formats/files.py: serving_context)."""
+    return serving_context(rec.prompt_tokens, rec.output_tokens, trained)
+
+
+def context_warning(report: DeviceReport, variant_id: str, ctx: int) -> list[str]:
+    """A comment line when the server's context is larger than the one the pick's memory was measured at (a
+    response shape given at `toolkit recommend`, or a profile from before profiles opened the serving context)."""
+    profile = next((p for p in report.profiles if p.variant_id == variant_id), None)
+    measured = profile.settings.get("n_ctx") if profile else None
+    if isinstance(measured, int) and measured >= ctx:
+        return []
+    at = f"{measured} tokens of context" if measured else "a smaller context"
+    return [f"# memory was measured at {at}; this server's {ctx} holds a larger KV cache: profile at this response shape"]
 
 
 def _quoted(text: str) -> str:
@@ -146,6 +155,7 @@ def llama_server(variant: Variant, rec: Recommendation, report: DeviceReport, in
     return "\n".join([
         "#!/usr/bin/env bash",
         f"# llama.cpp's server for {variant.label}, the pick on {rec.device}:",
+        *context_warning(report, variant.id, int(ctx)),
         f"# OpenAI-compatible API at http://127.0.0.1:{port}/v1, {threads} threads as profiled, the GGUF's own chat template (--jinja).",
         f"# With llama-cpp-python instead: {shlex.join(python)}",
         "set -euo pipefail",

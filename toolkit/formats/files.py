@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from toolkit.errors import UserError
@@ -79,6 +80,14 @@ def _embedding_params(files: dict) -> int:
 def trained_context(path: Path) -> int | None:
     """The context length the model was trained for, from the variant's own files; None when they do not say."""
     return model_shape(path).get("context_length")
+
+
+def serving_context(prompt_tokens: int, output_tokens: int, trained: int | None) -> int:
+    """The context a server gets for a response shape: a power of two, at least 2048, within the model's
+    trained context. Every hand-off (export, deploy) serves at it, and profiles open the runtime at it
+    (pipeline/jobs.py), so the memory measured holds the KV cache a deployed server allocates."""
+    ctx = max(2048, 2 ** math.ceil(math.log2(prompt_tokens + output_tokens)))
+    return min(ctx, trained) if trained else ctx
 
 
 def embedding_params(path: Path) -> int | None:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from toolkit.formats.files import serving_context
 from toolkit.pipeline.workspace import llama_cpp_bin, threads
 from toolkit.profiling.harness import ChildResult, run_child
 from toolkit.recipe import Recipe
@@ -126,11 +127,24 @@ def measure_job(recipe: Recipe, variant: Variant, kind: Literal["profile", "perp
         kind=kind, runtime_module=chosen.module, profiler=chosen.profiler, n_gpu_layers=dev.llama_cpp.n_gpu_layers,
         decode_target=recipe.budget.min_decode_tps,
         llama_cpp_bin=llama_cpp_bin(recipe), path=variant.path, threads=threads(recipe),
-        n_ctx=max(max(dev.prompt_lengths) + dev.decode_tokens + 16, recipe.quality.ctx),
+        n_ctx=profile_context(recipe, variant) if kind == "profile" else fidelity_context(recipe),
         n_batch=longest, corpus=str(corpus), prompt_lengths=dev.prompt_lengths, decode_tokens=dev.decode_tokens,
         warmup=dev.warmup, repeats=dev.repeats, ctx=recipe.quality.ctx, chunks=recipe.quality.chunks, reference=reference,
         energy_meter=dev.energy_meter, power=dev.power.model_dump() if dev.power else None,
     )
+
+
+def fidelity_context(recipe: Recipe) -> int:
+    """Room for the longest prompt and the decode after it, or for one scoring window."""
+    return max(max(recipe.device.prompt_lengths) + recipe.device.decode_tokens + 16, recipe.quality.ctx)
+
+
+def profile_context(recipe: Recipe, variant: Variant) -> int:
+    """The context a profile opens the runtime with: the one `toolkit export` and `toolkit deploy` serve the
+    budget's response shape at (more when the prompts need it), so its memory holds that server's KV cache."""
+    shape = recipe.budget.ttft_prompt_tokens or max(recipe.device.prompt_lengths), recipe.budget.output_tokens
+    trained = variant.details.get("context_length")
+    return max(fidelity_context(recipe), serving_context(*shape, int(trained) if trained else None))
 
 
 def run(job: Job, timeout_s: float, memory_cap_mb: float | None, log: Path) -> ChildResult:

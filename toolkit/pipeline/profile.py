@@ -35,7 +35,7 @@ from toolkit.records import (
 )
 from toolkit.runtimes import get_runtime
 
-PROFILER_VERSION = 5  # bump when the measurement method changes, so cached profiles are re-measured
+PROFILER_VERSION = 6  # bump when the measurement method changes, so cached profiles are re-measured
 # Settings that decide how many rounds run, not what one round measures: left out of a round's cache key.
 ROUND_SETTINGS = {"power", "rounds", "max_rounds", "target_win_probability", "extra_time_s", "noise_margin", "certify_runs"}
 
@@ -101,7 +101,8 @@ def _identity(recipe: Recipe, variant: Variant, device: DeviceFingerprint, key: 
     """The fields every profile of `variant` carries, measured or not."""
     return dict(
         key=key, variant_id=variant.id, variant_name=variant.label, format=variant.format,
-        runtime=profiling_runtime(recipe, variant), device=device, settings=_settings(recipe),
+        runtime=profiling_runtime(recipe, variant), device=device,
+        settings=_settings(recipe) | {"n_ctx": jobs.profile_context(recipe, variant)},
         file_size_mb=round(variant.size_bytes / 2**20, 2),
     )
 
@@ -157,6 +158,7 @@ def profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *ex
     settings = recipe.device.model_dump(mode="json", exclude=ROUND_SETTINGS | {"llama_cpp", "label"})  # label: in device.id
     if recipe.device.llama_cpp.runtime == "native":
         settings["llama_cpp"] = recipe.device.llama_cpp.model_dump(mode="json")
+    settings["n_ctx"] = jobs.profile_context(recipe, variant)  # follows the budget's response shape
     return content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION, *extra)
 
 
