@@ -9,7 +9,7 @@ from tests.factories import FP_BARE as FP  # noqa: F401
 from tests.factories import repeats_report as report
 from toolkit.recipe import Budget, Costs
 from toolkit.recommend.engine import recommend
-from toolkit.recommend.noise import TIE_THRESHOLD
+from toolkit.recommend.noise import SINGLE_TIMINGS, TIE_THRESHOLD
 from toolkit.reports import markdown, noise_line
 
 
@@ -108,6 +108,18 @@ def test_budgets_are_checked_on_p90_ttft_and_p10_decode_not_medians():
     assert "over the budget on the measured figures but the pick in some resamples: m Q0 (0." in noise_line(rec)
 
 
+def test_single_timings_claim_no_win_probability_and_say_why():
+    """One repeat in one process per variant: every resample would redraw the same value, so a bootstrap would
+    report the pick as certain (1.00, no tie) on nothing but two single timings."""
+    rec = recommend(report({"ttft": [800], "decode": [100]}, {"ttft": [790], "decode": [101]}), Budget(), Costs(), [])
+    assert rec.pick == "v1" and rec.resamples == 0 and rec.tied_with == []
+    assert all(r.win_probability is None for r in rec.rows) and "win probability" not in row(rec, "v1").verdict
+    assert SINGLE_TIMINGS in rec.notes and noise_line(rec) is None and "Noise: not assessed" in markdown(rec)
+    repeated = recommend(report({"ttft": [800], "decode": [100]}, {"ttft": [790, 900], "decode": [101, 90]}),
+                         Budget(), Costs(), [])  # one variant measured twice: its spread is measured
+    assert repeated.resamples == 1000 and SINGLE_TIMINGS not in repeated.notes
+
+
 def test_no_edge_pick_has_no_noise_line():
     rec = recommend(report({"ttft": TTFT, "decode": [10, 11, 12]}), Budget(min_decode_tps=100), Costs(), [])
     assert rec.pick is None and rec.resamples == 0 and noise_line(rec) is None
@@ -132,6 +144,9 @@ def test_final_pick_meets_the_budget_and_wins_its_tie_by_the_stated_rule(variant
         return
     pick = row(rec, rec.pick)
     assert not pick.violations and all(not row(rec, v).violations for v in rec.tied_with)
+    if rec.resamples == 0:  # every variant in reach timed once: no win probability claimed
+        assert SINGLE_TIMINGS in rec.notes and rec.tied_with == [] and all(r.win_probability is None for r in rec.rows)
+        return
     assert abs(sum(r.win_probability for r in rec.rows) - 1) < 1e-9 or any(r.violations for r in rec.rows)
     tied = [pick, *(row(rec, v) for v in rec.tied_with)]
     if len(tied) > 1:

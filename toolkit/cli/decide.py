@@ -59,7 +59,7 @@ def show_recommendation(r: Recipe, budget: Budget, report_paths: list[Path] | No
         if rec.cloud_rows:
             show(cloud_table(rec), wide=True)
         console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message, soft_wrap=True)
-        warnings = [n for n in rec.notes if n.startswith(("Context: ", "Priority "))]  # the rest are in the reports
+        warnings = [n for n in rec.notes if n.startswith(("Context: ", "Priority ", "Noise: "))]  # the rest are in the reports
         for line in (noise_line(rec), certification_line(rec), *warnings):
             if line:
                 console.print(line, highlight=False, soft_wrap=True)

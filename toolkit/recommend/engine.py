@@ -121,8 +121,8 @@ def recommend(
     vetoes = certification_vetoes(report, key)
     order = choose(options, limits, budget.priority, budget.alpha, vetoes)
     pick, tied, win, rule, equivalent = (order[0] if order else None), [], {}, TIE_RULE, None
-    if pick:
-        reach = noise.within_reach(options, limits, noise_margin(report), vetoes)
+    reach = noise.within_reach(options, limits, noise_margin(report), vetoes) if pick else set()
+    if pick and noise.spread_measured([p for p in report.profiles if p.variant_id in reach], prompt_tokens):
         drawn = draws(report, options, prompt_tokens, budget.output_tokens, costs, reach)
         utilities: list[dict[str, float]] = []
         win = noise.win_probabilities(drawn, limits, budget.priority, budget.alpha, vetoes, utilities)
@@ -148,11 +148,12 @@ def recommend(
         costs=costs,
         energy_source=energy_source(report),
         objectives=shared_objectives([o for o in options if o.feasible] or options),
-        rows=_rows(report, options, details, win if pick else None),
+        rows=_rows(report, options, details, win or None),
         cloud_rows=clouds,
-        notes=report_notes(report, prompt_tokens, budget.output_tokens) + priority_notes(options, budget.priority),
+        notes=report_notes(report, prompt_tokens, budget.output_tokens) + priority_notes(options, budget.priority)
+        + ([noise.SINGLE_TIMINGS] if pick and not win else []),
         unmeasured=[o.id for o in pending],
-        resamples=noise.RESAMPLES if pick else 0,
+        resamples=noise.RESAMPLES if win else 0,
         tied_with=[o.id for o in tied if o is not pick],
         tie_rule=rule if len(tied) > 1 else None,
         tie_equivalence=equivalent,

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from toolkit.recommend.select import Limit, Option, check, choose, likelihood_measure, tiebreak
-from toolkit.records import Stat
+from toolkit.records import Profile, Stat
 
 RESAMPLES = 1000
 SEED = 0
@@ -46,6 +46,19 @@ TIE_THRESHOLD = 0.05
 # Utilities (select.utilities: 1 is the best in-budget variant) this close are the same answer for a user: a
 # tie whose utilities stay within it in most resamples is settled; more rounds could only reorder equals.
 EQUIVALENT_UTILITY = 0.01
+
+
+SINGLE_TIMINGS = ("Noise: not assessed: every variant within reach of the budget was timed once (device.repeats 1 "
+                  "in one process), so nothing measured how far a rerun moves it, and a rerun may pick another; give "
+                  "device.repeats or device.rounds at least 2 for win probabilities and ties")
+
+
+def spread_measured(profiles: Iterable[Profile], prompt_tokens: int) -> bool:
+    """Whether any timing the budget reads was repeated. Resamples of single values all agree, so a win
+    probability drawn from them would claim a certainty that nothing measured."""
+    timed = [(p.decode_tps, p.prompt(prompt_tokens)) for p in profiles]
+    stats = [s for decode, prompt in timed for s in (decode, prompt.ttft_ms if prompt else None)]
+    return any(s is not None and len(s.values) > 1 for s in stats)
 
 
 def process_sigma(stats: Iterable[Stat | None]) -> float:
