@@ -28,6 +28,16 @@ def test_defaults(tmp_path):
     assert r.variants.gguf.quants == ["F16", "Q8_0", "Q4_K_M"]
 
 
+def test_a_variants_section_builds_the_formats_it_names_and_only_those(tmp_path):
+    """An ONNX-only recipe is ONNX only: GGUF's defaults apply when the recipe has no `variants:` section."""
+    onnx = load_recipe(write_recipe(tmp_path / "o.yaml", GOOD + "variants: {onnx: {precisions: [int4, fp32]}}\n"))
+    assert onnx.variants.gguf is None and onnx.variants.onnx.precisions == ["int4", "fp32"]
+    both = load_recipe(write_recipe(tmp_path / "b.yaml", GOOD + "variants: {onnx: {}, gguf: {quants: [Q8_0]}}\n"))
+    assert both.variants.gguf.quants == ["Q8_0"] and both.variants.gptq is None
+    again = load_recipe(write_recipe(tmp_path / "a.yaml", GOOD + "variants:\n"))  # an empty section: the defaults
+    assert again.variants.gguf.quants == ["F16", "Q8_0", "Q4_K_M"]
+
+
 @pytest.mark.parametrize(
     ("body", "field", "words"),
     [
@@ -42,6 +52,8 @@ def test_defaults(tmp_path):
         (GOOD + "budget:\n  ttft_prompt_tokens: 300\n", None, "not among device.prompt_lengths"),
         ("name: 'bad name!'\ncandidates: [{model: x}]\n", "name", "pattern"),
         ("name: t\ncandidates: [{model: x}, {model: y}, {model: x}]\n", "candidates", "candidates 0 and 2 are both 'x'"),
+        (GOOD + "variants: {}\n", "variants", "names no format to build"),
+        (GOOD + "variants: {gguf: null}\n", "variants", "names no format to build"),
     ],
 )
 def test_bad_fields_give_one_line_naming_file_and_field(tmp_path, body, field, words):

@@ -111,3 +111,21 @@ def test_a_model_whose_reference_fails_has_its_other_variants_say_so_without_run
     Path(reference.path).write_bytes(shipped)  # mended: the next run scores both (a skip is not cached)
     quality, _ = pipeline.evaluate(recipe)
     assert all(q.status == "ok" for q in quality) and {q.reference_id for q in quality[2:]} == {reference.id}
+
+
+def test_the_reference_is_the_f16_gguf_else_the_shipped_file_else_the_least_compressed_variant():
+    """An ONNX-only recipe (int4 listed before fp32) measures KL from its fp32, not from the int4 it lists first."""
+    from toolkit.pipeline.fidelity import reference_variant
+    from toolkit.records import Manifest, Variant
+
+    def variant(fmt: str, quant: str, bpw: float | None, model: str = "m", shipped: bool = False) -> Variant:
+        return Variant(id=f"{model}-{fmt}-{quant}", label=quant, model=model, format=fmt, runtime="r", quant=quant, path="/x",
+                       size_bytes=1, sha256="s" if shipped else quant, source="src", source_sha256="s", seconds=0, tools={},
+                       bits_per_weight=bpw)
+
+    onnx = [variant("onnx", "genai-int4-b32", 6.4), variant("onnx", "genai-fp32", 32.3), variant("gguf", "Q4_0", 5.5, "n")]
+    assert reference_variant(Manifest(recipe="r", variants=onnx)).quant == "genai-fp32"
+    assert reference_variant(Manifest(recipe="r", variants=onnx), "n").quant == "Q4_0"  # each model its own
+    shipped = [variant("gguf", "Q8_0", 8.5), variant("gguf", "Q4_1", 5.9, shipped=True), *onnx[:2]]
+    assert reference_variant(Manifest(recipe="r", variants=shipped)).quant == "Q4_1"  # the source's own bytes
+    assert reference_variant(Manifest(recipe="r", variants=[*shipped, variant("gguf", "F16", 16.1)])).quant == "F16"

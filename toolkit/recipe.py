@@ -176,7 +176,7 @@ class Recipe(Strict):
     candidates: list[Candidate] = Field(min_length=1)
     # SerializeAsAny: dumped as the registry's Variants model it holds (a plain BaseModel field dumps as {})
     variants: SerializeAsAny[BaseModel] = Field(default_factory=lambda: _variants_model()(), description="one section "
-                                                "per format (toolkit.formats.REGISTRY); a format set to null is not built")
+                                                "per format to build (toolkit.formats.REGISTRY); absent: GGUF's defaults")
     device: Device = Field(default_factory=Device)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
@@ -204,6 +204,15 @@ class Recipe(Strict):
     @field_validator("variants", mode="before")
     @classmethod
     def _variants(cls, raw: object) -> BaseModel:
+        """A `variants:` section builds the formats it names, and only those; without one, the formats on by
+        default (GGUF)."""
+        if isinstance(raw, dict):
+            from toolkit.formats import REGISTRY
+
+            raw = dict.fromkeys(REGISTRY) | raw
+            if all(spec is None for spec in raw.values()):
+                raise ValueError("names no format to build: give one (gguf, onnx, gptq), or leave `variants:` out "
+                                 "for the default GGUF ladder")
         return _variants_model().model_validate({} if raw is None else raw)
 
     @model_validator(mode="after")

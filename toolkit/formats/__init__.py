@@ -43,7 +43,7 @@ class Format(ABC):
     name: ClassVar[str]
     runtime: ClassVar[str]  # a name in toolkit.runtimes.REGISTRY
     Spec: ClassVar[type[BaseModel]]  # the recipe's `variants.<name>` section
-    enabled_by_default: ClassVar[bool] = False  # in every recipe unless `variants.<name>: null`
+    enabled_by_default: ClassVar[bool] = False  # built for a recipe without a `variants:` section
     packages: ClassVar[tuple[str, ...]] = ()  # Python packages whose versions the variants depend on
 
     @abstractmethod

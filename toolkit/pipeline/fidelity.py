@@ -23,12 +23,12 @@ FIDELITY_VERSION = 6  # bump when the scoring method changes, so cached results 
 
 def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
     """The base model for fidelity of `model`'s variants (default: the first model's): its F16 GGUF if built,
-    else its GGUF as shipped, else its first variant. Each candidate model has its own reference: KL between
-    models with different tokenizers means nothing."""
+    else its GGUF as shipped, else its least compressed variant (an ONNX fp32 over its int4). Each candidate
+    model has its own reference: KL between models with different tokenizers means nothing."""
     own = [v for v in manifest.variants if v.model == (model or manifest.variants[0].model)]
     by_quant = {(v.format, v.quant): v for v in own}
     shipped = next((v for v in own if v.format == "gguf" and v.as_shipped), None)
-    return by_quant.get(("gguf", "F16")) or shipped or own[0]
+    return by_quant.get(("gguf", "F16")) or shipped or max(own, key=lambda v: v.bits_per_weight or 0.0)
 
 
 def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progress = quiet,
