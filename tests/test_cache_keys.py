@@ -185,6 +185,25 @@ def test_profiles_open_the_context_a_deployed_server_gets_and_are_keyed_by_it(se
     assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"] and worker.n_ctx == 1024
 
 
+def test_a_format_added_to_the_recipe_keeps_the_device_and_its_cached_profiles(setup, monkeypatch):
+    """The device is the hardware: adding ONNX to a GGUF recipe used to give the machine another id, and every
+    GGUF profile was measured again. A new build of the variant's own runtime still re-measures it."""
+    from toolkit.formats.onnx import ONNXSpec
+
+    profile_stage = stage_module("profile")
+    recipe, worker, _, _ = setup
+    first, _ = pipeline.profile(recipe)
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
+    with_onnx = _recipe_with(recipe, "variants", onnx=ONNXSpec())
+    again, _ = pipeline.profile(with_onnx)
+    assert worker.count("profile") == [] and again.device.id == first.device.id
+    assert set(again.device.runtimes) > set(first.device.runtimes)  # the runtimes are still reported beside
+    real = profile_stage.runtime_build
+    monkeypatch.setattr(profile_stage, "runtime_build", lambda name: real(name) | {"llama_cpp_python": "9.9.9"})
+    pipeline.profile(recipe)
+    assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
+
+
 def test_a_failure_is_kept_with_its_reason_and_retried(setup):
     recipe, worker, _, _ = setup
     worker.fail = {"Q8_0.gguf"}

@@ -15,7 +15,15 @@ from toolkit.pipeline.cache import load_or_compute
 from toolkit.pipeline.certify import certify, previous_picks
 from toolkit.pipeline.fidelity import load_quality
 from toolkit.pipeline.gates import quality_gate
-from toolkit.pipeline.workspace import Progress, corpus, device_fingerprint, load_manifest, quiet, workspace
+from toolkit.pipeline.workspace import (
+    Progress,
+    corpus,
+    device_fingerprint,
+    load_manifest,
+    quiet,
+    runtime_build,
+    workspace,
+)
 from toolkit.profiling.meters.summary import profile_energy
 from toolkit.profiling.roofline import Roofline
 from toolkit.profiling.roofline import measure as measure_roofline
@@ -159,7 +167,8 @@ def profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *ex
     if recipe.device.llama_cpp.runtime == "native":
         settings["llama_cpp"] = recipe.device.llama_cpp.model_dump(mode="json")
     settings["n_ctx"] = jobs.profile_context(recipe, variant)  # follows the budget's response shape
-    return content_hash(variant.id, variant.sha256, settings, device.id, "profile", PROFILER_VERSION, *extra)
+    build = runtime_build(profiling_runtime(recipe, variant))
+    return content_hash(variant.id, variant.sha256, settings, device.id, build, "profile", PROFILER_VERSION, *extra)
 
 
 def measure_round(recipe: Recipe, variant: Variant, device: DeviceFingerprint, corpus: Path, ws: Path, index: int,

@@ -90,6 +90,15 @@ def installed_versions(runtime: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(get_runtime(runtime).versions().items()))
 
 
+def runtime_build(name: str) -> dict[str, str]:
+    """The versions and build flags of one runtime: what its timings depend on besides the device."""
+    runtime = get_runtime(name)
+    if runtime.available() is not None:
+        return {}
+    module = runtime.load()
+    return module.versions() | module.build_flags()
+
+
 def runtime_versions(variant: Variant) -> tuple[tuple[str, str], ...]:
     """The installed versions of the runtime that runs `variant`: part of every result's cache key."""
     return installed_versions(variant.runtime)

@@ -48,8 +48,10 @@ def machine_id(files: tuple[str, ...] = MACHINE_ID_FILES) -> str | None:
 
 def fingerprint(threads: int, runtimes: dict[str, str], build_flags: dict[str, str], label: str | None = None
                 ) -> DeviceFingerprint:
-    """Enough to tell two devices apart: hardware, software, the machine-id and the user's label. Boards
-    flashed from one image share everything but the last two."""
+    """Enough to tell two devices apart: hardware, OS, Python, the machine-id and the user's label (boards
+    flashed from one image share everything but the last two), with the recipe's runtimes beside. The runtimes
+    are not in the id: a device stays itself when a recipe adds a format, and each profile's cache key names
+    the versions and build of the runtime it ran in (pipeline/profile.py)."""
     fields = dict(
         hostname=socket.gethostname(),
         cpu_model=cpu_model(),
@@ -64,4 +66,5 @@ def fingerprint(threads: int, runtimes: dict[str, str], build_flags: dict[str, s
         machine_id=machine_id(),
         label=label,
     )
-    return DeviceFingerprint(id=content_hash(fields, length=10), **fields)
+    device = {k: v for k, v in fields.items() if k not in ("runtimes", "build_flags")}
+    return DeviceFingerprint(id=content_hash(device, length=10), **fields)
