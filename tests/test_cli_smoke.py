@@ -165,6 +165,9 @@ def test_predict_for_a_described_device_and_against_measurements(recipe, report,
         assert f"{1e6 / v.size_bytes:,.1f}" in out
     result = CliRunner().invoke(app, ["predict", str(recipe), "--bandwidth-gbs", "1"])
     assert isinstance(result.exception, UserError) and "give both --bandwidth-gbs and --gflops" in str(result.exception)
+    for flags in (["--bandwidth-gbs", "0", "--gflops", "1"], ["--bandwidth-gbs", "-3", "--gflops", "1"]):
+        result = CliRunner().invoke(app, ["predict", str(recipe), *flags])  # 0 was taken for "not given"; -3 predicted
+        assert isinstance(result.exception, UserError) and "--bandwidth-gbs must be above 0" in str(result.exception)
 
 
 def test_simulate_writes_every_policy(recipe, report, tmp_path):

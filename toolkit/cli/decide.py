@@ -82,8 +82,11 @@ def predict(
 ) -> None:
     """Roofline predictions: for a described device, or predicted beside measured on profiled ones."""
     r = load_recipe(recipe)
-    if bandwidth_gbs or gflops:
-        if not (bandwidth_gbs and gflops):
+    for flag, value in (("--bandwidth-gbs", bandwidth_gbs), ("--gflops", gflops), ("--ram-mb", ram_mb)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} must be above 0, not {value:g}", field="predict")
+    if bandwidth_gbs is not None or gflops is not None:
+        if bandwidth_gbs is None or gflops is None:
             raise UserError("give both --bandwidth-gbs and --gflops to describe a device", field="predict")
         device = Roofline(bandwidth_gbs=bandwidth_gbs, gflops=gflops, threads=0)
         preds = predict_variants(pipeline.load_manifest(r).variants, device, ram_mb)
