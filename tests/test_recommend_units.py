@@ -256,7 +256,7 @@ def test_the_recommendation_record_carries_every_row_figure():
     assert dominated.rows[1].dominated_by == "v0" and dominated.rows[0].dominated_by is None
     with pytest.raises(UserError) as caught:
         recommend(rep, Budget(ttft_prompt_tokens=128), Costs())
-    assert (caught.value.field, caught.value.message) == ("ttft_prompt_tokens", "no TTFT measured at 128 tokens (measured: [512])")
+    assert (caught.value.field, caught.value.message) == ("budget.ttft_prompt_tokens", "no TTFT measured at 128 tokens (measured: [512])")
 
 
 def test_a_certification_is_for_the_limits_shape_and_prices_not_the_priority():

@@ -114,7 +114,7 @@ def recommend(
         raise UserError("the device report holds no successful profile; nothing to recommend from")
     prompt_tokens = budget.ttft_prompt_tokens or max(profiled)
     if prompt_tokens not in profiled:
-        raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="ttft_prompt_tokens")
+        raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="budget.ttft_prompt_tokens")
     options, details = options_at(report, prompt_tokens, budget.output_tokens, costs)
     limits = budget_limits(budget)
     key = budget_key(budget, costs)
