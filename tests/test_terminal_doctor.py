@@ -88,6 +88,8 @@ def test_doctor_passes_here_with_one_line_per_check():
         assert name in names
     assert all("\n" not in c.line() for c in checks)
     assert all(c.fix for c in checks if c.status != "ok")
+    genai = next(c for c in checks if c.name == "onnxruntime-genai")  # its own build flags, not torch's ("?")
+    assert "devices: cpu" in genai.line() and "?" not in genai.line()
 
 
 def test_doctor_line_carries_the_fix():

@@ -97,6 +97,8 @@ def check_runtime(name: str) -> Check:
         extra = "built with " + " ".join(v for k, v in flags.items() if k.endswith(("built with", "devices")))
     elif name == "onnxruntime":
         extra = "providers: " + flags.get("onnxruntime_providers", "?")
+    elif name == "onnxruntime-genai":
+        extra = "devices: " + flags.get("onnxruntime_genai_devices", "?")
     else:
         extra = "CPU capability: " + flags.get("torch_cpu_capability", "?")
     return Check(name, "ok", f"{versions}; {extra}")
