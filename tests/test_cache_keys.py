@@ -199,7 +199,7 @@ def test_a_format_added_to_the_recipe_keeps_the_device_and_its_cached_profiles(s
     assert worker.count("profile") == [] and again.device.id == first.device.id
     assert set(again.device.runtimes) > set(first.device.runtimes)  # the runtimes are still reported beside
     real = profile_stage.runtime_build
-    monkeypatch.setattr(profile_stage, "runtime_build", lambda name: real(name) | {"llama_cpp_python": "9.9.9"})
+    monkeypatch.setattr(profile_stage, "runtime_build", lambda name: (real(name)[0] | {"llama_cpp_python": "9.9.9"}, real(name)[1]))
     pipeline.profile(recipe)
     assert worker.count("profile") == ["F16.gguf", "Q8_0.gguf"]
 

@@ -225,6 +225,11 @@ class Recipe(Strict):
         return self
 
     @property
+    def response_prompt_tokens(self) -> int:
+        """The prompt of the budget's response: budget.ttft_prompt_tokens, else the longest profiled prompt."""
+        return self.budget.ttft_prompt_tokens or max(self.device.prompt_lengths)
+
+    @property
     def base_dir(self) -> Path:
         return self.path.parent if self.path else Path.cwd()
 

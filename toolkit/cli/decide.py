@@ -93,7 +93,7 @@ def predict(
         show(prediction_table(preds, f"Predicted for a device with {bandwidth_gbs:g} GB/s, {gflops:g} GFLOP/s"), wide=True)
         return
     for device_report in service.device_reports(r, report):
-        prompt = r.budget.ttft_prompt_tokens or max(r.device.prompt_lengths)
+        prompt = r.response_prompt_tokens
         rows, summary = predicted_vs_measured(device_report, prompt)
         roof = device_report.roofline
         show(prediction_table(rows, f"{device_report.device.hostname}: roofline {roof.bandwidth_gbs:g} GB/s, {roof.gflops:g} GFLOP/s"),

@@ -142,9 +142,9 @@ def fidelity_context(recipe: Recipe) -> int:
 def profile_context(recipe: Recipe, variant: Variant) -> int:
     """The context a profile opens the runtime with: the one `toolkit export` and `toolkit deploy` serve the
     budget's response shape at (more when the prompts need it), so its memory holds that server's KV cache."""
-    shape = recipe.budget.ttft_prompt_tokens or max(recipe.device.prompt_lengths), recipe.budget.output_tokens
     trained = variant.details.get("context_length")
-    return max(fidelity_context(recipe), serving_context(*shape, int(trained) if trained else None))
+    serving = serving_context(recipe.response_prompt_tokens, recipe.budget.output_tokens, int(trained) if trained else None)
+    return max(fidelity_context(recipe), serving)
 
 
 def run(job: Job, timeout_s: float, memory_cap_mb: float | None, log: Path) -> ChildResult:

@@ -167,8 +167,9 @@ def profile_key(recipe: Recipe, variant: Variant, device: DeviceFingerprint, *ex
     if recipe.device.llama_cpp.runtime == "native":
         settings["llama_cpp"] = recipe.device.llama_cpp.model_dump(mode="json")
     settings["n_ctx"] = jobs.profile_context(recipe, variant)  # follows the budget's response shape
-    build = runtime_build(profiling_runtime(recipe, variant))
-    return content_hash(variant.id, variant.sha256, settings, device.id, build, "profile", PROFILER_VERSION, *extra)
+    versions, flags = runtime_build(profiling_runtime(recipe, variant))
+    return content_hash(variant.id, variant.sha256, settings, device.id, versions | flags, "profile", PROFILER_VERSION,
+                        *extra)
 
 
 def measure_round(recipe: Recipe, variant: Variant, device: DeviceFingerprint, corpus: Path, ws: Path, index: int,

@@ -64,11 +64,9 @@ def device_fingerprint(recipe: Recipe) -> DeviceFingerprint:
         use_llama_cpp_bin(recipe)
         names.add("llama.cpp-native")
     for name in sorted(names):
-        runtime = get_runtime(name)
-        if runtime.available() is None:
-            module = runtime.load()
-            runtimes.update(module.versions())
-            flags.update(module.build_flags())
+        versions, build_flags = runtime_build(name)
+        runtimes.update(versions)
+        flags.update(build_flags)
     return fingerprint(threads(recipe), runtimes, flags, recipe.device.label)
 
 
@@ -90,13 +88,14 @@ def installed_versions(runtime: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(get_runtime(runtime).versions().items()))
 
 
-def runtime_build(name: str) -> dict[str, str]:
-    """The versions and build flags of one runtime: what its timings depend on besides the device."""
+def runtime_build(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The versions and build flags of one runtime, none where it is not installed: what its timings depend on
+    besides the device (each profile's cache key, and the device fingerprint's runtimes)."""
     runtime = get_runtime(name)
     if runtime.available() is not None:
-        return {}
+        return {}, {}
     module = runtime.load()
-    return module.versions() | module.build_flags()
+    return module.versions(), module.build_flags()
 
 
 def runtime_versions(variant: Variant) -> tuple[tuple[str, str], ...]:
