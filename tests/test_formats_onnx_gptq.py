@@ -103,6 +103,13 @@ def test_gptq_8_bit(tiny_llama, tmp_path):
     from pathlib import Path
 
     assert not (Path.cwd() / "gptqmodel_offload").exists()  # GPTQModel's scratch stays in the workspace
+    from toolkit.pipeline.fidelity import fidelity
+    from toolkit.pipeline.workspace import corpus
+
+    [source] = manifest.references  # every variant quantized: KL from the checkpoint, not from the w8 itself
+    [q] = fidelity(recipe, manifest, corpus(recipe))
+    assert (source.format, Path(source.path), q.status, q.reference_id) == ("hf", tiny_llama, "ok", source.id)
+    assert 0 < q.kl_mean < 0.05 and q.top1_agreement > 0.9
     report, _ = pipeline.profile(recipe)
     assert all(p.status == "ok" for p in report.profiles), [p.reason for p in report.profiles]
 

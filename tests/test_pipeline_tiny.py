@@ -281,3 +281,30 @@ def test_evaluation_jobs_run_two_at_once_with_the_same_numbers(recipe, manifest,
     assert all(q.status == "ok" for q in alone) and alone[1].kl_mean > 0
     monkeypatch.setattr(local, "JOB_OVERHEAD_BYTES", 1 << 50)  # no room for two
     assert local.local_job_width(recipe, manifest.variants) == 1
+
+
+def test_quants_alone_are_measured_from_the_source_not_from_one_of_them(tiny_llama, tmp_path):
+    """A recipe whose every variant is quantized (GGUF Q8_0 and Q4_K_M of an HF checkpoint, no F16): fidelity's
+    base is the checkpoint as shipped, run by transformers in fp32, and no candidate. Before, it was the Q8_0 (KL 0)."""
+    recipe = load_recipe(write_recipe(tmp_path / "quants.yaml", f"""
+        name: quants
+        workspace: {tmp_path / 'ws'}
+        candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
+        variants: {{gguf: {{quants: [Q8_0, Q4_K_M]}}}}
+        device: {{threads: 2}}
+        quality: {{ctx: 64, chunks: 2}}
+        """))
+    manifest = pipeline.compress(recipe)
+    assert [v.quant for v in manifest.variants] == ["Q8_0", "Q4_K_M"]
+    [source] = manifest.references
+    assert (source.format, source.runtime, source.as_shipped, Path(source.path)) == ("hf", "torch", True, tiny_llama)
+    assert source.unquantized and all(v.unquantized is False for v in manifest.variants)
+    from toolkit.pipeline.fidelity import fidelity
+    from toolkit.pipeline.workspace import corpus
+
+    quality = fidelity(recipe, manifest, corpus(recipe))
+    assert [q.variant_id for q in quality] == [v.id for v in manifest.variants]  # the source is scored, not listed
+    assert all(q.status == "ok" and q.reference_id == source.id for q in quality), [q.reason for q in quality]
+    q8, q4 = quality
+    assert 0 < q8.kl_mean < q4.kl_mean and q8.top1_agreement > 0.9
+    assert Manifest.load(recipe.workspace_dir() / "manifest.json").references == [source]

@@ -173,12 +173,16 @@ def test_a_node_dying_mid_evaluation_fails_only_its_job_and_a_rerun_redoes_only_
     import shutil
 
     from toolkit.pipeline.executor import RayExecutor
+    from toolkit.pipeline.fidelity import fidelity
+    from toolkit.pipeline.workspace import corpus, load_manifest
 
     recipe, cluster, nodes = fleet
     recipe = recipe.model_copy(update={"workspace": str(tmp_path / "ws"), "accuracy": recipe.accuracy.model_copy(
         update={"tasks": ["mmlu_offline"], "limit": 4})})
     (tmp_path / "ws").mkdir()
     shutil.copy(fleet[0].workspace_dir() / "manifest.json", tmp_path / "ws" / "manifest.json")
+    # fidelity first (its base, the source as shipped, then both quants at once), so that the node dies in lm-eval
+    fidelity(recipe, load_manifest(recipe), corpus(recipe), executor=RayExecutor(cluster.address))
     with _killed_when(cluster, nodes, _both_running(nodes, "run_there"), "the two nodes never ran run_there at once"):
         quality, accuracy = pipeline.evaluate(recipe, executor=RayExecutor(cluster.address))
     assert [q.status for q in quality] == ["ok", "ok"]

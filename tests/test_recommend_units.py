@@ -181,9 +181,17 @@ def test_messages_of_each_answer():
     gone = recommend(crashed, Budget(), Costs(), [cloud])
     assert gone.answer == "cloud" and gone.message.startswith(
         "No edge variant meets the budget (no variant was measured successfully). Cloud fallback: P m at $")
-    with pytest.raises(UserError):  # nothing measured at all is no report to recommend from
-        recommend(crashed.model_copy(update={"profiles": [p.model_copy(update={"prompts": []}) for p in crashed.profiles]}),
-                  Budget(), Costs(), [cloud])
+    untimed = crashed.model_copy(update={"profiles": [p.model_copy(update={"prompts": []}) for p in crashed.profiles]})
+    with pytest.raises(UserError):  # nothing timed and no prompt length to price the cloud at
+        recommend(untimed, Budget(), Costs(), [cloud])
+    gone = recommend(untimed, Budget(), Costs(), [cloud], recipe_prompt=512)  # the recipe's (toolkit run, recommend)
+    assert gone.answer == "cloud" and gone.prompt_tokens == 512 and "(no variant was measured successfully)" in gone.message
+    why = "not measured further: KL divergence 0.0826 nats > 0.05 nats (over by 0.0326 nats) at least"
+    ruled = untimed.model_copy(update={"profiles": [p.model_copy(update={"status": "skipped", "reason": why})
+                                                    for p in untimed.profiles]})
+    gone = recommend(ruled, Budget(), Costs(), [cloud], recipe_prompt=512)  # every variant broke the budget's KL
+    assert gone.answer == "cloud" and f"No edge variant meets the budget (none was timed; m Q0: {why})" in gone.message
+    assert all(r.verdict.startswith(why) for r in gone.rows)
 
 
 def test_the_mixed_answer_takes_the_longest_prompt_the_edge_can_serve():

@@ -129,3 +129,18 @@ def test_the_reference_is_the_f16_gguf_else_the_shipped_file_else_the_least_comp
     shipped = [variant("gguf", "Q8_0", 8.5), variant("gguf", "Q4_1", 5.9, shipped=True), *onnx[:2]]
     assert reference_variant(Manifest(recipe="r", variants=shipped)).quant == "Q4_1"  # the source's own bytes
     assert reference_variant(Manifest(recipe="r", variants=[*shipped, variant("gguf", "F16", 16.1)])).quant == "F16"
+    gptq = [variant("gptq", "w8g64", 10.1), variant("gptq", "w4g64", 7.0)]  # every variant quantized: the source
+    source = variant("hf", "source", 32.0, shipped=True)
+    assert reference_variant(Manifest(recipe="r", variants=gptq, references=[source])) == source
+
+
+def test_a_fidelity_base_that_is_no_candidate_is_named_in_the_notes():
+    from toolkit.recommend.notes import report_notes
+
+    report = factories.repeats_report({"ttft": [100] * 3, "decode": [50] * 3, "kl": 0.02})
+    source = report.variants[0].model_copy(update={"id": "m-hf-source", "label": "m HF (as shipped)", "format": "hf"})
+    measured = report.model_copy(update={"references": [source], "quality": [
+        q.model_copy(update={"reference_id": source.id}) for q in report.quality]})
+    assert ("Fidelity base: m's KL and top-1 agreement are measured from m HF (as shipped), its source, which is no "
+            "candidate here (every variant of it is quantized).") in report_notes(measured, 512, 128)
+    assert not any("Fidelity base" in n for n in report_notes(report, 512, 128))  # a variant is its own model's base

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from toolkit.config import validation_error
 from toolkit.errors import UserError
 from toolkit.profiling.roofline import Roofline
 from toolkit.stat import Stat, percentile  # noqa: F401 - records carry Stats; importers read them from here
@@ -26,21 +27,14 @@ class Record(BaseModel):
             raise UserError(f"cannot read ({exc.strerror})", file=path) from exc
         try:
             record = cls.model_validate_json(data)
-        except ValueError as exc:
-            raise UserError(f"not a valid {cls.__name__} record ({_first_error(exc)})", file=path) from exc
+        except ValidationError as exc:
+            error = validation_error(exc, path)
+            why = f"{error.field}: {error.message}" if error.field else error.message
+            raise UserError(f"not a valid {cls.__name__} record ({why})", file=path) from exc
         if record.schema_version != SCHEMA_VERSION:
             raise UserError(f"written by schema version {record.schema_version}, this toolkit reads {SCHEMA_VERSION}",
                             file=path, field="schema_version")
         return record
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
-    return str(exc).splitlines()[0]
 
 
 class Variant(Record):
@@ -67,6 +61,11 @@ class Variant(Record):
         """The source file itself, not a conversion of it (its bytes are the source's)."""
         return self.sha256 == self.source_sha256
 
+    @property
+    def unquantized(self) -> bool | None:
+        """16 bits per weight or more (F16, BF16, fp32); None when its size per parameter is unknown."""
+        return None if self.bits_per_weight is None else self.bits_per_weight >= 15.5
+
 
 class BuildFailure(BaseModel):
     """A variant the recipe asked for that could not be built here, and why (the sweep went on without it)."""
@@ -85,6 +84,7 @@ class Manifest(Record):
     recipe: str
     variants: list[Variant]
     not_built: list[BuildFailure] = Field(default_factory=list)
+    references: list[Variant] = Field(default_factory=list)  # fidelity bases that are no variant (build.py)
 
 
 class DeviceFingerprint(BaseModel):
@@ -285,6 +285,7 @@ class DeviceReport(Record):
     roofline: Roofline | None = None
     variants: list[Variant]
     not_built: list[BuildFailure] = Field(default_factory=list)
+    references: list[Variant] = Field(default_factory=list)  # as in the manifest
     profiles: list[Profile]
     quality: list[Quality] = Field(default_factory=list)
     accuracy: list[EvalResult] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.io import atomic_dir, content_hash
 from toolkit.procs import run_tool
+from toolkit.records import Variant
 from toolkit.sources import SourceModel
 
 
@@ -33,6 +34,18 @@ def reference_dir(source: SourceModel, workspace: Path) -> Path:
         cmd = [sys.executable, "-m", "toolkit.reference", str(source.path), str(tmp)]
         run_tool(cmd, None, workspace / "logs" / f"dequantize-{source.model}.log", f"dequantize {source.path.name}")
     return folder
+
+
+def hf_variant(source: SourceModel) -> Variant:
+    """An HF checkpoint as shipped, described in place: what transformers runs in fp32 (runtimes/torch_hf.py)."""
+    size = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
+    n_params = count_parameters(source.path)
+    return Variant(
+        id=f"{source.model}-hf-source-{source.sha256[:8]}", label=f"{source.model} HF (as shipped)", model=source.model,
+        format="hf", runtime="torch", quant="source", path=str(source.path.resolve()), size_bytes=size,
+        sha256=source.sha256, n_params=n_params, bits_per_weight=round(size * 8 / n_params, 3) if n_params else None,
+        source=source.origin, source_sha256=source.sha256, seconds=0.0, tools=tool_versions(),
+        notes=["the source checkpoint as shipped, run by transformers in fp32"])
 
 
 def dequantize_gguf(gguf_path: Path, out_dir: Path) -> float:

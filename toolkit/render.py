@@ -68,7 +68,8 @@ def models_table(cards: list[ModelCard]) -> RichTable:
 
 
 def manifest_table(manifest: Manifest) -> RichTable:
-    table = new_table(title=f"Variants of {manifest.recipe}")
+    bases = "; ".join(f"{r.label}, {r.format} (every variant of {r.model} is quantized)" for r in manifest.references)
+    table = new_table(title=f"Variants of {manifest.recipe}", caption=f"fidelity base, no candidate: {bases}" if bases else None)
     for col in ("variant", "format", "quant", "size MB", "bits/weight", "seconds", "sha256"):
         table.add_column(col, justify="right" if col in ("size MB", "bits/weight", "seconds") else "left")
     for v in manifest.variants:

@@ -6,13 +6,16 @@ from pathlib import Path
 
 from toolkit.catalogue import find_card
 from toolkit.errors import UserError
-from toolkit.formats import get_format
+from toolkit.formats import VariantSpec, get_format
+from toolkit.formats.gguf import SOURCE_QUANT
 from toolkit.pipeline.workspace import variant_specs
 from toolkit.recipe import Candidate, Recipe
 from toolkit.records import BuildFailure, Variant
-from toolkit.sources import local_path, nowhere, resolve, source_kind
+from toolkit.reference import hf_variant
+from toolkit.sources import SourceModel, local_path, nowhere, resolve, source_kind
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
+REFERENCE = "fidelity_reference"  # Variant.details key of a candidate's source_reference
 
 
 def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: None) -> Built:
@@ -33,7 +36,22 @@ def build_candidate(recipe: Recipe, index: int, ws: Path, step=lambda label: Non
             variant = None
         if variant is not None:
             variants.append(variant)
+    if variants and all(v.unquantized is False and not v.as_shipped for v in variants):
+        variants.append(source_reference(source, ws))
     return variants, failed
+
+
+def source_reference(source: SourceModel, ws: Path) -> Variant:
+    """The fidelity base of a candidate none of whose variants is unquantized or its source: the source as
+    shipped (a GGUF file through llama.cpp, an HF checkpoint through transformers in fp32), so a GPTQ-only or
+    int4-only recipe measures KL from the model, not from one of its own quants. Marked, not a candidate:
+    compress moves it to the manifest's references."""
+    if source.kind == "gguf":
+        variant = get_format("gguf").build(source, VariantSpec("gguf", SOURCE_QUANT), ws)
+    else:
+        variant = hf_variant(source)
+    variant.details[REFERENCE] = True
+    return variant
 
 
 def check_candidates(recipe: Recipe) -> None:

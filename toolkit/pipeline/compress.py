@@ -9,7 +9,7 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.formats.files import model_shape
 from toolkit.io import write_json
-from toolkit.pipeline.build import check_candidates
+from toolkit.pipeline.build import REFERENCE, check_candidates
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.workspace import Progress, quiet, variant_specs, workspace
 from toolkit.recipe import Recipe
@@ -34,16 +34,17 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     for built, not_built in fan_out(executor, calls, executor.build_width(recipe)):
         variants += built
         failed += not_built
-    variants, same = _distinct(variants)
+    references = [v for v in variants if v.details.get(REFERENCE)]
+    variants, same = _distinct([v for v in variants if not v.details.get(REFERENCE)])
     failed += same
     for failure in failed:
         print(f"warning: {failure.label} not built: {failure.reason}", file=sys.stderr)
     progress("done", total, total)
     if not variants and failed:
         raise UserError(f"no variant could be built; {failed[0].label}: {failed[0].reason}", file=recipe.path)
-    for variant in variants:  # read by the reports (context) and the roofline (prefill work per token)
+    for variant in variants + references:  # read by the reports (context) and the roofline (prefill work per token)
         variant.details = model_shape(Path(variant.path)) | variant.details
-    manifest = Manifest(recipe=recipe.name, variants=variants, not_built=failed)
+    manifest = Manifest(recipe=recipe.name, variants=variants, not_built=failed, references=references)
     write_json(ws / "manifest.json", manifest)
     return manifest
 

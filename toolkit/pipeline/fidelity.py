@@ -23,11 +23,13 @@ FIDELITY_VERSION = 6  # bump when the scoring method changes, so cached results 
 
 def reference_variant(manifest: Manifest, model: str | None = None) -> Variant:
     """The base model for fidelity of `model`'s variants (default: the first model's): its F16 GGUF if built,
-    else its GGUF as shipped, else its least compressed variant (an ONNX fp32 over its int4). Each candidate
-    model has its own reference: KL between models with different tokenizers means nothing."""
-    own = [v for v in manifest.variants if v.model == (model or manifest.variants[0].model)]
+    else its source as shipped (a variant, or the manifest's reference when every variant is quantized), else its
+    least compressed variant (an ONNX fp32 over its int4). Each candidate model has its own reference: KL between
+    models with different tokenizers means nothing."""
+    model = model or manifest.variants[0].model
+    own = [v for v in manifest.variants if v.model == model]
     by_quant = {(v.format, v.quant): v for v in own}
-    shipped = next((v for v in own if v.format == "gguf" and v.as_shipped), None)
+    shipped = next((v for v in own + manifest.references if v.model == model and v.as_shipped), None)
     return by_quant.get(("gguf", "F16")) or shipped or max(own, key=lambda v: v.bits_per_weight or 0.0)
 
 
@@ -37,7 +39,7 @@ def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progres
     other variant of every model; as many at once as the executor runs for these variants. In the staged
     search a variant's scoring stops once it is sure to break the budget's quality limits (status `stopped`)."""
     digest = sha256_file(corpus)
-    executor = executor.for_jobs(recipe, manifest.variants)
+    executor = executor.for_jobs(recipe, manifest.variants + manifest.references)
     stop_over = quality_limits(recipe) if recipe.search == "staged" else None
     done = [0]
 
@@ -60,8 +62,8 @@ def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progres
         else:  # nothing to compare with: said once per variant, not found out by each one's child
             results += [_without_reference(recipe, v, digest, reference, scored) for v in others]
     results += fan_out(executor, calls)
-    order = {v.id: i for i, v in enumerate(manifest.variants)}
-    return sorted(results, key=lambda q: order[q.variant_id])
+    order = {v.id: i for i, v in enumerate(manifest.variants)}  # a reference outside them is no candidate
+    return sorted((q for q in results if q.variant_id in order), key=lambda q: order[q.variant_id])
 
 
 def _cached_score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, reference: Variant, ref_dir: Path,

@@ -80,7 +80,7 @@ def profile(
         roofline=device_roofline(ws, device), recipe=recipe.name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         toolkit_version=__version__, device=device,
         power=DevicePower(**recipe.device.power.model_dump()) if recipe.device.power else None,
-        variants=manifest.variants, not_built=manifest.not_built, profiles=[], quality=quality,
+        variants=manifest.variants, not_built=manifest.not_built, references=manifest.references, profiles=[], quality=quality,
         accuracy=load_accuracy(recipe, manifest, ruled_out | (not_evaluated or {})),
         previous_picks=previous_picks(recipe, device),
     )

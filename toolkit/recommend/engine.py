@@ -14,7 +14,7 @@ from toolkit.recommend.cloud import CloudModel
 from toolkit.recommend.keys import budget_key, budget_limits, certification_vetoes, pick_key
 from toolkit.recommend.notes import priority_notes, report_notes
 from toolkit.recommend.options import draws, noise_margin, options_at
-from toolkit.recommend.ruled_out import admitted
+from toolkit.recommend.ruled_out import admitted, untimed
 from toolkit.recommend.select import (
     STICKY_RULE,
     TIE_RULE,
@@ -105,15 +105,15 @@ class Recommendation(Record):
     certification: Certification | None = None  # the pick re-measured in fresh processes against this budget
 
 
-def recommend(
-    report: DeviceReport, budget: Budget, costs: Costs | None = None, providers: list[CloudModel] | None = None
-) -> Recommendation:
+def recommend(report: DeviceReport, budget: Budget, costs: Costs | None = None, providers: list[CloudModel] | None = None,
+              recipe_prompt: int | None = None) -> Recommendation:
+    """`recipe_prompt` (Recipe.response_prompt_tokens): the prompt when no variant was timed (rows say why)."""
     costs = costs or Costs()
     profiled = sorted({p.prompt_tokens for prof in report.profiles for p in prof.prompts})
-    if not profiled:
+    prompt_tokens = budget.ttft_prompt_tokens or (max(profiled) if profiled else recipe_prompt)
+    if not report.profiles or prompt_tokens is None:
         raise UserError("the device report holds no successful profile; nothing to recommend from")
-    prompt_tokens = budget.ttft_prompt_tokens or max(profiled)
-    if prompt_tokens not in profiled:
+    if profiled and prompt_tokens not in profiled:
         raise UserError(f"no TTFT measured at {prompt_tokens} tokens (measured: {profiled})", field="budget.ttft_prompt_tokens")
     options, details = options_at(report, prompt_tokens, budget.output_tokens, costs)
     limits = budget_limits(budget)
@@ -275,7 +275,7 @@ def _rows(report: DeviceReport, options: list[Option], details: dict, win: dict[
 def _closest(options: list[Option]) -> tuple[str, list[str]]:
     measured = [o for o in options if o.status == "ok"]
     if not measured:
-        return "no variant was measured successfully", []
+        return untimed(options), []
     nearest = min(measured, key=lambda o: (len(o.violations), o.id))
     return f"closest is {nearest.label}: " + "; ".join(nearest.violations), nearest.violations
 

@@ -19,6 +19,9 @@ def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -
         notes.append(f"Quality across models ({', '.join(models)}): bits per byte on {text} and accuracy on the same "
                      "items; perplexity is per token of each model's own tokenizer and KL is to each model's own "
                      "reference, so neither compares across models.")
+    used = {q.reference_id for q in report.quality}
+    notes += [f"Fidelity base: {r.model}'s KL and top-1 agreement are measured from {r.label}, its source, which is "
+              "no candidate here (every variant of it is quantized)." for r in report.references if r.id in used]
     notes += context_notes(report, prompt_tokens + output_tokens)
     failed: dict[tuple[str, str, str], list[str]] = {}  # one line for a model's quants that failed for one reason
     for f in report.not_built:

@@ -33,6 +33,13 @@ def timing_breaks(option: Option, budget: Budget, margin: float) -> bool:
     return bool(check(shifted(option, 1 + margin), budget_limits(budget, TIMING_LIMITS)))
 
 
+def untimed(options: list[Option]) -> str:
+    """Why no variant has timings: the staged search ruled them out before timing (the first one's reason), or
+    every measurement failed."""
+    ruled = next((o for o in options if (o.reason or "").startswith(RULED_OUT)), None)
+    return f"none was timed; {ruled.label}: {ruled.reason}" if ruled else "no variant was measured successfully"
+
+
 def admitted(report: DeviceReport, options: list[Option], budget: Budget, margin: float) -> list[Option]:
     """Variants the staged search did not measure further that `budget` would not have ruled out: by fidelity
     (not profiled; their figures or lower bounds meet its quality limits) or by timing (profiled once, no

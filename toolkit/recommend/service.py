@@ -54,7 +54,7 @@ def cluster(recipe: Recipe, **overrides: Any) -> Cluster:
 def recommend_each(recipe: Recipe, reports: list[DeviceReport], budget: Budget | None = None) -> list[Recommendation]:
     """One recommendation per device report (a fleet when several), for `budget` (default: the recipe's)."""
     clouds = providers(recipe)
-    return [recommend(report, budget or recipe.budget, recipe.costs, clouds) for report in reports]
+    return [recommend(report, budget or recipe.budget, recipe.costs, clouds, recipe.response_prompt_tokens) for report in reports]
 
 
 def recommendations(recipe: Recipe, budget: Budget | None = None, paths: list[Path] | None = None) -> list[Recommendation]:
