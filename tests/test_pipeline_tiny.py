@@ -291,7 +291,7 @@ def test_quants_alone_are_measured_from_the_source_not_from_one_of_them(tiny_lla
         workspace: {tmp_path / 'ws'}
         candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
         variants: {{gguf: {{quants: [Q8_0, Q4_K_M]}}}}
-        device: {{threads: 2}}
+        device: {{threads: 2, prompt_lengths: [16], decode_tokens: 8, repeats: 2, rounds: 1, max_rounds: 1, certify_runs: 0}}
         quality: {{ctx: 64, chunks: 2}}
         """))
     manifest = pipeline.compress(recipe)
@@ -308,3 +308,6 @@ def test_quants_alone_are_measured_from_the_source_not_from_one_of_them(tiny_lla
     q8, q4 = quality
     assert 0 < q8.kl_mean < q4.kl_mean and q8.top1_agreement > 0.9
     assert Manifest.load(recipe.workspace_dir() / "manifest.json").references == [source]
+    report, _ = pipeline.profile(recipe, formats=["gguf"])  # a format filter keeps the base the results are keyed by
+    assert report.references == [source] and [q.kl_mean for q in report.quality] == [q8.kl_mean, q4.kl_mean]
+    assert any(n.startswith("Fidelity base: tiny-llama's KL") for n in recommend(report, recipe.budget).notes)

@@ -501,3 +501,33 @@ def test_a_cost_priority_without_any_cost_says_what_ranked_the_variants_instead(
     capped = recommend(ladder_report(rows, power=None), Budget(max_energy_j=100))  # a limit nothing here can check
     assert capped.answer != "edge" and capped.ruled_out_by == [
         "energy per response not measured (no energy meter read here, and no device.power in the recipe to estimate it from)"]
+
+
+def test_more_threads_than_cpus_is_named_in_the_notes_and_at_profile_time(tmp_path, monkeypatch, capsys):
+    """A recipe written for a 4-core Pi (device.threads 4) profiled on 2 CPUs measures threads waiting for cores."""
+    import importlib
+
+    from tests.conftest import write_recipe
+    from tests.factories import FP_BARE
+    from toolkit.recipe import load_recipe
+    from toolkit.records import Manifest
+
+    stage = importlib.import_module("toolkit.pipeline.profile")  # the module; toolkit.pipeline.profile is its function
+
+    rep = report({"ttft": [100] * 3, "decode": [50] * 3})
+    assert not any(n.startswith("Threads:") for n in recommend(rep, Budget(), Costs()).notes)  # 2 threads, 2 CPUs
+    over = rep.model_copy(update={"device": FP_BARE.model_copy(update={"threads_used": 4})})
+    [note] = [n for n in recommend(over, Budget(), Costs()).notes if n.startswith("Threads:")]
+    assert note.startswith("Threads: device.threads 4 is more than the 2 CPUs this process may use")
+    recipe = load_recipe(write_recipe(tmp_path / "pi.yaml", f"""
+        name: pi
+        workspace: {tmp_path / 'ws'}
+        candidates: [{{model: smollm2-135m-instruct}}]
+        device: {{threads: 4}}
+        """))
+    monkeypatch.setattr(stage, "load_manifest", lambda r: Manifest(recipe="pi", variants=rep.variants))
+    monkeypatch.setattr(stage, "device_fingerprint", lambda r: over.device)
+    monkeypatch.setattr(stage, "check_offload", lambda *a: (_ for _ in ()).throw(RuntimeError("stop here")))
+    with pytest.raises(RuntimeError, match="stop here"):
+        stage.profile(recipe)
+    assert f"warning: {tmp_path / 'pi.yaml'}: device.threads 4 is more than the 2 CPUs" in capsys.readouterr().err

@@ -4,6 +4,7 @@ one device report written (profiling/rounds.py explains the rounds)."""
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 from toolkit import __version__
@@ -30,6 +31,7 @@ from toolkit.profiling.roofline import measure as measure_roofline
 from toolkit.profiling.rounds import Rounds, Standing, run_rounds
 from toolkit.recipe import Budget, Costs, Recipe
 from toolkit.recommend.engine import contenders, recommend
+from toolkit.recommend.notes import oversubscribed
 from toolkit.records import (
     DeviceFingerprint,
     DevicePower,
@@ -59,10 +61,13 @@ def profile(
     ws = workspace(recipe)
     manifest = load_manifest(recipe)
     if formats:
-        manifest = Manifest(recipe=manifest.recipe, variants=[v for v in manifest.variants if v.format in formats])
+        manifest = Manifest(recipe=manifest.recipe, variants=[v for v in manifest.variants if v.format in formats],
+)
         if not manifest.variants:
             raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
     device = device_fingerprint(recipe)
+    if warning := oversubscribed(device):
+        print(f"warning: {recipe.path}: {warning}", file=sys.stderr)
     check_offload(recipe, manifest)
     text = corpus(recipe)
     quality = load_quality(recipe, manifest, sha256_file(corpus(recipe)))

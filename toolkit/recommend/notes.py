@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from toolkit.recommend.metrics import NO_ENERGY
 from toolkit.recommend.select import Option
-from toolkit.records import DeviceReport
+from toolkit.records import DeviceFingerprint, DeviceReport
 
 # What each priority falls back to when no variant in budget has a cost per response (select.PRIORITY_KEY)
 COST_FALLBACK = {"pcr": "utility U", "cost": "decode speed"}
@@ -23,6 +23,7 @@ def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -
     notes += [f"Fidelity base: {r.model}'s KL and top-1 agreement are measured from {r.label}, its source, which is "
               "no candidate here (every variant of it is quantized)." for r in report.references if r.id in used]
     notes += context_notes(report, prompt_tokens + output_tokens)
+    notes += [f"Threads: {warning}" for warning in [oversubscribed(report.device)] if warning]
     failed: dict[tuple[str, str, str], list[str]] = {}  # one line for a model's quants that failed for one reason
     for f in report.not_built:
         failed.setdefault((f.model, f.format, f.reason), []).append(f.quant)
@@ -30,6 +31,16 @@ def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -
     if report.merged_from:
         notes.append(f"One device in {len(report.merged_from)} reports (same id): repeats pooled from {', '.join(report.merged_from)}.")
     return notes
+
+
+def oversubscribed(device: DeviceFingerprint) -> str | None:
+    """More threads than CPUs this process may use: llama.cpp's and onnxruntime's threads spin at every barrier
+    while one waits for a core (SmolLM2 Q4_0 decode on 2 CPUs: 75 tok/s at 2 threads, 40 at 4)."""
+    if device.threads_used <= device.logical_cpus:
+        return None
+    return (f"device.threads {device.threads_used} is more than the {device.logical_cpus} CPUs this process may use, so "
+            "the threads wait for each other and speed falls, to half or less; measure with at most "
+            f"{device.logical_cpus} (leave device.threads out to use every CPU).")
 
 
 def context_notes(report: DeviceReport, response_tokens: int) -> list[str]:
