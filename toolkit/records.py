@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from toolkit.config import validation_error
+from toolkit.config import Strict, validation_error
 from toolkit.errors import UserError
 from toolkit.profiling.roofline import Roofline
 from toolkit.stat import Stat, percentile  # noqa: F401 - records carry Stats; importers read them from here
@@ -15,8 +15,7 @@ from toolkit.stat import Stat, percentile  # noqa: F401 - records carry Stats; i
 SCHEMA_VERSION = 1
 
 
-class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Record(Strict):
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -87,8 +86,7 @@ class Manifest(Record):
     references: list[Variant] = Field(default_factory=list)  # fidelity bases that are no variant (build.py)
 
 
-class DeviceFingerprint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DeviceFingerprint(Strict):
     id: str
     hostname: str
     cpu_model: str
@@ -104,18 +102,16 @@ class DeviceFingerprint(BaseModel):
     label: str | None = None  # the user's name for it (device.label, toolkit profile --device-label)
 
 
-class PromptTiming(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PromptTiming(Strict):
     prompt_tokens: int
     ttft_ms: Stat
     prefill_tps: Stat
     runtime_prefill_tps: Stat | None = None
 
 
-class LlamaBench(BaseModel):
+class LlamaBench(Strict):
     """llama.cpp's own llama-bench on the same file, threads and batch: the yardstick for the native runtime."""
 
-    model_config = ConfigDict(extra="forbid")
     build: str  # llama.cpp build number (commit)
     depth: int  # tokens in the context while decode is timed (the longest prompt length, as the profile decodes)
     prefill_tps: dict[int, Stat]  # pp, per prompt length
@@ -126,10 +122,9 @@ RunStatus = Literal["ok", "oom", "crash", "timeout", "skipped"]
 QualityStatus = Literal["ok", "stopped", "oom", "crash", "timeout", "skipped"]  # stopped: sure to break the budget
 
 
-class EnergyWindow(BaseModel):
+class EnergyWindow(Strict):
     """One measured window of a profile: the prefill of one repeat (tokens: prompt) or its decode (tokens: decoded)."""
 
-    model_config = ConfigDict(extra="forbid")
     phase: Literal["prefill", "decode"]
     tokens: int
     seconds: float
@@ -137,10 +132,9 @@ class EnergyWindow(BaseModel):
     net_joules: float | None = None  # joules - idle_w x seconds
 
 
-class ProfileEnergy(BaseModel):
+class ProfileEnergy(Strict):
     """Energy of a profile's timed windows and where it comes from (toolkit/profiling/meters)."""
 
-    model_config = ConfigDict(extra="forbid")
     meter: str | None  # rapl, ina3221, pi5-pmic, nvml, power-model; None: neither a meter nor device.power
     source: str  # e.g. "measured: RAPL package+DRAM", "estimated: power model, ..."
     sample_hz: float | None = None  # power sources: background sampling rate; None: counters read at window edges
@@ -232,17 +226,15 @@ class EvalResult(Record):
     wall_s: float = 0.0
 
 
-class DevicePower(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DevicePower(Strict):
     idle_w: float
     busy_w: float
     note: str = ""
 
 
-class CertRun(BaseModel):
+class CertRun(Strict):
     """One fresh-process re-measurement of a pick at the budget's response shape."""
 
-    model_config = ConfigDict(extra="forbid")
     status: RunStatus
     ttft_p90_ms: float | None = None
     decode_p10_tps: float | None = None
@@ -255,10 +247,9 @@ class CertRun(BaseModel):
         return self.status == "ok" and not self.violations
 
 
-class Certification(BaseModel):
+class Certification(Strict):
     """A pick re-measured in `len(runs)` fresh processes against one budget (`budget_key`)."""
 
-    model_config = ConfigDict(extra="forbid")
     variant_id: str
     budget_key: str
     prompt_tokens: int
