@@ -62,7 +62,7 @@ def profile(
     manifest = load_manifest(recipe)
     if formats:
         manifest = Manifest(recipe=manifest.recipe, variants=[v for v in manifest.variants if v.format in formats],
-)
+                            references=manifest.references)  # fidelity's bases, which load_quality looks up
         if not manifest.variants:
             raise UserError(f"no variant of format {', '.join(formats)} in the manifest", field="--format")
     device = device_fingerprint(recipe)
@@ -133,7 +133,9 @@ def rounds_standing(report: DeviceReport, budget: Budget, costs: Costs) -> Stand
     answer, but not how much to measure, so a rerun on cached rounds makes the first run's decisions."""
     if not report.measured:
         return Standing(None, 0.0, [], 0.0)
-    rec = recommend(report.model_copy(update={"previous_picks": {}}), budget, costs)
+    # timing noise alone: more rounds cannot settle what accuracy's items leave open (options.item_draws)
+    timings_only = [r.model_copy(update={"items": []}) for r in report.accuracy]
+    rec = recommend(report.model_copy(update={"previous_picks": {}, "accuracy": timings_only}), budget, costs)
     win = next((r.win_probability or 0.0 for r in rec.rows if r.variant_id == rec.pick), 0.0)
     rival = max((r.win_probability or 0.0 for r in rec.rows if r.variant_id != rec.pick), default=0.0)
     return Standing(rec.pick, win, rec.tied_with, rec.tie_equivalence or 0.0, rival)
