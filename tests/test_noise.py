@@ -93,6 +93,32 @@ def test_clearly_separated_repeats_win_with_probability_one_and_no_tie():
     assert "no statistical tie" in noise_line(rec) and "of 1000 bootstrap resamples" in noise_line(rec)
 
 
+def _with_items(rep, *per_variant: list[float]):
+    from toolkit.records import EvalResult
+
+    results = [EvalResult(key=f"e{i}", variant_id=f"v{i}", task="t", status="ok", runtime="llama.cpp", metric="acc",
+                          value=sum(items) / len(items), n=len(items), items=items) for i, items in enumerate(per_variant)]
+    return rep.model_copy(update={"accuracy": results})
+
+
+def test_accuracy_is_redrawn_from_its_items_the_same_items_for_every_variant():
+    """Priority quality ranks by accuracy: a lead of one item in 50 is no lead (a tie, most resamples still v0's),
+    fifteen items is; with the items left out, the one-item lead claimed certainty."""
+    timings = ({"ttft": TTFT, "decode": [100, 110, 90, 105, 95]}, {"ttft": TTFT, "decode": [98, 112, 92, 104, 96]})
+    v0 = [1.0] * 20 + [0.0] * 30
+    one_item = [0.0] + v0[1:]  # v1 misses one item v0 gets right; every other answer alike
+    rec = recommend(_with_items(report(*timings), v0, one_item), Budget(priority="quality"), Costs(), [])
+    assert rec.pick == "v0" and rec.tied_with == ["v1"]
+    assert 0.1 < row(rec, "v1").win_probability < 0.3  # the item is left out of ~36% of resamples: then decode decides
+    fixed = _with_items(report(*timings), v0, one_item)
+    fixed = fixed.model_copy(update={"accuracy": [r.model_copy(update={"items": []}) for r in fixed.accuracy]})
+    rec = recommend(fixed, Budget(priority="quality"), Costs(), [])
+    assert rec.pick == "v0" and rec.tied_with == [] and row(rec, "v0").win_probability == 1.0
+    fifteen = [0.0] * 15 + v0[15:]
+    rec = recommend(_with_items(report(*timings), v0, fifteen), Budget(priority="quality"), Costs(), [])
+    assert rec.pick == "v0" and rec.tied_with == [] and row(rec, "v0").win_probability == 1.0
+
+
 def test_budgets_are_checked_on_p90_ttft_and_p10_decode_not_medians():
     # v0: median TTFT 100 ms but p90 580 ms; v1: median decode 50 tok/s but p10 23 tok/s; v2 is steady and slower
     rec = recommend(report({"ttft": [100, 100, 100, 100, 900], "decode": [60] * 5},

@@ -119,7 +119,8 @@ def test_evaluation_fans_out_over_the_nodes_and_matches_a_local_run(fleet, tmp_p
     assert [q.status for q in quality] == ["ok", "ok"] and quality[1].kl_mean > 0
     assert [(q.perplexity, q.kl_mean, q.top1_agreement) for q in quality] == \
         [(q.perplexity, q.kl_mean, q.top1_agreement) for q in local_quality]
-    assert [(r.status, r.value) for r in accuracy] == [(r.status, r.value) for r in local_accuracy] and len(accuracy) == 2
+    assert [(r.status, r.value, r.items) for r in accuracy] == [(r.status, r.value, r.items) for r in local_accuracy]
+    assert len(accuracy) == 2 and all(len(r.items) == 3 and sum(r.items) / 3 == pytest.approx(r.value) for r in accuracy)
 
 
 def _listening_beyond_loopback() -> list[str]:

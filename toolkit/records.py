@@ -223,6 +223,7 @@ class EvalResult(Record):
     limit: int | None = None
     runtime: str
     lm_eval_version: str | None = None
+    items: list[float] = Field(default_factory=list)  # each item's score by doc id: noise.py's paired bootstrap
     wall_s: float = 0.0
 
 

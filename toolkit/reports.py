@@ -65,6 +65,9 @@ def _budget_lines(rec: Recommendation) -> list[str]:
 FRONT_NOTE = "Front: on the Pareto front of the variants that meet the budget"
 
 
+RESAMPLED = "the timing repeats (and the accuracy items, where scored)"
+
+
 def noise_line(rec: Recommendation) -> str | None:
     """How sure the pick is: its bootstrap win probability, and the statistical tie, if any (see noise.py)."""
     if rec.pick is None or not rec.resamples:
@@ -76,13 +79,13 @@ def noise_line(rec: Recommendation) -> str | None:
         names = ", ".join(rows[v].label for v in rec.tied_with)
         chances = ", ".join(f"{rows[v].win_probability or 0:.2f}" for v in rec.tied_with)
         line = (f"Noise: {pick.label} (win probability {win:.2f}) is tied with {names} (win probability {chances}) "
-                f"over {rec.resamples} bootstrap resamples of the timing repeats; tie broken by: {rec.tie_rule}")
+                f"over {rec.resamples} bootstrap resamples of {RESAMPLED}; tie broken by: {rec.tie_rule}")
         if rec.tie_equivalence is not None:
             line += (f"; their utilities lie within {EQUIVALENT_UTILITY} of each other in {rec.tie_equivalence:.0%} of "
                      "the resamples (practically the same answer when that is most of them)")
     else:
-        line = (f"Noise: {pick.label} is the pick in {win:.0%} of {rec.resamples} bootstrap resamples of the timing "
-                f"repeats; no statistical tie (tied: another in-budget variant wins >= {TIE_THRESHOLD:.0%})")
+        line = (f"Noise: {pick.label} is the pick in {win:.0%} of {rec.resamples} bootstrap resamples of {RESAMPLED}"
+                f"; no statistical tie (tied: another in-budget variant wins >= {TIE_THRESHOLD:.0%})")
     near = [r for r in rec.rows if r.violations and (r.win_probability or 0) >= TIE_THRESHOLD]
     if near:
         line += ("; over the budget on the measured figures but the pick in some resamples: "

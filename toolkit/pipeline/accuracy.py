@@ -17,7 +17,7 @@ from toolkit.runtimes import get_runtime
 from toolkit.tasks import TASKS
 from toolkit.tasks import prepare as prepare_task
 
-ACCURACY_VERSION = 4  # bump when the lm-eval job changes, so cached results are recomputed
+ACCURACY_VERSION = 5  # bump when the lm-eval job changes, so cached results are recomputed
 
 
 def task_dir(name: str) -> str | None:
@@ -149,7 +149,7 @@ def _eval_tasks(recipe: Recipe, variant: Variant, folders: dict[str, str | None]
     return {task: EvalResult(
         status="ok", metric=s.metric, filter=s.filter, value=round(s.value, 5),
         stderr=round(s.stderr, 5) if s.stderr is not None else None, n=s.n, lm_eval_version=d.lm_eval_version,
-        wall_s=wall_s, **base[task],
+        items=s.items, wall_s=wall_s, **base[task],
     ) for task, s in d.tasks.items()}
 
 

@@ -110,6 +110,7 @@ class TaskScore(BaseModel):
     value: float
     stderr: float | None
     n: int | None
+    items: list[float] = []  # each item's score, in doc id order
 
 
 class LmEvalResult(Result):

@@ -194,7 +194,7 @@ def lm_eval_job(job: dict) -> dict:
         lm_eval.evaluator.add_env_info = lambda results: None
         seeds["torch_random_seed"] = None
     results = lm_eval.simple_evaluate(model=lm, tasks=job["tasks"], limit=job["limit"], task_manager=manager,
-                                      log_samples=False, **seeds)
+                                      log_samples=True, **seeds)  # each item's score: noise.py's paired bootstrap
     return {"tasks": {task: _task_score(results, task, metric) for task, metric in zip(job["tasks"], job["metrics"], strict=True)},
             "load_s": load_s, "lm_eval_version": lm_eval.__version__}
 
@@ -204,13 +204,12 @@ def _task_score(results: dict, task: str, metric: str) -> dict:
     metric_key = next(k for k in scores if k.startswith(metric + ",") and "stderr" not in k)
     stderr = scores.get(metric_key.replace(",", "_stderr,", 1))
     n = results.get("n-samples", {}).get(task, {}).get("effective")
-    return {
-        "metric": metric_key.split(",")[0],
-        "filter": metric_key.split(",")[1],
-        "value": float(scores[metric_key]),
-        "stderr": float(stderr) if isinstance(stderr, int | float) else None,
-        "n": int(n) if n is not None else None,
-    }
+    name, filter_name = metric_key.split(",", 1)
+    samples = sorted((s for s in results.get("samples", {}).get(task, []) if s.get("filter") == filter_name),
+                     key=lambda s: s["doc_id"])
+    items = [float(s[name]) for s in samples] if all(isinstance(s.get(name), int | float) for s in samples) else []
+    return {"metric": name, "filter": filter_name, "value": float(scores[metric_key]), "items": items,
+            "stderr": float(stderr) if isinstance(stderr, int | float) else None, "n": int(n) if n is not None else None}
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

@@ -1,13 +1,16 @@
 """Noise-aware comparison: how often each variant would be the pick again, and when variants are tied.
 
-Win probability: a bootstrap over the timing repeats. In each of RESAMPLES resamples (numpy, fixed SEED, so
+Win probability: a bootstrap over the timing repeats and the accuracy items. In each of RESAMPLES resamples (numpy, fixed SEED, so
 a report is reproducible) the repeats of every variant within reach of the budget (`within_reach`: it meets
 every limit with its timings `device.noise_margin` better) are redrawn with replacement: TTFT at the
 prompt length, decode tok/s and RAPL watts where measured. The figures the budget sees are recomputed
 from the redrawn repeats exactly as from the measured ones (TTFT p90, decode p10, energy and cost from the
 medians), and the same selection (`select.choose`: feasibility, then utility and priority among the
-feasible) names a pick. A variant's win probability is the share of resamples it is that pick. Memory,
-fidelity and accuracy have no repeats and stay fixed.
+feasible) names a pick. A variant's win probability is the share of resamples it is that pick. Accuracy is
+redrawn too, from each task's items, the same items for every variant in a resample (options.item_draws: a
+paired bootstrap, so a lead of a few items among 50 is no lead); memory and fidelity (deterministic figures on
+a fixed text) stay fixed. The rounds (profiling/rounds.py) read timing noise alone: more fresh processes
+cannot settle what the items leave open.
 
 Tie set: the shortest head of the ranking on the measured figures that holds every in-budget variant with
 win probability >= TIE_THRESHOLD (a variant that wins at least 1 resample in 20 cannot be told apart from

@@ -151,12 +151,37 @@ def draws(report: DeviceReport, options: list[Option], prompt_tokens: int, outpu
         rapl = noise.resample(measured_watts(prof), rng, n, sigma["rapl"])
         watts = rapl["median"] if rapl else [watts_of(report, prof)] * n
         columns.append((o, ttft, decode, watts))
+    accuracy = item_draws(report, set(measured), n)
     for b in range(n):
         drawn = []
         for o, ttft, decode, watts in columns:
             timed, _ = _timed(_at(ttft, b), _at(decode, b), watts[b], output_tokens, costs)
-            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed}, size_mb=o.size_mb, model=o.model))
+            items = {"accuracy": round(float(accuracy[o.id][b]), 5)} if o.id in accuracy else {}
+            drawn.append(Option(id=o.id, label=o.label, metrics={**o.metrics, **timed, **items}, size_mb=o.size_mb, model=o.model))
         yield drawn
+
+
+def item_draws(report: DeviceReport, ids: set[str], n: int) -> dict[str, np.ndarray]:
+    """Mean accuracy of each variant in `ids` in `n` resamples of the tasks' items, the same items for every
+    variant in a resample (paired: variants that answer an item alike move together, so only the items they
+    answer differently part them). Variants with every task's items; none when a task's items do not line up."""
+    tasks = sorted({r.task for r in report.accuracy})
+    per: dict[str, dict[str, np.ndarray]] = {}
+    for r in report.accuracy:
+        if r.status == "ok" and r.items and r.variant_id in ids:
+            per.setdefault(r.variant_id, {})[r.task] = np.asarray(r.items, dtype=float)
+    per = {vid: scores for vid, scores in per.items() if len(scores) == len(tasks)}
+    sums = {vid: np.zeros(n) for vid in per}
+    for task in tasks if per else []:
+        sizes = {len(scores[task]) for scores in per.values()}
+        if len(sizes) != 1:
+            return {}
+        size, rng = sizes.pop(), np.random.default_rng([noise.SEED, zlib.crc32(task.encode())])
+        for start in range(0, n, 100):  # 100 resamples at a time: a full MMLU is 14,042 items
+            picked = rng.integers(0, size, (min(100, n - start), size))
+            for vid, scores in per.items():
+                sums[vid][start:start + len(picked)] += scores[task][picked].mean(axis=1)
+    return {vid: total / len(tasks) for vid, total in sums.items()}
 
 
 def _at(column: dict[str, list[float]] | None, b: int) -> Figures | None:
