@@ -171,8 +171,10 @@ def item_draws(report: DeviceReport, ids: set[str], n: int) -> dict[str, np.ndar
         if r.status == "ok" and r.items and r.variant_id in ids:
             per.setdefault(r.variant_id, {})[r.task] = np.asarray(r.items, dtype=float)
     per = {vid: scores for vid, scores in per.items() if len(scores) == len(tasks)}
+    if not per:
+        return {}
     sums = {vid: np.zeros(n) for vid in per}
-    for task in tasks if per else []:
+    for task in tasks:
         sizes = {len(scores[task]) for scores in per.values()}
         if len(sizes) != 1:
             return {}
