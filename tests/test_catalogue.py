@@ -69,6 +69,36 @@ def test_corrupt_gguf_is_refused(tmp_path, content):
         resolve(recipe.candidates[0], recipe)
 
 
+def test_a_local_checkpoint_is_keyed_by_its_tokenizer_and_template_too(tmp_path):
+    """An edited tokenizer or chat template changes what a build embeds and what a score reads, so it changes
+    the source's digest (and with it every cache key); a README does not; remote code counts only where trusted."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name, text in {"config.json": "{}", "model.safetensors": "w", "tokenizer.json": "{}", "README.md": "a"}.items():
+        (ckpt / name).write_text(text)
+    text = "name: t\ncandidates: [{model: ckpt}, {model: ckpt, name: trusted, trust_remote_code: true}]\n"
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", text))
+
+    def digests() -> tuple[str, str]:
+        plain, trusted = (resolve(c, recipe) for c in recipe.candidates)
+        assert plain.kind == trusted.kind == "hf"
+        return plain.sha256, trusted.sha256
+
+    first = digests()
+    assert first[0] == first[1]  # no code in the folder yet
+    (ckpt / "README.md").write_text("b")
+    assert digests() == first
+    (ckpt / "tokenizer.json").write_text('{"added_tokens": []}')
+    second = digests()
+    assert second[0] != first[0]
+    (ckpt / "chat_template.jinja").write_text("{{ messages }}")
+    third = digests()
+    assert third[0] != second[0]
+    (ckpt / "modeling_x.py").write_text("pass")
+    fourth = digests()
+    assert fourth[0] == third[0] and fourth[1] != third[1]
+
+
 def test_a_lost_build_names_only_the_specs_its_kind_of_source_has(tmp_path):
     """A candidate whose build job was lost (a Ray node died) is reported with the variants it would have had:
     told from the recipe and catalogue without fetching, so an HF checkpoint never gets "the file as shipped"."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -21,6 +22,10 @@ if TYPE_CHECKING:  # the recipe is read here, never built: no import cycle
     from toolkit.recipe import Candidate, Recipe
 
 GGUF_MAGIC = b"GGUF"
+# An HF checkpoint's files that a build or a score reads: config, weights, tokenizer, chat template; the
+# digest covers them all, so an edited tokenizer or template builds anew. Remote code only where trusted.
+CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja")
+REMOTE_CODE_FILES = ("*.py",)
 
 
 class SourceModel(BaseModel):
@@ -91,20 +96,30 @@ def _from_local(path: Path, name: str, candidate: Candidate) -> SourceModel:
     if path.is_file():
         check_gguf_header(path)
         return SourceModel(model=name, kind="gguf", path=path, sha256=sha256_file(path), origin=str(path))
-    weights = sorted(path.glob("*.safetensors"))
-    if not (path / "config.json").exists() or not weights:
+    if not (path / "config.json").exists() or not any(path.glob("*.safetensors")):
         raise UserError("an HF checkpoint folder needs config.json and *.safetensors weights", file=path)
-    digest = hashlib.sha256()
-    for file in [path / "config.json", *weights]:
-        digest.update(sha256_file(file).encode())
     return SourceModel(
         model=name,
         kind="hf",
         path=path,
-        sha256=digest.hexdigest(),
+        sha256=checkpoint_digest(path, candidate.trust_remote_code),
         origin=str(path),
         trust_remote_code=candidate.trust_remote_code,
     )
+
+
+def checkpoint_patterns(trust_remote_code: bool) -> list[str]:
+    return [*CHECKPOINT_FILES, *(REMOTE_CODE_FILES if trust_remote_code else ())]
+
+
+def checkpoint_digest(folder: Path, trust_remote_code: bool = False) -> str:
+    """One sha256 over the checkpoint's files, by name and content."""
+    patterns = checkpoint_patterns(trust_remote_code)
+    digest = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and any(fnmatch.fnmatch(file.name, pattern) for pattern in patterns):
+            digest.update(f"{file.name}\0{sha256_file(file)}\0".encode())
+    return digest.hexdigest()
 
 
 def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel:
@@ -121,7 +136,7 @@ def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel
         folder = snapshot_download(
             source.repo,
             revision=source.revision,
-            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
+            allow_patterns=checkpoint_patterns(candidate.trust_remote_code),
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
         reason = first_sentence(str(exc), 300)
