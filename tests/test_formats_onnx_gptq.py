@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tests.conftest import write_recipe
 from toolkit import pipeline
 from toolkit.errors import UserError
+from toolkit.io import cache_root
 from toolkit.recipe import load_recipe
 from toolkit.runtimes import get_runtime
 
@@ -103,6 +105,10 @@ def test_gptq_8_bit(tiny_llama, tmp_path):
     from pathlib import Path
 
     assert not (Path.cwd() / "gptqmodel_offload").exists()  # GPTQModel's scratch stays in the workspace
+    # its C++ packing kernel is compiled once into the cache, not in every quantizing process
+    [log] = (recipe.workspace_dir() / "logs").glob("gptq-*.log")
+    kernel = re.search(r"packing kernel (?:compiled into|loaded from) (\S+\.so)", log.read_text(errors="replace"))
+    assert kernel and Path(kernel[1]).is_file() and Path(kernel[1]).is_relative_to(cache_root())
     from toolkit.pipeline.fidelity import fidelity
     from toolkit.pipeline.workspace import corpus
 

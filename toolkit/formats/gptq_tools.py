@@ -8,13 +8,54 @@ Run with the working directory inside the workspace: GPTQModel writes its offloa
 from __future__ import annotations
 
 import os
+import platform
 import sys
+import tempfile
 from pathlib import Path
+
+KERNEL = "gptqmodel_pack_block_cpu"
+
+
+def load_pack_kernel() -> None:
+    """Load GPTQModel's C++ packing kernel, compiled once per torch, GPTQModel and kernel source.
+
+    GPTQModel compiles it in every quantizing process, after deleting its build folder, because torch names that
+    folder by version alone (about 50 s on 2 cores). Once the op is registered, GPTQModel skips its own build.
+    Without a compiler nothing is loaded here, and GPTQModel falls back as it would have.
+    """
+    import gptqmodel
+    import torch
+    from torch.utils.cpp_extension import load
+
+    from toolkit.io import atomic_path, cache_root, content_hash, sha256_file
+
+    site = Path(gptqmodel.__file__).resolve().parents[1]  # where GPTQModel itself looks for the source
+    source = next((p for p in (site / "pack_block_cpu.cpp", site / "gptqmodel_ext" / "pack_block_cpu.cpp")
+                   if p.exists()), None)
+    if source is None:
+        return
+    flags = ["-O3", "-std=c++17"]  # GPTQModel's own
+    key = content_hash(torch.__version__, gptqmodel.__version__, sha256_file(source), platform.machine(), flags)
+    library = cache_root() / "kernels" / f"{KERNEL}-{key}.so"
+    if library.exists():
+        torch.ops.load_library(str(library))
+        print(f"toolkit: GPTQModel's packing kernel loaded from {library}", flush=True)
+        return
+    try:
+        with tempfile.TemporaryDirectory() as build, atomic_path(library) as tmp:
+            load(name=KERNEL, sources=[str(source)], extra_cflags=flags, build_directory=build,
+                 is_python_module=False, verbose=False)  # also registers the op in this process
+            os.replace(Path(build) / f"{KERNEL}.so", tmp)
+    except Exception as exc:  # noqa: BLE001 - no compiler or headers: GPTQModel's fallback applies
+        print(f"toolkit: GPTQModel's packing kernel could not be compiled ({type(exc).__name__})", flush=True)
+        return
+    print(f"toolkit: GPTQModel's packing kernel compiled into {library}", flush=True)
 
 
 def quantize(hf_dir: str, out_dir: str, bits: int, group_size: int, desc_act: bool, calibration: str) -> None:
     from gptqmodel import GPTQModel, QuantizeConfig
 
+    load_pack_kernel()
     lines = [ln for ln in Path(calibration).read_text(encoding="utf-8").splitlines() if ln.strip()]
     config = QuantizeConfig(
         bits=bits,
