@@ -97,3 +97,43 @@ def test_a_stock_task_whose_data_cannot_be_had_stops_the_run_before_any_work(tmp
                                                    "'Rowan/hellaswag' cannot be loaded ("), lines
     assert lines[0].endswith("use an offline task (toolkit tasks) or give this machine the hub"), lines
     assert not (tmp_path / "ws" / "manifest.json").exists()  # nothing was compressed
+
+
+def test_a_job_with_lm_evals_own_tasks_indexes_only_their_folders(tmp_path):
+    """lm-eval's whole task index (every YAML it ships) takes 9-17 s per job on 2 cores: a job gets the folders
+    that hold its stock tasks and all they name (a group's tasks across subfolders, a tag's members), where an
+    index of them alone resolves every such name as the whole index does; elsewhere the whole index."""
+    from pathlib import Path
+
+    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
+
+    from tests.test_io_records import _variant
+    from toolkit.pipeline import accuracy
+    from toolkit.profiling.harness import ChildResult
+
+    stock = Path(lm_eval.tasks.__file__).parent
+    full = accuracy._stock_index().task_index
+    assert accuracy.stock_folders(["hellaswag"]) == [str(stock / "hellaswag")]
+    [root] = accuracy.stock_folders(["leaderboard"])  # a group of groups, in subfolders of its own
+    small = TaskManager(include_path=[root], include_defaults=False).task_index
+    named = [n for n in small if n.startswith("leaderboard")]
+    assert len(named) > 20 and all(small[n] == full[n] for n in named) and len(small) < len(full) / 50
+    assert accuracy.stock_folders(["acp_bench"]) is None  # its tag is spread over folders that repeat names
+
+    jobs = []
+
+    class Capture:
+        def run(self, job, timeout_s, memory_cap_mb, log):
+            jobs.append(job)
+            return ChildResult(status="crash", data={}, reason="captured", wall_s=0.0)
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"name: t\nworkspace: {tmp_path / 'ws'}\n"
+                                      "candidates: [{model: m.gguf}]\naccuracy: {tasks: [mmlu_offline]}\n"))
+    offline = accuracy.task_dir("mmlu_offline")
+    for folders in ({"mmlu_offline": offline, "hellaswag": None}, {"acp_bench": None}):
+        paths = {task: ("k", tmp_path / f"{task}.json") for task in folders}
+        results = accuracy._eval_tasks(recipe, _variant(), folders, paths, Capture())
+        assert {r.reason for r in results.values()} == {"captured"}
+    assert (jobs[0].task_dirs, jobs[0].stock_tasks, jobs[0].all_stock) == ([offline, str(stock / "hellaswag")], True, False)
+    assert (jobs[1].task_dirs, jobs[1].stock_tasks, jobs[1].all_stock) == ([], True, True)

@@ -56,8 +56,9 @@ class MeasureJob(Job):
 
 class LmEvalJob(Job):
     tasks: list[str]
-    task_dirs: list[str]  # folders of the offline tasks' YAML
-    stock_tasks: bool  # some task is one of lm-eval's own (its whole task index is loaded, 9 s)
+    task_dirs: list[str]  # folders of the tasks' YAML: the offline tasks', and lm-eval's that hold its own tasks
+    stock_tasks: bool  # some task is one of lm-eval's own: its data may come from the hub
+    all_stock: bool = False  # index every task lm-eval ships (9-17 s) rather than the folders above
     metrics: list[str]  # per task, the metric reported
     limit: int | None
     max_length: int

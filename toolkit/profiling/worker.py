@@ -170,8 +170,8 @@ def lm_eval_job(job: dict) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    # lm-eval's own task index takes 9 s to build: only when a stock task needs it
-    manager = TaskManager(include_path=job["task_dirs"] or None, include_defaults=job["stock_tasks"])
+    # lm-eval's whole task index takes 9-17 s to build: only the tasks' own folders, where they suffice
+    manager = TaskManager(include_path=job["task_dirs"] or None, include_defaults=job["all_stock"])
     runtime = importlib.import_module(job["runtime_module"])
     start = time.perf_counter()
     if job["backend"] == "hflm":  # PyTorch: lm-eval's own HF class (fp32 reference, GPTQ)
