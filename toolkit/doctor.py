@@ -111,10 +111,13 @@ def check_gptq() -> Check:
     except metadata.PackageNotFoundError:
         return Check("gptqmodel", "warn", "not installed: GPTQ variants will be skipped",
                      "./scripts/setup.sh (without SKIP_GPTQ=1) builds GPTQModel 5.7.0 for the CPU")
-    ext_root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    built = sorted(ext_root.glob("*/gptqmodel_pack_block_cpu/*.so"))
+    from toolkit.formats.gptq_tools import pack_kernel_library
+
+    library = pack_kernel_library()
+    built = library is not None and library.exists()
     compiler = shutil.which("c++") or shutil.which("g++")
-    kernels = "CPU kernel: torch_fused; pack_block extension " + ("compiled" if built else "not compiled yet")
+    kernels = "CPU kernel: torch_fused; pack_block extension " + (
+        f"compiled ({library})" if built else "not compiled yet: once, on the first quantization")
     if not built and not compiler:
         return Check("gptqmodel", "warn", f"{version}; {kernels}, and no C++ compiler to build it on first use",
                      "apt-get install g++ (GPTQModel compiles its CPU extension on first quantization)")

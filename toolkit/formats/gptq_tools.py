@@ -16,34 +16,57 @@ from pathlib import Path
 KERNEL = "gptqmodel_pack_block_cpu"
 
 
+FLAGS = ["-O3", "-std=c++17"]  # GPTQModel's own
+
+
+def _kernel_source() -> Path | None:
+    """The kernel's C++ source where GPTQModel itself looks for it, found without importing GPTQModel (16 s)."""
+    from importlib import util
+
+    found = util.find_spec("gptqmodel")
+    if found is None or found.origin is None:
+        return None
+    site = Path(found.origin).resolve().parents[1]
+    return next((p for p in (site / "pack_block_cpu.cpp", site / "gptqmodel_ext" / "pack_block_cpu.cpp")
+                 if p.exists()), None)
+
+
+def pack_kernel_library() -> Path | None:
+    """Where the compiled packing kernel is kept, keyed by torch, GPTQModel, the kernel's source and the machine;
+    None without GPTQModel or its kernel source."""
+    from importlib import metadata
+
+    from toolkit.io import cache_root, content_hash, sha256_file
+
+    if (source := _kernel_source()) is None:
+        return None
+    key = content_hash(metadata.version("torch"), metadata.version("gptqmodel"), sha256_file(source),
+                       platform.machine(), FLAGS)
+    return cache_root() / "kernels" / f"{KERNEL}-{key}.so"
+
+
 def load_pack_kernel() -> None:
-    """Load GPTQModel's C++ packing kernel, compiled once per torch, GPTQModel and kernel source.
+    """Load GPTQModel's C++ packing kernel, compiled once into the cache (`pack_kernel_library`).
 
     GPTQModel compiles it in every quantizing process, after deleting its build folder, because torch names that
     folder by version alone (about 50 s on 2 cores). Once the op is registered, GPTQModel skips its own build.
     Without a compiler nothing is loaded here, and GPTQModel falls back as it would have.
     """
-    import gptqmodel
     import torch
     from torch.utils.cpp_extension import load
 
-    from toolkit.io import atomic_path, cache_root, content_hash, sha256_file
+    from toolkit.io import atomic_path
 
-    site = Path(gptqmodel.__file__).resolve().parents[1]  # where GPTQModel itself looks for the source
-    source = next((p for p in (site / "pack_block_cpu.cpp", site / "gptqmodel_ext" / "pack_block_cpu.cpp")
-                   if p.exists()), None)
-    if source is None:
+    source, library = _kernel_source(), pack_kernel_library()
+    if source is None or library is None:
         return
-    flags = ["-O3", "-std=c++17"]  # GPTQModel's own
-    key = content_hash(torch.__version__, gptqmodel.__version__, sha256_file(source), platform.machine(), flags)
-    library = cache_root() / "kernels" / f"{KERNEL}-{key}.so"
     if library.exists():
         torch.ops.load_library(str(library))
         print(f"toolkit: GPTQModel's packing kernel loaded from {library}", flush=True)
         return
     try:
         with tempfile.TemporaryDirectory() as build, atomic_path(library) as tmp:
-            load(name=KERNEL, sources=[str(source)], extra_cflags=flags, build_directory=build,
+            load(name=KERNEL, sources=[str(source)], extra_cflags=FLAGS, build_directory=build,
                  is_python_module=False, verbose=False)  # also registers the op in this process
             os.replace(Path(build) / f"{KERNEL}.so", tmp)
     except Exception as exc:  # noqa: BLE001 - no compiler or headers: GPTQModel's fallback applies
