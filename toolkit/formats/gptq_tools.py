@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 
 KERNEL = "gptqmodel_pack_block_cpu"
-
-
 FLAGS = ["-O3", "-std=c++17"]  # GPTQModel's own
 
 
