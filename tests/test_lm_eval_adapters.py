@@ -114,12 +114,12 @@ def test_a_job_with_lm_evals_own_tasks_indexes_only_their_folders(tmp_path):
 
     stock = Path(lm_eval.tasks.__file__).parent
     full = accuracy._stock_index().task_index
-    assert accuracy.stock_folders(["hellaswag"]) == [str(stock / "hellaswag")]
-    [root] = accuracy.stock_folders(["leaderboard"])  # a group of groups, in subfolders of its own
+    assert accuracy.stock_folders(("hellaswag",)) == [str(stock / "hellaswag")]
+    [root] = accuracy.stock_folders(("leaderboard",))  # a group of groups, in subfolders of its own
     small = TaskManager(include_path=[root], include_defaults=False).task_index
     named = [n for n in small if n.startswith("leaderboard")]
     assert len(named) > 20 and all(small[n] == full[n] for n in named) and len(small) < len(full) / 50
-    assert accuracy.stock_folders(["acp_bench"]) is None  # its tag is spread over folders that repeat names
+    assert accuracy.stock_folders(("acp_bench",)) is None  # its tag is spread over folders that repeat names
 
     jobs = []
 

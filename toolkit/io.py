@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,14 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def files_sha256(root: Path, files: Iterable[Path]) -> str:
+    """sha256 of the sorted (path under `root`, sha256) list of `files`."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(f"{file.relative_to(root)}:{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 

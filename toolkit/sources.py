@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from toolkit.catalogue import HubSource, ModelCard, PyPISource, find_card
 from toolkit.errors import UserError, first_sentence
-from toolkit.io import atomic_dir, atomic_path, cache_root, sha256_file
+from toolkit.io import atomic_dir, atomic_path, cache_root, files_sha256, sha256_file
 from toolkit.procs import die_with_parent
 
 if TYPE_CHECKING:  # the recipe is read here, never built: no import cycle
@@ -115,11 +115,8 @@ def checkpoint_patterns(trust_remote_code: bool) -> list[str]:
 def checkpoint_digest(folder: Path, trust_remote_code: bool = False) -> str:
     """One sha256 over the checkpoint's files, by name and content."""
     patterns = checkpoint_patterns(trust_remote_code)
-    digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and any(fnmatch.fnmatch(file.name, pattern) for pattern in patterns):
-            digest.update(f"{file.name}\0{sha256_file(file)}\0".encode())
-    return digest.hexdigest()
+    return files_sha256(folder, (f for f in folder.iterdir()
+                                 if f.is_file() and any(fnmatch.fnmatch(f.name, pattern) for pattern in patterns)))
 
 
 def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel:

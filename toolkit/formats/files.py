@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.io import sha256_file, write_json
+from toolkit.io import files_sha256, sha256_file, write_json
 from toolkit.records import Variant
 
 
@@ -27,10 +26,7 @@ def path_sha256(path: Path) -> str:
     """sha256 of a file, or of the sorted (name, sha256) list of a folder's files."""
     if path.is_file():
         return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}:{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
+    return files_sha256(path, (p for p in path.rglob("*") if p.is_file()))
 
 
 def model_shape(path: Path) -> dict[str, int]:

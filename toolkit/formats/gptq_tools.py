@@ -30,17 +30,21 @@ def _kernel_source() -> Path | None:
 
 
 def pack_kernel_library() -> Path | None:
-    """Where the compiled packing kernel is kept, keyed by torch, GPTQModel, the kernel's source and the machine;
-    None without GPTQModel or its kernel source."""
+    """Where the compiled packing kernel is kept; None without GPTQModel or its kernel source."""
+    return _kernel()[1]
+
+
+def _kernel() -> tuple[Path, Path] | tuple[None, None]:
+    """The kernel's source, and its library in the cache keyed by torch, GPTQModel, that source and the machine."""
     from importlib import metadata
 
     from toolkit.io import cache_root, content_hash, sha256_file
 
     if (source := _kernel_source()) is None:
-        return None
+        return None, None
     key = content_hash(metadata.version("torch"), metadata.version("gptqmodel"), sha256_file(source),
                        platform.machine(), FLAGS)
-    return cache_root() / "kernels" / f"{KERNEL}-{key}.so"
+    return source, cache_root() / "kernels" / f"{KERNEL}-{key}.so"
 
 
 def load_pack_kernel() -> None:
@@ -55,7 +59,7 @@ def load_pack_kernel() -> None:
 
     from toolkit.io import atomic_path
 
-    source, library = _kernel_source(), pack_kernel_library()
+    source, library = _kernel()
     if source is None or library is None:
         return
     if library.exists():

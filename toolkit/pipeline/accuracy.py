@@ -41,7 +41,8 @@ def _stock_index():
     return TaskManager()  # indexes every YAML lm-eval ships (seconds): once per process
 
 
-def stock_folders(names: list[str]) -> list[str] | None:
+@functools.cache
+def stock_folders(names: tuple[str, ...]) -> list[str] | None:
     """The folders of lm-eval's own tasks that hold `names` and all they name (a group's tasks, a tag's members),
     for a job to index instead of every YAML lm-eval ships (9-17 s per job on 2 cores). None where an index of
     those folders alone would resolve some name differently: the job then indexes them all."""
@@ -170,7 +171,7 @@ def _eval_tasks(recipe: Recipe, variant: Variant, folders: dict[str, str | None]
     if missing := runtime.available():
         return {task: EvalResult(status="skipped", reason=missing, **b) for task, b in base.items()}
     stock = [task for task, folder in folders.items() if folder is None]
-    narrowed = stock_folders(stock) if stock else []
+    narrowed = stock_folders(tuple(stock)) if stock else []
     job = jobs.LmEvalJob(
         kind="lm_eval", runtime_module=runtime.module, path=variant.path, threads=threads(recipe), tasks=list(folders),
         task_dirs=sorted({f for f in folders.values() if f}) + (narrowed or []), stock_tasks=bool(stock),
