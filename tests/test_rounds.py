@@ -198,23 +198,16 @@ def test_pooled_process_spread_and_the_resample_it_drives():
     assert np.std(medians) == pytest.approx(expected / np.sqrt(2), rel=0.15)
 
 
-@pytest.mark.pypi_data  # the corpus
-def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, monkeypatch):
-    """Profile, then measure again from scratch (the cached profiles gone): the new report carries the first
-    report's certified pick for the recipe's budget; a report of another device does not count."""
-    import shutil
-
+def _fake_recipe(tmp_path, monkeypatch, workspace: str = "ws"):
+    """Two fake variants 5% apart with noisy timings, certified in one run."""
     from tests import fakes
     from tests.conftest import write_recipe
-    from toolkit import pipeline
-    from toolkit.io import write_json
     from toolkit.recipe import load_recipe
-    from toolkit.recommend.engine import pick_key
 
     fakes.install(monkeypatch)
-    recipe = load_recipe(write_recipe(tmp_path / "fake.yaml", f"""
+    return load_recipe(write_recipe(tmp_path / f"fake-{workspace}.yaml", f"""
         name: fake
-        workspace: {tmp_path / 'ws'}
+        workspace: {tmp_path / workspace}
         candidates: [{{model: {fakes.fake_source(tmp_path / 'fake-model')}, name: fakelm}}]
         variants: {{gguf: null, fake: {{speeds: [1, 1.05], noise: 0.5}}}}
         device: {{prompt_lengths: [32], decode_tokens: 8, repeats: 3, warmup: 0, rounds: 1, max_rounds: 1, certify_runs: 1,
@@ -222,6 +215,19 @@ def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, m
         quality: {{ctx: 64, chunks: 2}}
         cloud: {{enabled: false}}
         """))
+
+
+@pytest.mark.pypi_data  # the corpus
+def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, monkeypatch):
+    """Profile, then measure again from scratch (the cached profiles gone): the new report carries the first
+    report's certified pick for the recipe's budget; a report of another device does not count."""
+    import shutil
+
+    from toolkit import pipeline
+    from toolkit.io import write_json
+    from toolkit.recommend.engine import pick_key
+
+    recipe = _fake_recipe(tmp_path, monkeypatch)
     pipeline.compress(recipe)
     first, path = pipeline.profile(recipe)
     assert first.previous_picks == {}
@@ -240,6 +246,35 @@ def test_a_remeasured_device_starts_from_its_previous_certified_pick(tmp_path, m
     second, _ = pipeline.profile(recipe)
     assert second.previous_picks == {pick_key(recipe.budget, recipe.costs): picked.pick}
     assert list((recipe.workspace_dir() / "profiles").iterdir())  # measured again, not read from a cache
+
+
+@pytest.mark.pypi_data  # the corpus
+def test_a_fresh_workspace_on_the_same_machine_starts_from_its_certified_pick(tmp_path, monkeypatch, machine_state):
+    """A fresh clone's run (a new, empty workspace) on the machine that certified a pick for the same recipe
+    and budget keeps that pick while tied, as a rerun in the first workspace does; another budget, or a machine
+    with nothing remembered, starts afresh."""
+    import shutil
+
+    from toolkit import pipeline
+    from toolkit.recommend.engine import pick_key
+
+    recipe = _fake_recipe(tmp_path, monkeypatch)
+    pipeline.compress(recipe)
+    first, _ = pipeline.profile(recipe)
+    picked = recommend(first, recipe.budget, recipe.costs)
+    assert picked.certification is not None and picked.certification.certified
+    assert len(list((machine_state / "edgefirst-toolkit" / "picks" / first.device.id).glob("*.json"))) == 1
+    fresh = _fake_recipe(tmp_path, monkeypatch, workspace="clone")
+    pipeline.compress(fresh)
+    again, _ = pipeline.profile(fresh)
+    assert again.previous_picks == {pick_key(fresh.budget, fresh.costs): picked.pick}
+    rec = recommend(again, fresh.budget, fresh.costs)
+    assert rec.pick == picked.pick or picked.pick not in rec.tied_with  # kept while the measurements tie them
+    other = fresh.model_copy(update={"budget": fresh.budget.model_copy(update={"max_memory_mb": 10_000})})
+    assert pipeline.profile(other, write=False, certify_pick=False)[0].previous_picks == {}  # not certified for it
+    shutil.rmtree(machine_state / "edgefirst-toolkit")
+    shutil.rmtree(fresh.workspace_dir() / "reports")
+    assert pipeline.profile(fresh, write=False)[0].previous_picks == {}  # nothing remembered: decided afresh
 
 
 def test_rounds_are_decided_on_the_measurements_not_on_the_previous_pick():

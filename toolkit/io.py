@@ -204,3 +204,9 @@ def cache_root() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgefirst-toolkit"
     )
     return Path(base)
+
+
+def state_root() -> Path:
+    """Small records of what this machine decided, read by every workspace on it (XDG state)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "edgefirst-toolkit"

@@ -4,10 +4,14 @@ the budget in any run is vetoed and the next one certified, within `device.extra
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.io import content_hash, state_root, write_json
 from toolkit.pipeline.workspace import Progress, quiet
 from toolkit.profiling.rounds import certify_runs
 from toolkit.recipe import Recipe
@@ -49,9 +53,15 @@ def _check(report: DeviceReport, recipe: Recipe, prompt_tokens: int, run: Profil
 
 
 def previous_picks(recipe: Recipe, device: DeviceFingerprint) -> dict[str, str]:
-    """This device's certified pick for the recipe's budget in its latest earlier report of this recipe (the
-    workspace's, or the one shipped in the recipe's reports folder), which stays the pick while the new
-    measurements cannot tell it from the best (recommend/noise.py)."""
+    """This device's certified pick for the recipe's budget, which stays the pick while the new measurements
+    cannot tell it from the best (recommend/noise.py): the latest one this machine made (`remember_pick`, in
+    any workspace: a fresh clone keeps its answer too), else the one in the latest earlier report of this
+    recipe (the workspace's, or the one shipped in the recipe's reports folder)."""
+    key = pick_key(recipe.budget, recipe.costs)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        remembered = json.loads(_memory(recipe, device).read_text())
+        if remembered["recipe"] == recipe.name and remembered["pick_key"] == key:
+            return {key: remembered["variant_id"]}
     found = []
     for folder in (recipe.workspace_dir() / "reports", recipe.reports_path() / "devices"):
         for path in folder.glob(f"device-*{device.id}.json"):
@@ -63,10 +73,27 @@ def previous_picks(recipe: Recipe, device: DeviceFingerprint) -> dict[str, str]:
                 found.append(report)
     if not found:
         return {}
+    pick = _certified_pick(max(found, key=lambda r: r.created), recipe)
+    return {key: pick} if pick else {}
+
+
+def remember_pick(recipe: Recipe, report: DeviceReport) -> None:
+    """Record the report's certified pick for the recipe's budget as this machine's answer (previous_picks)."""
+    if pick := _certified_pick(report, recipe):
+        record = {"recipe": recipe.name, "pick_key": pick_key(recipe.budget, recipe.costs), "variant_id": pick,
+                  "created": report.created}
+        write_json(_memory(recipe, report.device), record)
+
+
+def _certified_pick(report: DeviceReport, recipe: Recipe) -> str | None:
     try:
-        rec = recommend(max(found, key=lambda r: r.created), recipe.budget, recipe.costs)
+        rec = recommend(report, recipe.budget, recipe.costs)
     except UserError:
-        return {}
-    if rec.pick is None or rec.certification is None or not rec.certification.certified:
-        return {}
-    return {pick_key(recipe.budget, recipe.costs): rec.pick}
+        return None
+    certified = rec.pick is not None and rec.certification is not None and rec.certification.certified
+    return rec.pick if certified else None
+
+
+def _memory(recipe: Recipe, device: DeviceFingerprint) -> Path:
+    """One file per device, recipe name and budget, so that workspaces profiling at once never share one."""
+    return state_root() / "picks" / device.id / f"{content_hash(recipe.name, pick_key(recipe.budget, recipe.costs))}.json"

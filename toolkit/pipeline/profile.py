@@ -13,7 +13,7 @@ from toolkit.io import content_hash, sha256_file, write_json
 from toolkit.pipeline import jobs
 from toolkit.pipeline.accuracy import load_accuracy
 from toolkit.pipeline.cache import load_or_compute
-from toolkit.pipeline.certify import certify, previous_picks
+from toolkit.pipeline.certify import certify, previous_picks, remember_pick
 from toolkit.pipeline.fidelity import load_quality
 from toolkit.pipeline.gates import quality_gate
 from toolkit.pipeline.workspace import (
@@ -102,6 +102,7 @@ def profile(
     target = out or ws / "reports" / f"device-{device.label or device.hostname}-{device.id}.json"
     if write:
         write_json(target, report)
+        remember_pick(recipe, report)
     return report, target
 
 

@@ -28,9 +28,10 @@ variants are the same answer to the user within the noise, and more processes co
 Between runs the most likely winner of two near-equal variants can still swap (the demo's SmolLM2 Q8_0 and
 Q6_K won 0.74/0.20 in one run and the other way round in the next): each run's win probabilities come
 from its own repeats, and a slow minute moves a whole run. So a device's previous certified pick for the
-same budget (`DeviceReport.previous_picks`, filled by the profile stage from this device's latest earlier
-report) stays the pick for as long as it is in the tie set: re-measuring does not flip the answer between
-variants the measurements cannot tell apart, and the report says which rule picked.
+same budget (`DeviceReport.previous_picks`, filled by the profile stage from what this machine remembers, in
+any workspace, or from this device's latest earlier report: pipeline/certify.py) stays the pick for as long
+as it is in the tie set: re-measuring, or a fresh clone's first run, does not flip the answer between variants
+the measurements cannot tell apart, and the report says which rule picked.
 """
 
 from __future__ import annotations
