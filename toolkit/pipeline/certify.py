@@ -59,7 +59,7 @@ def previous_picks(recipe: Recipe, device: DeviceFingerprint) -> dict[str, str]:
     recipe (the workspace's, or the one shipped in the recipe's reports folder)."""
     key = pick_key(recipe.budget, recipe.costs)
     with contextlib.suppress(OSError, ValueError, KeyError):
-        remembered = json.loads(_memory(recipe, device).read_text())
+        remembered = json.loads(_memory(device, recipe.name, key).read_text())
         if remembered["recipe"] == recipe.name and remembered["pick_key"] == key:
             return {key: remembered["variant_id"]}
     found = []
@@ -80,9 +80,9 @@ def previous_picks(recipe: Recipe, device: DeviceFingerprint) -> dict[str, str]:
 def remember_pick(recipe: Recipe, report: DeviceReport) -> None:
     """Record the report's certified pick for the recipe's budget as this machine's answer (previous_picks)."""
     if pick := _certified_pick(report, recipe):
-        record = {"recipe": recipe.name, "pick_key": pick_key(recipe.budget, recipe.costs), "variant_id": pick,
-                  "created": report.created}
-        write_json(_memory(recipe, report.device), record)
+        key = pick_key(recipe.budget, recipe.costs)
+        record = {"recipe": recipe.name, "pick_key": key, "variant_id": pick, "created": report.created}
+        write_json(_memory(report.device, recipe.name, key), record)
 
 
 def _certified_pick(report: DeviceReport, recipe: Recipe) -> str | None:
@@ -94,6 +94,7 @@ def _certified_pick(report: DeviceReport, recipe: Recipe) -> str | None:
     return rec.pick if certified else None
 
 
-def _memory(recipe: Recipe, device: DeviceFingerprint) -> Path:
-    """One file per device, recipe name and budget, so that workspaces profiling at once never share one."""
-    return state_root() / "picks" / device.id / f"{content_hash(recipe.name, pick_key(recipe.budget, recipe.costs))}.json"
+def _memory(device: DeviceFingerprint, recipe_name: str, key: str) -> Path:
+    """One file per device, recipe name and budget (`key`: pick_key), so that workspaces profiling at once never
+    share one."""
+    return state_root() / "picks" / device.id / f"{content_hash(recipe_name, key)}.json"
