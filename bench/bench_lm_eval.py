@@ -12,6 +12,9 @@ candidate as GGUF F16 and ONNX fp32 and the HF reference they come from (dequant
 PyPI), built once into the workspace. Every backend scores a few requests untimed first (page-in, allocation,
 the onnxruntime adapter's scoring graph), then all of them `--repeats` times; the best time counts (other
 processes on a 2-core machine only ever slow a run down).
+
+The ceiling line bounds what any backend multiplying in fp32 could do on this machine: the least work the items
+need (each distinct context once, only the continuations' logit rows) at the measured fp32 matmul peak, over HF.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ def main() -> None:
 
     seconds["raw llama.cpp"] = timed(raw, requests, args.repeats)[0]
     session.close()
+    fed, predicted = work(pairs.values())
 
     # separate sessions: the adapter swaps in its scoring graph, the unbatched path runs the graph as exported
     for name, batched in (("onnxruntime adapter", True), ("onnxruntime unbatched", False)):
@@ -151,9 +155,51 @@ def main() -> None:
           f"(goal >= 1.5x)")
     print(f"llama.cpp adapter overhead over raw llama.cpp: "
           f"{(seconds['llama.cpp adapter'] - seconds['raw llama.cpp']) / seconds['raw llama.cpp']:+.1%} (goal < 10%)")
+    print(ceiling(hf.model, fed, predicted, hf_s, seconds["llama.cpp adapter"], args.threads))
     print(f"max |loglikelihood| difference, batched vs unbatched: llama.cpp {gap('llama.cpp adapter', 'llama.cpp unbatched'):.2e}, "
           f"onnxruntime {gap('onnxruntime adapter', 'onnxruntime unbatched'):.2e}; "
           f"GGUF F16 vs HF fp32 {gap('llama.cpp adapter', 'HF fp32 (lm-eval HFLM, batch 8)'):.2e}")
+
+
+def work(pairs) -> tuple[int, int]:
+    """Tokens the least work must run through the model (each distinct context once, then its continuations)
+    and positions whose logits it needs (the continuations' tokens)."""
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for ctx, cont in pairs:
+        groups.setdefault(tuple(ctx), []).append(cont)
+    predicted = sum(len(c) for conts in groups.values() for c in conts)
+    return sum(len(ctx) for ctx in groups) + predicted, predicted
+
+
+def torch_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
+    """float32 matrix-multiply throughput through torch's BLAS, the HF backend's own."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def ceiling(model, fed: int, predicted: int, hf_s: float, adapter_s: float, threads: int) -> str:
+    """The fastest any fp32-FMA backend could score these items at this machine's fp32 matmul peak, over HF fp32:
+    2 FLOPs per weight for every token fed through the body and for every predicted logit row through the output
+    projection; attention, norms and softmax left out, so the bound is generous."""
+    from toolkit.profiling.roofline import measure_gflops
+
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    body -= 0 if model.config.tie_word_embeddings else head
+    flops = 2 * (body * fed + head * predicted)
+    peak = max(measure_gflops(threads), torch_gflops(threads))
+    return (f"ceiling: {fed} tokens fed, {predicted} logit rows = {flops / 1e9:.0f} GFLOP; fp32 matmul peak (numpy's or torch's "
+            f"BLAS, the faster) {peak:.0f} GFLOP/s ({threads} threads) -> at best {flops / peak / 1e9:.2f} s, {hf_s * peak * 1e9 / flops:.2f}x HF fp32; "
+            f"the llama.cpp adapter ran at {flops / adapter_s / 1e9:.0f} GFLOP/s ({flops / adapter_s / 1e9 / peak:.0%} of peak)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ For every GGUF variant of the recipe (default: the demo's two models), interleav
 - bundled / native, decode and prefill: reported, no goal.
 
     .venv/bin/python bench/bench_native.py [--recipe recipes/demo.yaml] [--quants Q8_0,Q4_K_M,Q4_0] [--rounds 2]
-        [--workspace .edgefirst/bench-native]
+        [--workspace .edgefirst/bench-native] [--threads N]
 
 Needs llama.cpp's binaries: `toolkit llama-cpp-build`, device.llama_cpp.bin_dir, or PATH.
 """
@@ -34,14 +34,14 @@ from toolkit.stat import Stat  # noqa: E402
 GOAL = 0.97
 
 
-def gguf_recipe(path: Path, quants: list[str] | None, native: bool, ws: Path):
+def gguf_recipe(path: Path, quants: list[str] | None, native: bool, ws: Path, threads: int | None):
     recipe = load_recipe(path)
     variants = recipe.variants
     keep = {name: None for name in type(variants).model_fields}
     keep["gguf"] = variants.gguf.model_copy(update={"quants": quants} if quants else {})
     llama_cpp = recipe.device.llama_cpp.model_copy(update={"runtime": "native" if native else "bundled"})
-    return recipe.model_copy(update={"variants": variants.model_copy(update=keep), "workspace": str(ws),
-                                     "device": recipe.device.model_copy(update={"llama_cpp": llama_cpp})})
+    device = recipe.device.model_copy(update={"llama_cpp": llama_cpp} | ({"threads": threads} if threads else {}))
+    return recipe.model_copy(update={"variants": variants.model_copy(update=keep), "workspace": str(ws), "device": device})
 
 
 def merged(profiles, pick) -> Stat:
@@ -54,10 +54,13 @@ def main() -> None:
     parser.add_argument("--quants", help="comma-separated GGUF quants (default: the recipe's)")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per runtime and variant")
     parser.add_argument("--workspace", type=Path, default=Path(".edgefirst/bench-native"))
+    parser.add_argument("--threads", type=int, help="compute threads (default: the recipe's, else all cores); fewer "
+                        "than the cores leaves one to the server's HTTP thread and the client")
     args = parser.parse_args()
     quants = args.quants.split(",") if args.quants else None
     ws = args.workspace.resolve()
-    native, bundled = gguf_recipe(args.recipe, quants, True, ws), gguf_recipe(args.recipe, quants, False, ws)
+    native = gguf_recipe(args.recipe, quants, True, ws, args.threads)
+    bundled = gguf_recipe(args.recipe, quants, False, ws, args.threads)
     manifest = pipeline.compress(bundled)
     variants = [v for v in manifest.variants if v.format == "gguf" and (not quants or v.quant in quants)]
     ws, text = workspace(native), corpus(native)
