@@ -108,3 +108,12 @@ def test_the_recipes_costs_price_the_edge(tmp_path):
     for a, b in zip(base.rows, tenfold.rows, strict=True):  # energy is priced at 10x the electricity
         assert b.metrics["cost_per_1k_usd"] == pytest.approx(10 * a.metrics["cost_per_1k_usd"], rel=1e-3)
     assert tenfold.costs.electricity_usd_per_kwh == 2.5
+
+
+def test_a_budget_the_reports_cannot_serve_names_where_it_came_from(tmp_path):
+    recipe = _recipe(tmp_path)
+    reports = service.device_reports(recipe, _write_reports(tmp_path))
+    with pytest.raises(UserError) as caught:
+        service.recommend_each(recipe, reports, service.budget(recipe, ttft_prompt_tokens=7))
+    assert caught.value.one_line().startswith(f"{recipe.path} + command-line flags: budget.ttft_prompt_tokens: "
+                                              "no TTFT measured at 7 tokens")

@@ -53,8 +53,14 @@ def cluster(recipe: Recipe, **overrides: Any) -> Cluster:
 
 def recommend_each(recipe: Recipe, reports: list[DeviceReport], budget: Budget | None = None) -> list[Recommendation]:
     """One recommendation per device report (a fleet when several), for `budget` (default: the recipe's)."""
-    clouds = providers(recipe)
-    return [recommend(report, budget or recipe.budget, recipe.costs, clouds, recipe.response_prompt_tokens) for report in reports]
+    clouds, given = providers(recipe), budget or recipe.budget
+    try:
+        return [recommend(report, given, recipe.costs, clouds, recipe.response_prompt_tokens) for report in reports]
+    except UserError as error:  # a budget field the reports cannot serve: name where the budget came from
+        if error.file or not (error.field or "").startswith("budget."):
+            raise
+        source = recipe.path if given == recipe.budget else f"{recipe.path} + command-line flags"
+        raise UserError(error.message, file=source, field=error.field) from None
 
 
 def recommendations(recipe: Recipe, budget: Budget | None = None, paths: list[Path] | None = None) -> list[Recommendation]:
