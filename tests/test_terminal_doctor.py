@@ -106,3 +106,21 @@ def test_doctor_names_a_missing_package(monkeypatch, missing):
     monkeypatch.setattr(doctor, "_importable", lambda module: module != missing and real(module))
     check = doctor.check_packages()
     assert check.status == "FAIL" and doctor.PACKAGES[missing] in check.detail and "pip install" in check.fix
+
+
+def test_doctor_checks_that_every_candidate_resolves(tmp_path):
+    from tests.conftest import write_recipe
+    from toolkit.doctor import check_candidates
+    from toolkit.recipe import load_recipe
+
+    (tmp_path / "local.gguf").write_bytes(b"GGUF")
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", """
+        name: c
+        candidates: [{model: smollm2-135m-instruct}, {model: nope-model}, {model: ./local.gguf}, {model: "hf:org/name"}]
+        """))
+    checks = check_candidates(recipe)
+    assert [c.status for c in checks] == ["ok", "FAIL", "ok", "ok"]
+    assert checks[1].detail.startswith(f"{recipe.path}: candidates.1.model: model 'nope-model' is neither") and checks[1].fix
+    assert "in the catalogue" in checks[0].detail and f"at {tmp_path / 'local.gguf'} (GGUF file)" in checks[2].detail
+    assert "Hugging Face hub" in checks[3].detail
+    assert check_candidates(None) == []

