@@ -110,7 +110,7 @@ def test_doctor_names_a_missing_package(monkeypatch, missing):
 
 def test_doctor_checks_that_every_candidate_resolves(tmp_path):
     from tests.conftest import write_recipe
-    from toolkit.doctor import check_candidates
+    from toolkit.doctor_recipe import check_candidates
     from toolkit.recipe import load_recipe
 
     (tmp_path / "local.gguf").write_bytes(b"GGUF")
@@ -124,3 +124,29 @@ def test_doctor_checks_that_every_candidate_resolves(tmp_path):
     assert "in the catalogue" in checks[0].detail and f"at {tmp_path / 'local.gguf'} (GGUF file)" in checks[2].detail
     assert "Hugging Face hub" in checks[3].detail
     assert check_candidates(None) == []
+
+
+def test_doctor_checks_accuracy_tasks_that_are_not_offline_ones(tmp_path, monkeypatch):
+    from tests.conftest import write_recipe
+    from toolkit.doctor_recipe import check_tasks
+    from toolkit.errors import UserError
+    from toolkit.pipeline import accuracy
+    from toolkit.recipe import load_recipe
+
+    asked = []
+
+    def task_dir(name):  # lm-eval's index takes seconds; its verdicts are tested with the accuracy stage
+        asked.append(name)
+        if name == "nope":
+            raise UserError("unknown task 'nope'", field="accuracy.tasks")
+
+    monkeypatch.setattr(accuracy, "task_dir", task_dir)
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", """
+        name: t
+        candidates: [{model: smollm2-135m-instruct}]
+        accuracy: {tasks: [mmlu_offline, nope, arc_easy]}
+        """))
+    checks = check_tasks(recipe)
+    assert asked == ["nope", "arc_easy"]  # offline tasks are the offline-packages check's
+    assert [(c.name, c.status) for c in checks] == [("task nope", "FAIL"), ("task arc_easy", "ok")]
+    assert checks[0].detail == f"{recipe.path}: accuracy.tasks: unknown task 'nope'" and checks[0].fix

