@@ -150,3 +150,38 @@ def test_doctor_checks_accuracy_tasks_that_are_not_offline_ones(tmp_path, monkey
     assert asked == ["nope", "arc_easy"]  # offline tasks are the offline-packages check's
     assert [(c.name, c.status) for c in checks] == [("task nope", "FAIL"), ("task arc_easy", "ok")]
     assert checks[0].detail == f"{recipe.path}: accuracy.tasks: unknown task 'nope'" and checks[0].fix
+
+
+def test_doctor_checks_that_every_cloud_option_is_priced(tmp_path):
+    from tests.conftest import write_recipe
+    from toolkit.doctor_recipe import check_cloud
+    from toolkit.recipe import load_recipe
+
+    def recipe(cloud: str):
+        return load_recipe(write_recipe(tmp_path / "r.yaml", f"""
+            name: k
+            candidates: [{{model: smollm2-135m-instruct}}]
+            cloud: {cloud}
+            """))
+
+    typo = check_cloud(recipe("{models: [gpt-4o-mini, gpt-4o-mnii]}"))
+    assert [c.status for c in typo] == ["FAIL"] and typo[0].fix
+    assert typo[0].detail.startswith(f"{tmp_path / 'r.yaml'}: cloud.models: LiteLLM's price map has no model 'gpt-4o-mnii'")
+    assert "closest: gpt-4o-mini" in typo[0].detail
+    priced = check_cloud(recipe("{models: [gpt-4o-mini]}"))
+    assert [(c.status, c.detail) for c in priced] == [("ok", "1 priced: gpt-4o-mini")]
+    assert check_cloud(recipe("{enabled: false, models: [gpt-4o-mnii]}")) == [] and check_cloud(None) == []
+
+
+def test_run_refuses_an_unpriced_cloud_model_before_any_work(tmp_path, monkeypatch, capsys):
+    from tests.conftest import run_console, write_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", """
+        name: k
+        candidates: [{model: smollm2-135m-instruct}]
+        variants: {gguf: {quants: [Q4_0]}}
+        cloud: {models: [gpt-4o-mnii]}
+        """)
+    assert run_console(monkeypatch, "run", str(path)) == 2  # a user error
+    assert f"error: {path}: cloud.models: LiteLLM's price map has no model 'gpt-4o-mnii'" in capsys.readouterr().out
+    assert not (tmp_path / ".edgefirst").exists()  # nothing compressed, nothing profiled

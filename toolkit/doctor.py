@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from toolkit.doctor_recipe import Check, check_candidates, check_offline_data, check_tasks
+from toolkit.doctor_recipe import Check, check_candidates, check_cloud, check_offline_data, check_tasks
 from toolkit.io import cache_root
 from toolkit.profiling import meters
 from toolkit.profiling.meters.model import FIX as POWER_FIX
@@ -222,6 +222,7 @@ def run_checks(recipe: Recipe | None = None) -> list[Check]:
         ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy", lambda: check_energy(recipe)),
         ("disk", lambda: check_disk(workspace)), ("memory", check_memory), ("cache", check_cache),
         ("candidates", lambda: check_candidates(recipe)), ("tasks", lambda: check_tasks(recipe)),
+        ("cloud", lambda: check_cloud(recipe)),
         ("offline packages", lambda: check_offline_data(recipe)),
         ("browser", check_browser),
     ]

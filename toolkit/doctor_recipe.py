@@ -1,4 +1,4 @@
-"""`toolkit doctor`'s checks of a recipe's own inputs: its candidate models, its accuracy tasks, and the models
+"""`toolkit doctor`'s checks of a recipe's own inputs: its candidate models, its accuracy tasks, its cloud options and the models
 and data it takes from PyPI; and the Check line every doctor check returns."""
 
 from __future__ import annotations
@@ -57,6 +57,20 @@ def check_tasks(recipe: Recipe | None) -> list[Check]:
             line = UserError(error.message, file=error.file or recipe.path, field=error.field).one_line()
             checks.append(Check(f"task {name}", "FAIL", line, "`toolkit tasks` lists the offline tasks"))
     return checks
+
+
+def check_cloud(recipe: Recipe | None) -> list[Check]:
+    """The cloud options the recipe names are priced (LiteLLM's map or the catalogue), as recommend prices them."""
+    from toolkit.errors import UserError
+    from toolkit.recommend.service import providers
+
+    if recipe is None or not recipe.cloud.enabled:
+        return []
+    try:
+        options = providers(recipe)
+    except UserError as error:
+        return [Check("cloud", "FAIL", error.one_line(), "name a model in LiteLLM's price map, or price it in the catalogue")]
+    return [Check("cloud", "ok", f"{len(options)} priced: {', '.join(o.litellm_model or o.id for o in options)}")]
 
 
 def check_offline_data(recipe: Recipe | None) -> Check:

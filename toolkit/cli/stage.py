@@ -127,10 +127,12 @@ def run(
     pick (pipeline/search.py). Finished work is reused. Profiling always runs here, on this device."""
     from toolkit.pipeline.accuracy import task_dirs
     from toolkit.pipeline.executor import get_executor
+    from toolkit.recommend.service import providers
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
-    task_dirs(r)  # an unknown accuracy task is an error now, not after compress and fidelity
+    task_dirs(r)  # an unknown accuracy task or unpriced cloud model is an error now, not after every stage
+    providers(r)
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:
