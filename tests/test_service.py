@@ -117,3 +117,24 @@ def test_a_budget_the_reports_cannot_serve_names_where_it_came_from(tmp_path):
         service.recommend_each(recipe, reports, service.budget(recipe, ttft_prompt_tokens=7))
     assert caught.value.one_line().startswith(f"{recipe.path} + command-line flags: budget.ttft_prompt_tokens: "
                                               "no TTFT measured at 7 tokens")
+
+
+def test_a_budget_on_a_quality_figure_nothing_has_is_an_error_not_a_cloud_answer(tmp_path):
+    """Without the check every variant 'breaks' min_accuracy for want of a measurement and the cloud wins."""
+    recipe = _recipe(tmp_path)
+    reports = service.device_reports(recipe, _write_reports(tmp_path))  # perplexity scored; no KL, no accuracy
+    for flag, figure, why in (("min_accuracy", "mean accuracy", "accuracy.tasks names no task"),
+                              ("max_kl", "KL divergence", "`toolkit evaluate` has not scored fidelity")):
+        with pytest.raises(UserError) as caught:
+            service.recommend_each(recipe, reports, service.budget(recipe, **{flag: 0.3}))
+        assert caught.value.one_line().startswith(f"{recipe.path} + command-line flags: budget.{flag}: no variant in the "
+                                                  f"device report has {figure} to hold to it ({why}")
+    held = service.recommend_each(recipe, reports, service.budget(recipe, max_perplexity=32))  # a measured figure
+    assert [rec.answer for rec in held] == [rec.answer for rec in service.recommend_each(recipe, reports)]
+
+
+def test_a_recipe_that_limits_accuracy_must_name_tasks(tmp_path):
+    with pytest.raises(UserError) as caught:
+        _recipe(tmp_path, budget="{min_accuracy: 0.3}")
+    assert caught.value.one_line() == (f"{tmp_path / 'r.yaml'}: budget.min_accuracy needs accuracy.tasks, and the recipe "
+                                       "names none (`toolkit tasks` lists the offline ones)")

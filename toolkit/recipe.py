@@ -222,6 +222,9 @@ class Recipe(Strict):
             raise ValueError(
                 f"budget.ttft_prompt_tokens={wanted} is not among device.prompt_lengths {self.device.prompt_lengths}"
             )
+        if self.budget.min_accuracy is not None and not self.accuracy.tasks:
+            raise ValueError("budget.min_accuracy needs accuracy.tasks, and the recipe names none (`toolkit tasks` "
+                             "lists the offline ones)")
         return self
 
     @property

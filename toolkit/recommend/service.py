@@ -12,6 +12,8 @@ from toolkit.fleet import load_reports
 from toolkit.recipe import Budget, Cluster, Recipe
 from toolkit.recommend.cloud import CloudModel, load_providers
 from toolkit.recommend.engine import Recommendation, recommend
+from toolkit.recommend.metrics import BY_BUDGET
+from toolkit.recommend.options import QUALITY_METRICS
 from toolkit.records import DeviceReport
 
 
@@ -55,12 +57,29 @@ def recommend_each(recipe: Recipe, reports: list[DeviceReport], budget: Budget |
     """One recommendation per device report (a fleet when several), for `budget` (default: the recipe's)."""
     clouds, given = providers(recipe), budget or recipe.budget
     try:
-        return [recommend(report, given, recipe.costs, clouds, recipe.response_prompt_tokens) for report in reports]
+        return [measured(recommend(report, given, recipe.costs, clouds, recipe.response_prompt_tokens), given)
+                for report in reports]
     except UserError as error:  # a budget field the reports cannot serve: name where the budget came from
         if error.file or not (error.field or "").startswith("budget."):
             raise
         source = recipe.path if given == recipe.budget else f"{recipe.path} + command-line flags"
         raise UserError(error.message, file=source, field=error.field) from None
+
+
+UNMEASURED = {"accuracy": "accuracy.tasks names no task, or `toolkit evaluate` has not run"}
+UNSCORED = "`toolkit evaluate` has not scored fidelity, or there is no reference to compare with"
+
+
+def measured(rec: Recommendation, budget: Budget) -> Recommendation:
+    """`rec`, unless the budget limits a quality figure no measured variant has: then every variant would
+    "break" it and the answer would be the cloud for want of a measurement, so it is an error instead."""
+    timed = [row for row in rec.rows if row.status == "ok"]
+    for field, metric in BY_BUDGET.items():
+        if metric.key in QUALITY_METRICS and getattr(budget, field) is not None and timed \
+                and all(row.metrics.get(metric.key) is None for row in timed):
+            why = UNMEASURED.get(metric.key, UNSCORED)
+            raise UserError(f"no variant in the device report has {metric.name} to hold to it ({why})", field=f"budget.{field}")
+    return rec
 
 
 def recommendations(recipe: Recipe, budget: Budget | None = None, paths: list[Path] | None = None) -> list[Recommendation]:
