@@ -138,3 +138,18 @@ def test_a_recipe_that_limits_accuracy_must_name_tasks(tmp_path):
         _recipe(tmp_path, budget="{min_accuracy: 0.3}")
     assert caught.value.one_line() == (f"{tmp_path / 'r.yaml'}: budget.min_accuracy needs accuracy.tasks, and the recipe "
                                        "names none (`toolkit tasks` lists the offline ones)")
+
+
+def test_a_report_from_another_recipe_is_flagged_and_kept_apart(tmp_path):
+    from toolkit.reports import write_reports
+
+    recipe = _recipe(tmp_path)  # recipe "svc"; the reports were profiled for recipe "r"
+    foreign = service.recommendations(recipe, paths=[_write_reports(tmp_path)[0]])[0]
+    assert foreign.notes[0] == (f"Recipe: the device report comes from recipe 'r'; the budget, costs and cloud options "
+                                f"here are those of {recipe.path} (recipe 'svc'); its reports folder keeps them apart "
+                                "from its own (recommendation-<device>-from-r)")
+    own = service.recommendations(recipe.model_copy(update={"name": "r"}), paths=[_write_reports(tmp_path)[0]])[0]
+    assert not any(n.startswith("Recipe: ") for n in own.notes)
+    folder = tmp_path / "out"
+    assert write_reports(own, folder, images=False, recipe="r")["json"].name == f"recommendation-{own.device_id}.json"
+    assert write_reports(foreign, folder, images=False, recipe="svc")["json"].name == f"recommendation-{own.device_id}-from-r.json"

@@ -45,9 +45,10 @@ def _f(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def write_reports(rec: Recommendation, folder: Path, images: bool = True) -> dict[str, Path]:
-    """JSON, Markdown (with a static plot when kaleido can draw one) and HTML, plus plotly.min.js beside them."""
-    stem = f"recommendation-{rec.device_id}"
+def write_reports(rec: Recommendation, folder: Path, images: bool = True, recipe: str | None = None) -> dict[str, Path]:
+    """JSON, Markdown (with a static plot when kaleido can draw one) and HTML, plus plotly.min.js beside them.
+    `recipe`: the folder's; a device report from another recipe gets its own files, not this recipe's."""
+    stem = f"recommendation-{rec.device_id}" + (f"-from-{rec.recipe}" if recipe and rec.recipe != recipe else "")
     paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md", "html": folder / f"{stem}.html"}
     write_json(paths["json"], rec)
     image = write_images({folder / f"{stem}.png": pareto_figure([rec])}) if images else []

@@ -46,7 +46,7 @@ def report(
     """Rebuild the JSON, Markdown and HTML reports from stored results, without measuring anything."""
     r = load_recipe(recipe)
     for rec in service.recommendations(r, r.budget, [report] if report else None):
-        for kind, path in write_reports(rec, r.reports_path(), images).items():
+        for kind, path in write_reports(rec, r.reports_path(), images, r.name).items():
             console.print(f"{kind}: {path}")
 
 
@@ -59,11 +59,11 @@ def show_recommendation(r: Recipe, budget: Budget, report_paths: list[Path] | No
         if rec.cloud_rows:
             show(cloud_table(rec), wide=True)
         console.print(("[bold green]" if rec.answer == "edge" else "[bold yellow]") + rec.message, soft_wrap=True)
-        warnings = [n for n in rec.notes if n.startswith(("Context: ", "Priority ", "Noise: "))]  # the rest are in the reports
+        warnings = [n for n in rec.notes if n.startswith(("Recipe: ", "Context: ", "Priority ", "Noise: "))]  # the rest are in the reports
         for line in (noise_line(rec), certification_line(rec), *warnings):
             if line:
                 console.print(line, highlight=False, soft_wrap=True)
-        for kind, path in write_reports(rec, r.reports_path(), images).items():
+        for kind, path in write_reports(rec, r.reports_path(), images, r.name).items():
             console.print(f"{kind}: {path}")
     if len(recs) > 1:
         show(fleet_table(fleet_summary(recs)), wide=True)

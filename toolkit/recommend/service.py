@@ -57,7 +57,7 @@ def recommend_each(recipe: Recipe, reports: list[DeviceReport], budget: Budget |
     """One recommendation per device report (a fleet when several), for `budget` (default: the recipe's)."""
     clouds, given = providers(recipe), budget or recipe.budget
     try:
-        return [measured(recommend(report, given, recipe.costs, clouds, recipe.response_prompt_tokens), given)
+        return [foreign(measured(recommend(report, given, recipe.costs, clouds, recipe.response_prompt_tokens), given), recipe)
                 for report in reports]
     except UserError as error:  # a budget field the reports cannot serve: name where the budget came from
         if error.file or not (error.field or "").startswith("budget."):
@@ -79,6 +79,15 @@ def measured(rec: Recommendation, budget: Budget) -> Recommendation:
                 and all(row.metrics.get(metric.key) is None for row in timed):
             why = UNMEASURED.get(metric.key, UNSCORED)
             raise UserError(f"no variant in the device report has {metric.name} to hold to it ({why})", field=f"budget.{field}")
+    return rec
+
+
+def foreign(rec: Recommendation, recipe: Recipe) -> Recommendation:
+    """`rec`, with a warning when its device report was profiled for another recipe than the one deciding."""
+    if rec.recipe != recipe.name:
+        rec.notes.insert(0, f"Recipe: the device report comes from recipe {rec.recipe!r}; the budget, costs and cloud "
+                         f"options here are those of {recipe.path} (recipe {recipe.name!r}); its reports folder keeps them apart "
+                         f"from its own (recommendation-<device>-from-{rec.recipe})")
     return rec
 
 
