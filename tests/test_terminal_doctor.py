@@ -108,11 +108,14 @@ def test_doctor_names_a_missing_package(monkeypatch, missing):
     assert check.status == "FAIL" and doctor.PACKAGES[missing] in check.detail and "pip install" in check.fix
 
 
-def test_doctor_checks_that_every_candidate_resolves(tmp_path):
+def test_doctor_checks_that_every_candidate_resolves(tmp_path, monkeypatch):
+    import huggingface_hub
+
     from tests.conftest import write_recipe
     from toolkit.doctor_recipe import check_candidates
     from toolkit.recipe import load_recipe
 
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, **kw: None)  # the hub answers
     (tmp_path / "local.gguf").write_bytes(b"GGUF")
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", """
         name: c
@@ -122,8 +125,40 @@ def test_doctor_checks_that_every_candidate_resolves(tmp_path):
     assert [c.status for c in checks] == ["ok", "FAIL", "ok", "ok"]
     assert checks[1].detail.startswith(f"{recipe.path}: candidates.1.model: model 'nope-model' is neither") and checks[1].fix
     assert "in the catalogue" in checks[0].detail and f"at {tmp_path / 'local.gguf'} (GGUF file)" in checks[2].detail
-    assert "Hugging Face hub" in checks[3].detail
+    assert "from the Hugging Face hub (reachable, or in its local cache)" in checks[3].detail
     assert check_candidates(None) == []
+
+
+def test_doctor_fails_a_hub_candidate_this_machine_cannot_fetch(tmp_path, monkeypatch):
+    """Unreachable and not cached: FAIL naming file and field (compress would fail after minutes); cached: ok."""
+    import huggingface_hub
+
+    from tests.conftest import write_recipe
+    from toolkit.doctor_recipe import check_candidates
+    from toolkit.recipe import load_recipe
+
+    asked = []
+
+    def model_info(self, repo, revision=None, timeout=None):
+        asked.append((repo, revision, timeout))
+        raise OSError("HTTPSConnectionPool(host='huggingface.co'): Max retries exceeded (Caused by NameResolutionError("
+                      "\"[Errno -2] Name or service not known\"))")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", """
+        name: h
+        candidates: [{model: qwen2.5-0.5b-instruct}, {model: "hf:org/name"}]
+        """))
+    checks = check_candidates(recipe)
+    assert asked == [("Qwen/Qwen2.5-0.5B-Instruct", "main", 5.0), ("org/name", "main", 5.0)]
+    assert [c.status for c in checks] == ["FAIL", "FAIL"] and checks[0].fix
+    assert checks[1].detail == (f"{recipe.path}: candidates.1.model: hf:org/name: cannot fetch 'org/name' from the Hugging "
+                                "Face hub (https://huggingface.co unreachable: Name or service not known), and it is "
+                                "not in the local hub cache")
+    cached = tmp_path / "config.json"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name, revision=None: str(cached) if repo == "org/name" and name == "config.json" else None)
+    assert [c.status for c in check_candidates(recipe)] == ["FAIL", "ok"]
 
 
 def test_doctor_checks_accuracy_tasks_that_are_not_offline_ones(tmp_path, monkeypatch):
