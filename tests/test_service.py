@@ -119,16 +119,20 @@ def test_a_budget_the_reports_cannot_serve_names_where_it_came_from(tmp_path):
                                               "no TTFT measured at 7 tokens")
 
 
-def test_a_budget_on_a_quality_figure_nothing_has_is_an_error_not_a_cloud_answer(tmp_path):
+def test_a_budget_on_a_figure_nothing_has_is_an_error_not_a_cloud_answer(tmp_path):
     """Without the check every variant 'breaks' min_accuracy for want of a measurement and the cloud wins."""
     recipe = _recipe(tmp_path)
     reports = service.device_reports(recipe, _write_reports(tmp_path))  # perplexity scored; no KL, no accuracy
-    for flag, figure, why in (("min_accuracy", "mean accuracy", "accuracy.tasks names no task"),
-                              ("max_kl", "KL divergence", "`toolkit evaluate` has not scored fidelity")):
+    unmetered = [r.model_copy(update={"power": None}) for r in reports]  # no meter and no power model: no energy
+    for flag, figure, why, on in (("min_accuracy", "mean accuracy", "accuracy.tasks names no task", reports),
+                                  ("max_kl", "KL divergence", "`toolkit evaluate` has not scored fidelity", reports),
+                                  ("max_energy_j", "energy per response", "no energy meter read here", unmetered)):
         with pytest.raises(UserError) as caught:
-            service.recommend_each(recipe, reports, service.budget(recipe, **{flag: 0.3}))
+            service.recommend_each(recipe, on, service.budget(recipe, **{flag: 0.3}))
         assert caught.value.one_line().startswith(f"{recipe.path} + command-line flags: budget.{flag}: no variant in the "
                                                   f"device report has {figure} to hold to it ({why}")
+    assert [rec.answer for rec in service.recommend_each(recipe, reports, service.budget(recipe, max_energy_j=1e6))] \
+        == [rec.answer for rec in service.recommend_each(recipe, reports)]  # with a power model, energy is held to it
     held = service.recommend_each(recipe, reports, service.budget(recipe, max_perplexity=32))  # a measured figure
     assert [rec.answer for rec in held] == [rec.answer for rec in service.recommend_each(recipe, reports)]
 

@@ -66,18 +66,19 @@ def recommend_each(recipe: Recipe, reports: list[DeviceReport], budget: Budget |
         raise UserError(error.message, file=source, field=error.field) from None
 
 
-UNMEASURED = {"accuracy": "accuracy.tasks names no task, or `toolkit evaluate` has not run"}
 UNSCORED = "`toolkit evaluate` has not scored fidelity, or there is no reference to compare with"
+WHY_UNMEASURED = {"accuracy": "accuracy.tasks names no task, or `toolkit evaluate` has not run",
+                  **{key: UNSCORED for key in QUALITY_METRICS if key != "accuracy"}}
 
 
 def measured(rec: Recommendation, budget: Budget) -> Recommendation:
-    """`rec`, unless the budget limits a quality figure no measured variant has: then every variant would
-    "break" it and the answer would be the cloud for want of a measurement, so it is an error instead."""
+    """`rec`, unless the budget limits a figure no measured variant has (accuracy without tasks, energy without a
+    meter or a power model): every variant would "break" it for want of a measurement and the cloud, not held
+    to it, would win; so it is an error instead."""
     timed = [row for row in rec.rows if row.status == "ok"]
     for field, metric in BY_BUDGET.items():
-        if metric.key in QUALITY_METRICS and getattr(budget, field) is not None and timed \
-                and all(row.metrics.get(metric.key) is None for row in timed):
-            why = UNMEASURED.get(metric.key, UNSCORED)
+        if getattr(budget, field) is not None and timed and all(row.metrics.get(metric.key) is None for row in timed):
+            why = WHY_UNMEASURED.get(metric.key) or metric.missing.strip(" ()") or "not measured"
             raise UserError(f"no variant in the device report has {metric.name} to hold to it ({why})", field=f"budget.{field}")
     return rec
 
