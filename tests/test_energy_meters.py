@@ -578,3 +578,32 @@ def test_doctor_here_warns_that_energy_is_estimated(tmp_path):
                                   "ina3221: no INA3221 rails under ")
     head, *_ = check_energy(None)
     assert head.status == "warn" and "energy and cost unknown" in head.detail and "device.power" in head.fix
+
+
+def test_a_budget_on_energy_fails_doctor_and_run_where_nothing_can_give_energy(tmp_path, monkeypatch, capsys):
+    """No meter and no device.power: recommend would have nothing to hold max_energy_j to, so doctor fails and
+    run refuses before any work; a readable meter (or a power model) makes it fine."""
+    from tests.conftest import run_console, write_recipe
+    from toolkit.doctor import check_energy, energy_budget_error
+    from toolkit.recipe import load_recipe
+
+    def recipe(extra: str = ""):
+        return write_recipe(tmp_path / "r.yaml", f"""
+            name: e
+            workspace: {tmp_path / 'ws'}
+            candidates: [{{model: smollm2-135m-instruct}}]
+            budget: {{max_energy_j: 50, max_cost_per_1k_usd: 0.01}}
+            {extra}
+            """)
+
+    head, *_ = check_energy(load_recipe(recipe()))
+    assert head.status == "FAIL" and head.fix
+    assert head.detail.startswith(f"{tmp_path / 'r.yaml'}: budget.max_energy_j: the budget limits energy per response "
+                                  "(max_energy_j, max_cost_per_1k_usd), but this device has no readable meter (ina3221: ")
+    assert run_console(monkeypatch, "run", str(recipe())) == 2
+    assert "budget.max_energy_j: the budget limits energy per response" in capsys.readouterr().out
+    assert not (tmp_path / "ws").exists()  # nothing compressed, nothing profiled
+    assert energy_budget_error(load_recipe(recipe("device: {power: {idle_w: 3, busy_w: 9}}"))) is None
+    rapl_tree(tmp_path / "powercap")
+    monkeypatch.setenv("EDGEFIRST_RAPL_ROOT", str(tmp_path / "powercap"))
+    assert energy_budget_error(load_recipe(recipe())) is None and check_energy(load_recipe(recipe()))[0].status == "ok"

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from toolkit.doctor_recipe import Check, check_candidates, check_cloud, check_offline_data, check_tasks
+from toolkit.errors import UserError
 from toolkit.io import cache_root
 from toolkit.profiling import meters
 from toolkit.profiling.meters.model import FIX as POWER_FIX
@@ -163,10 +164,28 @@ def check_energy(recipe: Recipe | None) -> list[Check]:
     elif choice.meter:
         head = Check("energy", "warn", f"{asked}{choice.meter.label}; no readable meter here: {choice.why_not_measured()}",
                      fixes[0] if fixes else "profile on the device itself, where one of the meters below is readable")
+    elif error := energy_budget_error(recipe, choice):
+        head = Check("energy", "FAIL", error.one_line(), POWER_FIX)
     else:
         head = Check("energy", "warn", f"{asked}energy and cost unknown: no readable meter here "
                      f"({choice.why_not_measured()}) and no device.power", POWER_FIX)
     return [head, *lines]
+
+
+def energy_budget_error(recipe: Recipe | None, choice: meters.Choice | None = None) -> UserError | None:
+    """The error for a budget that limits energy or cost on a device that can neither meter nor estimate it
+    (recommend would have nothing to hold to the limit), or None."""
+    limits = [f for f in ("max_energy_j", "max_cost_per_1k_usd") if recipe and getattr(recipe.budget, f) is not None]
+    if not limits:
+        return None
+    if choice is None:
+        choice = meters.choose(recipe.device.energy_meter, recipe.device.power.model_dump() if recipe.device.power else None)
+        choice.close()
+    if choice.meter:
+        return None
+    return UserError(f"the budget limits energy per response ({', '.join(limits)}), but this device has no readable "
+                     f"meter ({choice.why_not_measured()}) and the recipe no device.power to estimate it from",
+                     file=recipe.path, field=f"budget.{limits[0]}")
 
 
 def check_disk(workspace: Path) -> Check:

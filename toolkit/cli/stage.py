@@ -125,14 +125,17 @@ def run(
 ) -> None:
     """All stages: compress, evaluate, profile, recommend; the staged search measures only what can still be the
     pick (pipeline/search.py). Finished work is reused. Profiling always runs here, on this device."""
+    from toolkit.doctor import energy_budget_error
     from toolkit.pipeline.accuracy import task_dirs
     from toolkit.pipeline.executor import get_executor
     from toolkit.recommend.service import providers
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
-    task_dirs(r)  # an unknown accuracy task or unpriced cloud model is an error now, not after every stage
+    task_dirs(r)  # an unknown accuracy task, unpriced cloud model or unmeterable budget: an error now, not at the end
     providers(r)
+    if error := energy_budget_error(r):
+        raise error
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:
