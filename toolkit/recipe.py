@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -12,8 +13,16 @@ from toolkit.config import Strict, load_yaml_model
 
 class Candidate(Strict):
     model: str = Field(description="catalogue id (see `toolkit models`), a local path, or hf:<org>/<name>")
-    name: str | None = None
+    name: str | None = Field(None, description="how reports and file names call it (default: the catalogue id or file stem)")
     trust_remote_code: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"{name!r}: a name is part of file names, so letters, digits, '.', '_' and '-' only, "
+                             "starting with a letter or digit")
+        return name
 
 
 class Power(Strict):
