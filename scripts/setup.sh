@@ -16,7 +16,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 .venv/bin/python -m pip install --quiet -e '.[test,images,ray]'
 # GPTQ (GPTQModel 5.7.0, the last release for transformers < 5): CPU-only build of its extension, no
 # build isolation (it compiles against the installed torch), and pypcre first. SKIP_GPTQ=1 skips it.
-if [ "${SKIP_GPTQ:-0}" != 1 ] && ! .venv/bin/python -c 'import gptqmodel' 2>/dev/null; then
+if [ "${SKIP_GPTQ:-0}" != 1 ] && ! .venv/bin/python -c 'import gptqmodel' >/dev/null 2>&1; then  # (its import prints a banner)
   .venv/bin/python -m pip install --quiet pypcre
   BUILD_CUDA_EXT=0 GPTQMODEL_FORCE_BUILD=1 .venv/bin/python -m pip install --quiet --no-build-isolation \
     -c scripts/constraints.txt gptqmodel==5.7.0
