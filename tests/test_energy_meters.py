@@ -584,7 +584,8 @@ def test_a_budget_on_energy_fails_doctor_and_run_where_nothing_can_give_energy(t
     """No meter and no device.power: recommend would have nothing to hold max_energy_j to, so doctor fails and
     run refuses before any work; a readable meter (or a power model) makes it fine."""
     from tests.conftest import run_console, write_recipe
-    from toolkit.doctor import check_energy, energy_budget_error
+    from toolkit.doctor import check_energy
+    from toolkit.preflight import energy_budget_error
     from toolkit.recipe import load_recipe
 
     def recipe(extra: str = ""):

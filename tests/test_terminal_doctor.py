@@ -220,3 +220,43 @@ def test_run_refuses_an_unpriced_cloud_model_before_any_work(tmp_path, monkeypat
     assert run_console(monkeypatch, "run", str(path)) == 2  # a user error
     assert f"error: {path}: cloud.models: LiteLLM's price map has no model 'gpt-4o-mnii'" in capsys.readouterr().out
     assert not (tmp_path / ".edgefirst").exists()  # nothing compressed, nothing profiled
+
+
+def test_the_native_llama_cpp_is_needed_only_by_recipes_that_choose_it(tmp_path, monkeypatch, capsys):
+    """Chosen and not found in device.llama_cpp.bin_dir: doctor FAILs and run stops before any work; not chosen:
+    its absence is fine; binaries in bin_dir: found, and the process environment is left as it was."""
+    import os
+
+    from tests.conftest import run_console, write_recipe
+    from toolkit.doctor import check_runtime
+    from toolkit.preflight import native_runtime_error
+    from toolkit.recipe import load_recipe
+
+    empty, built = tmp_path / "empty", tmp_path / "built"
+    empty.mkdir()
+    built.mkdir()
+    for tool in ("llama-server", "llama-bench"):
+        (built / tool).write_text("#!/bin/sh\n")
+        (built / tool).chmod(0o755)
+    monkeypatch.delenv("EDGEFIRST_LLAMA_CPP_BIN", raising=False)
+
+    def recipe(llama_cpp: str):
+        return write_recipe(tmp_path / "r.yaml", f"""
+            name: nat
+            workspace: {tmp_path / 'ws'}
+            candidates: [{{model: smollm2-135m-instruct}}]
+            device: {{llama_cpp: {llama_cpp}}}
+            """)
+
+    missing = load_recipe(recipe(f"{{runtime: native, bin_dir: {empty}}}"))
+    check = check_runtime("llama.cpp-native", missing)
+    assert check.status == "FAIL" and check.fix and check.detail.startswith(
+        f"the recipe chooses device.llama_cpp.runtime: native, and llama.cpp-native is not installed here (no llama-server in {empty}")
+    assert native_runtime_error(missing).one_line().startswith(f"{missing.path}: device.llama_cpp: runtime native: llama.cpp-native")
+    assert "EDGEFIRST_LLAMA_CPP_BIN" not in os.environ  # put back after the check
+    assert run_console(monkeypatch, "run", str(missing.path)) == 2
+    assert "device.llama_cpp: runtime native: llama.cpp-native is not installed here" in capsys.readouterr().out
+    assert not (tmp_path / "ws").exists()  # nothing compressed, nothing profiled
+    bundled = load_recipe(recipe(f"{{bin_dir: {empty}}}"))
+    assert check_runtime("llama.cpp-native", bundled).status == "ok" and native_runtime_error(bundled) is None
+    assert native_runtime_error(load_recipe(recipe(f"{{runtime: native, bin_dir: {built}}}"))) is None

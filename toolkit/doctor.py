@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 
 from toolkit.doctor_recipe import Check, check_candidates, check_cloud, check_offline_data, check_tasks
-from toolkit.errors import UserError
 from toolkit.io import cache_root
+from toolkit.preflight import energy_budget_error, native_bin
 from toolkit.profiling import meters
 from toolkit.profiling.meters.model import FIX as POWER_FIX
 from toolkit.recipe import Recipe
@@ -66,11 +66,21 @@ def check_python() -> Check:
                  "use Python 3.11 (PYTHON=python3.11 ./scripts/setup.sh)")
 
 
-def check_runtime(name: str) -> Check:
+def check_runtime(name: str, recipe: Recipe | None = None) -> Check:
+    """A runtime, as a run of `recipe` would load it (the native llama.cpp from its device.llama_cpp.bin_dir)."""
+    with native_bin(recipe):
+        return _check_runtime(name, recipe)
+
+
+def _check_runtime(name: str, recipe: Recipe | None) -> Check:
     runtime = RUNTIMES[name]
     why = runtime.available()
     if why and name in OPTIONAL_RUNTIMES:  # only recipes that choose it need it
-        return Check(name, "warn", why, OPTIONAL_RUNTIMES[name])
+        if recipe is None:
+            return Check(name, "warn", why, OPTIONAL_RUNTIMES[name])
+        if recipe.device.llama_cpp.runtime == "native":
+            return Check(name, "FAIL", f"the recipe chooses device.llama_cpp.runtime: native, and {why}", OPTIONAL_RUNTIMES[name])
+        return Check(name, "ok", "not installed; only recipes with device.llama_cpp.runtime: native need it")
     if why:
         dists = RUNTIME_PACKAGES[name]
         return Check(name, "FAIL", why, _install(*([d for d in dists if not _installed(d)] or dists)))
@@ -172,22 +182,6 @@ def check_energy(recipe: Recipe | None) -> list[Check]:
     return [head, *lines]
 
 
-def energy_budget_error(recipe: Recipe | None, choice: meters.Choice | None = None) -> UserError | None:
-    """The error for a budget that limits energy or cost on a device that can neither meter nor estimate it
-    (recommend would have nothing to hold to the limit), or None."""
-    limits = [f for f in ("max_energy_j", "max_cost_per_1k_usd") if recipe and getattr(recipe.budget, f) is not None]
-    if not limits:
-        return None
-    if choice is None:
-        choice = meters.choose(recipe.device.energy_meter, recipe.device.power.model_dump() if recipe.device.power else None)
-        choice.close()
-    if choice.meter:
-        return None
-    return UserError(f"the budget limits energy per response ({', '.join(limits)}), but this device has no readable "
-                     f"meter ({choice.why_not_measured()}) and the recipe no device.power to estimate it from",
-                     file=recipe.path, field=f"budget.{limits[0]}")
-
-
 def check_disk(workspace: Path) -> Check:
     probe = workspace
     while not probe.exists():
@@ -237,7 +231,7 @@ def check_browser() -> Check:
 def run_checks(recipe: Recipe | None = None) -> list[Check]:
     workspace = recipe.workspace_dir() if recipe else Path.cwd() / ".edgefirst"
     checks: list[tuple[str, Callable[[], Check | list[Check]]]] = [
-        ("python", check_python), *((name, lambda name=name: check_runtime(name)) for name in RUNTIMES),
+        ("python", check_python), *((name, lambda name=name: check_runtime(name, recipe)) for name in RUNTIMES),
         ("gptqmodel", check_gptq), ("packages", check_packages), ("cpu", check_cpu), ("energy", lambda: check_energy(recipe)),
         ("disk", lambda: check_disk(workspace)), ("memory", check_memory), ("cache", check_cache),
         ("candidates", lambda: check_candidates(recipe)), ("tasks", lambda: check_tasks(recipe)),

@@ -11,6 +11,7 @@ from toolkit import pipeline
 from toolkit.catalogue import catalogue
 from toolkit.cli.app import RecipeArg, app, progress_bar
 from toolkit.cli.decide import show_recommendation
+from toolkit.preflight import preflight
 from toolkit.recipe import load_recipe
 from toolkit.recommend import service
 from toolkit.render import console, evaluation_table, manifest_table, models_table, show, tasks_table
@@ -88,6 +89,7 @@ def profile(
     if threads is not None or device_label is not None:
         given = {"threads": threads, "label": device_label}
         r = r.model_copy(update={"device": service.with_overrides(r, "device", given)})
+    preflight(r, formats)
     with progress_bar() as update:
         report, path = pipeline.profile(r, update, out, formats)
     failed = [p for p in report.profiles if p.status != "ok"]
@@ -125,17 +127,15 @@ def run(
 ) -> None:
     """All stages: compress, evaluate, profile, recommend; the staged search measures only what can still be the
     pick (pipeline/search.py). Finished work is reused. Profiling always runs here, on this device."""
-    from toolkit.doctor import energy_budget_error
     from toolkit.pipeline.accuracy import task_dirs
     from toolkit.pipeline.executor import get_executor
     from toolkit.recommend.service import providers
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
-    task_dirs(r)  # an unknown accuracy task, unpriced cloud model or unmeterable budget: an error now, not at the end
-    providers(r)
-    if error := energy_budget_error(r):
-        raise error
+    task_dirs(r)  # an unknown accuracy task, unpriced cloud model, missing runtime or unmeterable budget: an
+    providers(r)  # error now, not at the end
+    preflight(r)
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:

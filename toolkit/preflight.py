@@ -1,0 +1,66 @@
+"""What would make a run of a recipe end without an answer, found before any work: `toolkit run` and `toolkit
+profile` raise it, `toolkit doctor` reports it as a FAIL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from toolkit.errors import UserError
+from toolkit.profiling import meters
+from toolkit.recipe import Recipe
+
+
+def preflight(recipe: Recipe, formats: list[str] | None = None) -> None:
+    """Raise the first reason this device cannot answer the recipe (measuring only `formats`, if given): its
+    llama.cpp missing, or its budget on energy with nothing to give energy."""
+    native = native_runtime_error(recipe) if not formats or "gguf" in formats else None
+    for error in (native, energy_budget_error(recipe)):
+        if error:
+            raise error
+
+
+def native_runtime_error(recipe: Recipe) -> UserError | None:
+    """The error for a recipe that chooses the native llama.cpp where its binaries are not found, or None."""
+    if recipe.device.llama_cpp.runtime != "native":
+        return None
+    from toolkit.runtimes import RUNTIMES
+
+    with native_bin(recipe):
+        why = RUNTIMES["llama.cpp-native"].available()
+    return UserError(f"runtime native: {why}", file=recipe.path, field="device.llama_cpp") if why else None
+
+
+@contextlib.contextmanager
+def native_bin(recipe: Recipe | None) -> Iterator[None]:
+    """EDGEFIRST_LLAMA_CPP_BIN set from the recipe, as profiling sets it, and put back after."""
+    from toolkit.pipeline.workspace import llama_cpp_bin
+    from toolkit.runtimes.llamacpp_native import ENV_BIN
+
+    before = os.environ.get(ENV_BIN)
+    if folder := llama_cpp_bin(recipe) if recipe else None:
+        os.environ[ENV_BIN] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_BIN, None)
+        else:
+            os.environ[ENV_BIN] = before
+
+
+def energy_budget_error(recipe: Recipe | None, choice: meters.Choice | None = None) -> UserError | None:
+    """The error for a budget that limits energy or cost on a device that can neither meter nor estimate it
+    (recommend would have nothing to hold to the limit), or None."""
+    limits = [f for f in ("max_energy_j", "max_cost_per_1k_usd") if recipe and getattr(recipe.budget, f) is not None]
+    if not limits:
+        return None
+    if choice is None:
+        choice = meters.choose(recipe.device.energy_meter, recipe.device.power.model_dump() if recipe.device.power else None)
+        choice.close()
+    if choice.meter:
+        return None
+    return UserError(f"the budget limits energy per response ({', '.join(limits)}), but this device has no readable "
+                     f"meter ({choice.why_not_measured()}) and the recipe no device.power to estimate it from",
+                     file=recipe.path, field=f"budget.{limits[0]}")
