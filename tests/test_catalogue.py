@@ -47,11 +47,28 @@ def test_hub_model_unreachable_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_an_unknown_candidate_stops_compress_before_any_build(tmp_path):
-    text = "name: t\nworkspace: ws\ncandidates: [{model: smollm2-135m-instruct}, {model: nosuch}]\n"
+    text = f"name: t\nworkspace: {tmp_path / 'ws'}\ncandidates: [{{model: smollm2-135m-instruct}}, {{model: nosuch}}]\n"
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", text))
     with pytest.raises(UserError, match=r"r.yaml: candidates.1.model: model 'nosuch' is neither in the catalogue"):
         compress(recipe)
     assert not (tmp_path / "ws").exists()  # nothing started
+
+
+def test_a_hub_candidate_this_machine_cannot_fetch_stops_compress_before_any_build(tmp_path, monkeypatch):
+    """The PyPI candidate first would take minutes to build before the hub one failed; now nothing starts. On Ray
+    a node may reach the hub where this machine cannot, so only a local build asks."""
+    from huggingface_hub import constants
+
+    from toolkit.pipeline.build import check_candidates
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # HF_HUB_OFFLINE: tests/conftest.py
+    text = f"name: t\nworkspace: {tmp_path / 'ws'}\ncandidates: [{{model: smollm2-135m-instruct}}, {{model: qwen2.5-0.5b-instruct}}]\n"
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", text))
+    with pytest.raises(UserError, match=r"r.yaml: candidates.1.model: qwen2.5-0.5b-instruct: cannot fetch "
+                                        r"'Qwen/Qwen2.5-0.5B-Instruct' from the Hugging Face hub \(.*offline mode"):
+        compress(recipe)
+    assert not (tmp_path / "ws").exists()  # nothing started
+    check_candidates(recipe, here=False)  # a Ray build: the node fetches it
 
 
 def test_missing_local_model(tmp_path):

@@ -3,13 +3,11 @@ and data it takes from PyPI; and the Check line every doctor check returns."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
-from toolkit.catalogue import HubSource
 from toolkit.errors import UserError
-from toolkit.recipe import Candidate, Recipe
+from toolkit.recipe import Recipe
 
 Status = Literal["ok", "warn", "FAIL"]
 
@@ -29,7 +27,7 @@ class Check:
 def check_candidates(recipe: Recipe | None) -> list[Check]:
     """Each candidate model resolves as `toolkit compress` would resolve it, told without fetching anything."""
     from toolkit.catalogue import find_card
-    from toolkit.sources import local_path, nowhere, source_kind
+    from toolkit.sources import hub_source, local_path, nowhere, source_kind, unfetchable
 
     checks = []
     for index, candidate in enumerate(recipe.candidates if recipe else []):
@@ -40,44 +38,14 @@ def check_candidates(recipe: Recipe | None) -> list[Check]:
             continue
         where = ("in the catalogue" if find_card(model) else "a hub reference" if model.startswith("hf:")
                  else f"at {local_path(candidate, recipe)}")
-        if hub := hub_source(candidate):
-            if problem := hub_problem(hub):
-                error = UserError(f"{model}: cannot fetch {hub.repo!r} from the Hugging Face hub ({problem}), and it is "
-                                  "not in the local hub cache", file=recipe.path, field=f"candidates.{index}.model")
+        if hub_source(candidate):
+            if error := unfetchable(candidate, recipe, index):
                 checks.append(Check(name, "FAIL", error.one_line(), "give this machine the hub (and HF_TOKEN for a gated "
                                     "model), or point the recipe at a local copy"))
                 continue
             where += ", from the Hugging Face hub (reachable, or in its local cache)"
         checks.append(Check(name, "ok", f"{model}: {where} ({'GGUF file' if kind == 'gguf' else 'HF checkpoint'})"))
     return checks
-
-
-def hub_source(candidate: Candidate) -> HubSource | None:
-    """Where on the hub `resolve` would fetch the candidate from, if it would."""
-    from toolkit.catalogue import find_card
-
-    card = find_card(candidate.model)
-    if card is not None:
-        return card.source if isinstance(card.source, HubSource) else None
-    return HubSource(repo=candidate.model.removeprefix("hf:")) if candidate.model.startswith("hf:") else None
-
-
-def hub_problem(source: HubSource, timeout_s: float = 5.0) -> str | None:
-    """Why the hub copy cannot be had: None when the hub's local cache holds it or the hub answers for it
-    (a gated model answers only with HF_TOKEN)."""
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-
-    from toolkit.errors import first_sentence
-
-    if isinstance(try_to_load_from_cache(source.repo, source.gguf_file or "config.json", revision=source.revision), str):
-        return None
-    try:
-        HfApi().model_info(source.repo, revision=source.revision, timeout=timeout_s)
-    except Exception as exc:  # noqa: BLE001 - whatever stops the question stops the download
-        if errno := re.search(r"\[Errno -?\d+\] ([^'\"()]+)", str(exc)):  # a connection's root cause, not urllib3's chain
-            return f"{constants.ENDPOINT} unreachable: {errno.group(1).strip()}"
-        return first_sentence(f"{type(exc).__name__}: {exc}", 200)
-    return None
 
 
 def check_tasks(recipe: Recipe | None) -> list[Check]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,38 @@ def checkpoint_digest(folder: Path, trust_remote_code: bool = False) -> str:
     patterns = checkpoint_patterns(trust_remote_code)
     return files_sha256(folder, (f for f in folder.iterdir()
                                  if f.is_file() and any(fnmatch.fnmatch(f.name, pattern) for pattern in patterns)))
+
+
+def hub_source(candidate: Candidate) -> HubSource | None:
+    """Where on the hub `resolve` would fetch the candidate from, if it would."""
+    card = find_card(candidate.model)
+    if card is not None:
+        return card.source if isinstance(card.source, HubSource) else None
+    return HubSource(repo=candidate.model.removeprefix("hf:")) if candidate.model.startswith("hf:") else None
+
+
+def hub_problem(source: HubSource, timeout_s: float = 5.0) -> str | None:
+    """Why the hub copy cannot be had: None when the hub's local cache holds it or the hub answers for it
+    (a gated model answers only with HF_TOKEN)."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.repo, source.gguf_file or "config.json", revision=source.revision), str):
+        return None
+    try:
+        HfApi().model_info(source.repo, revision=source.revision, timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the question stops the download
+        if errno := re.search(r"\[Errno -?\d+\] ([^'\"()]+)", str(exc)):  # a connection's root cause, not urllib3's chain
+            return f"{constants.ENDPOINT} unreachable: {errno.group(1).strip()}"
+        return first_sentence(f"{type(exc).__name__}: {exc}", 200)
+    return None
+
+
+def unfetchable(candidate: Candidate, recipe: Recipe, index: int) -> UserError | None:
+    """The error for a hub candidate that is neither in the hub's local cache nor reachable on the hub, or None."""
+    if (hub := hub_source(candidate)) is None or (problem := hub_problem(hub)) is None:
+        return None
+    return UserError(f"{candidate.model}: cannot fetch {hub.repo!r} from the Hugging Face hub ({problem}), and it is "
+                     "not in the local hub cache", file=recipe.path, field=f"candidates.{index}.model")
 
 
 def _from_hub(source: HubSource, name: str, candidate: Candidate) -> SourceModel:

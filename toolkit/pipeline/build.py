@@ -12,7 +12,7 @@ from toolkit.pipeline.workspace import variant_specs
 from toolkit.recipe import Candidate, Recipe
 from toolkit.records import BuildFailure, Variant
 from toolkit.reference import hf_variant
-from toolkit.sources import SourceModel, local_path, nowhere, resolve, source_kind
+from toolkit.sources import SourceModel, local_path, nowhere, resolve, source_kind, unfetchable
 
 Built = tuple[list[Variant], list[BuildFailure]]  # a candidate's variants, and those not built with why
 REFERENCE = "fidelity_reference"  # Variant.details key of a candidate's source_reference
@@ -54,12 +54,15 @@ def source_reference(source: SourceModel, ws: Path) -> Variant:
     return variant
 
 
-def check_candidates(recipe: Recipe) -> None:
+def check_candidates(recipe: Recipe, here: bool = True) -> None:
     """Stop before any work on a candidate that is neither in the catalogue, a hub reference nor a local path,
-    rather than after building the ones before it."""
+    or (`here`: built on this machine) on the hub with this machine unable to fetch it, rather than after
+    building the ones before it."""
     for index, candidate in enumerate(recipe.candidates):
         if source_kind(candidate, recipe) is None:
             raise nowhere(candidate, recipe, field=f"candidates.{index}.model")
+        if here and (error := unfetchable(candidate, recipe, index)):
+            raise error
 
 
 def not_built(recipe: Recipe, candidate: Candidate, reason: str) -> list[BuildFailure]:

@@ -22,7 +22,7 @@ def compress(recipe: Recipe, progress: Progress = quiet, executor: Executor = LO
     reason and the sweep goes on; when nothing could be built, that is the error. The executor builds as many
     candidate models at once as it can (one model's variants share its conversion, so they stay together);
     the variants keep the recipe's order whatever finishes first."""
-    check_candidates(recipe)
+    check_candidates(recipe, here=executor is LOCAL)  # a Ray node may reach the hub where this machine cannot
     ws = workspace(recipe)
     total, done = len(recipe.candidates) * len(variant_specs(recipe)), [0]
 
