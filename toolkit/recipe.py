@@ -181,7 +181,7 @@ class Cluster(Strict):
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    workspace: str = ".edgefirst/{name}"
+    workspace: str = Field(".edgefirst/{name}", description="artifacts and measurements; relative to the folder toolkit runs in")
     candidates: list[Candidate] = Field(min_length=1)
     # SerializeAsAny: dumped as the registry's Variants model it holds (a plain BaseModel field dumps as {})
     variants: SerializeAsAny[BaseModel] = Field(default_factory=lambda: _variants_model()(), description="one section "
@@ -193,7 +193,7 @@ class Recipe(Strict):
     costs: Costs = Field(default_factory=Costs)
     cloud: Cloud = Field(default_factory=Cloud)
     cluster: Cluster = Field(default_factory=Cluster)
-    reports_dir: str = "reports/{name}"
+    reports_dir: str = Field("reports/{name}", description="JSON, Markdown and HTML reports; relative to the folder toolkit runs in")
     search: Literal["staged", "exhaustive"] = Field(
         "staged", description="staged: measure only what can still be the pick, cheapest first (pipeline/search.py); "
         "exhaustive: every variant fully measured, for every point on the plots")
