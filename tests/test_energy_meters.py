@@ -592,6 +592,7 @@ def test_a_budget_on_energy_fails_doctor_and_run_where_nothing_can_give_energy(t
         return write_recipe(tmp_path / "r.yaml", f"""
             name: e
             workspace: {tmp_path / 'ws'}
+            reports_dir: {tmp_path / 'reports'}
             candidates: [{{model: smollm2-135m-instruct}}]
             budget: {{max_energy_j: 50, max_cost_per_1k_usd: 0.01}}
             {extra}

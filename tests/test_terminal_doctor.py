@@ -211,15 +211,17 @@ def test_doctor_checks_that_every_cloud_option_is_priced(tmp_path):
 def test_run_refuses_an_unpriced_cloud_model_before_any_work(tmp_path, monkeypatch, capsys):
     from tests.conftest import run_console, write_recipe
 
-    path = write_recipe(tmp_path / "r.yaml", """
+    path = write_recipe(tmp_path / "r.yaml", f"""
         name: k
-        candidates: [{model: smollm2-135m-instruct}]
-        variants: {gguf: {quants: [Q4_0]}}
-        cloud: {models: [gpt-4o-mnii]}
+        workspace: {tmp_path / 'ws'}
+        reports_dir: {tmp_path / 'reports'}
+        candidates: [{{model: smollm2-135m-instruct}}]
+        variants: {{gguf: {{quants: [Q4_0]}}}}
+        cloud: {{models: [gpt-4o-mnii]}}
         """)
     assert run_console(monkeypatch, "run", str(path)) == 2  # a user error
     assert f"error: {path}: cloud.models: LiteLLM's price map has no model 'gpt-4o-mnii'" in capsys.readouterr().out
-    assert not (tmp_path / ".edgefirst").exists()  # nothing compressed, nothing profiled
+    assert not (tmp_path / "ws").exists()  # nothing compressed, nothing profiled
 
 
 def test_the_native_llama_cpp_is_needed_only_by_recipes_that_choose_it(tmp_path, monkeypatch, capsys):
@@ -244,6 +246,7 @@ def test_the_native_llama_cpp_is_needed_only_by_recipes_that_choose_it(tmp_path,
         return write_recipe(tmp_path / "r.yaml", f"""
             name: nat
             workspace: {tmp_path / 'ws'}
+            reports_dir: {tmp_path / 'reports'}
             candidates: [{{model: smollm2-135m-instruct}}]
             device: {{llama_cpp: {llama_cpp}}}
             """)
