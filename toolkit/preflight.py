@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from toolkit.errors import UserError
 from toolkit.profiling import meters
 from toolkit.recipe import Recipe
+from toolkit.recommend.metrics import BY_BUDGET, NO_ENERGY
 
 
 def preflight(recipe: Recipe, formats: list[str] | None = None) -> None:
@@ -35,12 +36,12 @@ def native_runtime_error(recipe: Recipe) -> UserError | None:
 @contextlib.contextmanager
 def native_bin(recipe: Recipe | None) -> Iterator[None]:
     """EDGEFIRST_LLAMA_CPP_BIN set from the recipe, as profiling sets it, and put back after."""
-    from toolkit.pipeline.workspace import llama_cpp_bin
+    from toolkit.pipeline.workspace import use_llama_cpp_bin
     from toolkit.runtimes.llamacpp_native import ENV_BIN
 
     before = os.environ.get(ENV_BIN)
-    if folder := llama_cpp_bin(recipe) if recipe else None:
-        os.environ[ENV_BIN] = folder
+    if recipe:
+        use_llama_cpp_bin(recipe)
     try:
         yield
     finally:
@@ -53,7 +54,8 @@ def native_bin(recipe: Recipe | None) -> Iterator[None]:
 def energy_budget_error(recipe: Recipe | None, choice: meters.Choice | None = None) -> UserError | None:
     """The error for a budget that limits energy or cost on a device that can neither meter nor estimate it
     (recommend would have nothing to hold to the limit), or None."""
-    limits = [f for f in ("max_energy_j", "max_cost_per_1k_usd") if recipe and getattr(recipe.budget, f) is not None]
+    limits = [field for field, metric in BY_BUDGET.items()
+              if metric.missing == NO_ENERGY and recipe and getattr(recipe.budget, field) is not None]
     if not limits:
         return None
     if choice is None:

@@ -45,9 +45,8 @@ def resolve(candidate: Candidate, recipe: Recipe) -> SourceModel:
     name = candidate.name or (card.id if card else _name_from_ref(candidate.model))
     if card is not None:
         return _from_card(card, name, candidate)
-    if candidate.model.startswith("hf:"):
-        repo = candidate.model.removeprefix("hf:")
-        return _from_hub(HubSource(repo=repo), name, candidate)
+    if hub := hub_source(candidate):  # an hf:<org>/<name> reference
+        return _from_hub(hub, name, candidate)
     path = local_path(candidate, recipe)
     if not path.exists():
         raise nowhere(candidate, recipe)
