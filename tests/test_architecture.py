@@ -104,7 +104,8 @@ def test_every_budget_field_has_a_recommend_flag():
 
 
 @pytest.mark.parametrize(("flag", "value", "field"), [("--alpha", "2", "budget.alpha"), ("--max-kl", "-1", "budget.max_kl"),
-                                                       ("--priority", "fastest", "budget.priority")])
+                                                       ("--priority", "fastest", "budget.priority"),
+                                                       ("--min-decode-tps", "inf", "budget.min_decode_tps")])
 def test_a_bad_budget_flag_names_the_field(tmp_path, flag, value, field):
     recipe = write_recipe(tmp_path / "r.yaml", "name: r\ncandidates: [{model: x}]\n")
     result = CliRunner().invoke(app, ["recommend", str(recipe), flag, value])

@@ -49,6 +49,8 @@ def test_a_variants_section_builds_the_formats_it_names_and_only_those(tmp_path)
         (GOOD + "device:\n  threads: many\n", "device.threads", "integer"),
         (GOOD + "budget:\n  max_memory_mb: -5\n", "budget.max_memory_mb", "greater than 0"),
         (GOOD + "budget:\n  priority: cheapest\n", "budget.priority", "balanced"),
+        (GOOD + "budget:\n  min_decode_tps: .inf\n", "budget.min_decode_tps", "finite number"),
+        (GOOD + "budget:\n  max_kl: .nan\n", "budget.max_kl", "finite number"),
         (GOOD + "budget:\n  ttft_prompt_tokens: 300\n", None, "not among device.prompt_lengths"),
         ("name: 'bad name!'\ncandidates: [{model: x}]\n", "name", "pattern"),
         ("name: t\ncandidates: [{model: x}, {model: y}, {model: x}]\n", "candidates", "candidates 0 and 2 are both 'x'"),

@@ -17,9 +17,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """A config section: unknown fields are mistakes, not silently ignored."""
+    """A config section: unknown fields are mistakes, not silently ignored; nor are .inf and .nan numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def read_yaml(path: Path, what: str = "file", *, file: Path | str | None = None, field: str | None = None) -> Any:

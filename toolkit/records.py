@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from toolkit.config import Strict, validation_error
 from toolkit.errors import UserError
@@ -15,7 +15,13 @@ from toolkit.stat import Stat, percentile  # noqa: F401 - records carry Stats; i
 SCHEMA_VERSION = 1
 
 
-class Record(Strict):
+class Stored(Strict):
+    """A record's section: unlike a config a person writes, a measured value may be inf or nan (a diverged score)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
+
+
+class Record(Stored):
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -86,7 +92,7 @@ class Manifest(Record):
     references: list[Variant] = Field(default_factory=list)  # fidelity bases that are no variant (build.py)
 
 
-class DeviceFingerprint(Strict):
+class DeviceFingerprint(Stored):
     id: str
     hostname: str
     cpu_model: str
@@ -102,14 +108,14 @@ class DeviceFingerprint(Strict):
     label: str | None = None  # the user's name for it (device.label, toolkit profile --device-label)
 
 
-class PromptTiming(Strict):
+class PromptTiming(Stored):
     prompt_tokens: int
     ttft_ms: Stat
     prefill_tps: Stat
     runtime_prefill_tps: Stat | None = None
 
 
-class LlamaBench(Strict):
+class LlamaBench(Stored):
     """llama.cpp's own llama-bench on the same file, threads and batch: the yardstick for the native runtime."""
 
     build: str  # llama.cpp build number (commit)
@@ -122,7 +128,7 @@ RunStatus = Literal["ok", "oom", "crash", "timeout", "skipped"]
 QualityStatus = Literal["ok", "stopped", "oom", "crash", "timeout", "skipped"]  # stopped: sure to break the budget
 
 
-class EnergyWindow(Strict):
+class EnergyWindow(Stored):
     """One measured window of a profile: the prefill of one repeat (tokens: prompt) or its decode (tokens: decoded)."""
 
     phase: Literal["prefill", "decode"]
@@ -132,7 +138,7 @@ class EnergyWindow(Strict):
     net_joules: float | None = None  # joules - idle_w x seconds
 
 
-class ProfileEnergy(Strict):
+class ProfileEnergy(Stored):
     """Energy of a profile's timed windows and where it comes from (toolkit/profiling/meters)."""
 
     meter: str | None  # rapl, ina3221, pi5-pmic, nvml, power-model; None: neither a meter nor device.power
@@ -227,13 +233,13 @@ class EvalResult(Record):
     wall_s: float = 0.0
 
 
-class DevicePower(Strict):
+class DevicePower(Stored):
     idle_w: float
     busy_w: float
     note: str = ""
 
 
-class CertRun(Strict):
+class CertRun(Stored):
     """One fresh-process re-measurement of a pick at the budget's response shape."""
 
     status: RunStatus
@@ -248,7 +254,7 @@ class CertRun(Strict):
         return self.status == "ok" and not self.violations
 
 
-class Certification(Strict):
+class Certification(Stored):
     """A pick re-measured in `len(runs)` fresh processes against one budget (`budget_key`)."""
 
     variant_id: str
