@@ -253,12 +253,12 @@ def test_the_native_llama_cpp_is_needed_only_by_recipes_that_choose_it(tmp_path,
 
     missing = load_recipe(recipe(f"{{runtime: native, bin_dir: {empty}}}"))
     check = check_runtime("llama.cpp-native", missing)
-    assert check.status == "FAIL" and check.fix and check.detail.startswith(
-        f"the recipe chooses device.llama_cpp.runtime: native, and llama.cpp-native is not installed here (no llama-server in {empty}")
-    assert native_runtime_error(missing).one_line().startswith(f"{missing.path}: device.llama_cpp: runtime native: llama.cpp-native")
+    stop = f"{missing.path}: device.llama_cpp: chooses runtime: native, and llama.cpp-native is not installed here"
+    assert check.status == "FAIL" and check.fix and check.detail.startswith(f"{stop} (no llama-server in {empty}")
+    assert native_runtime_error(missing).one_line() == check.detail  # doctor and run say the same
     assert "EDGEFIRST_LLAMA_CPP_BIN" not in os.environ  # put back after the check
     assert run_console(monkeypatch, "run", str(missing.path)) == 2
-    assert "device.llama_cpp: runtime native: llama.cpp-native is not installed here" in capsys.readouterr().out
+    assert stop in capsys.readouterr().out
     assert not (tmp_path / "ws").exists()  # nothing compressed, nothing profiled
     bundled = load_recipe(recipe(f"{{bin_dir: {empty}}}"))
     assert check_runtime("llama.cpp-native", bundled).status == "ok" and native_runtime_error(bundled) is None

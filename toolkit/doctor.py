@@ -15,7 +15,7 @@ import psutil
 
 from toolkit.doctor_recipe import Check, check_candidates, check_cloud, check_offline_data, check_tasks
 from toolkit.io import cache_root
-from toolkit.preflight import energy_budget_error, native_bin
+from toolkit.preflight import energy_budget_error, native_bin, native_runtime_error
 from toolkit.profiling import meters
 from toolkit.profiling.meters.model import FIX as POWER_FIX
 from toolkit.recipe import Recipe
@@ -78,8 +78,8 @@ def _check_runtime(name: str, recipe: Recipe | None) -> Check:
     if why and name in OPTIONAL_RUNTIMES:  # only recipes that choose it need it
         if recipe is None:
             return Check(name, "warn", why, OPTIONAL_RUNTIMES[name])
-        if recipe.device.llama_cpp.runtime == "native":
-            return Check(name, "FAIL", f"the recipe chooses device.llama_cpp.runtime: native, and {why}", OPTIONAL_RUNTIMES[name])
+        if error := native_runtime_error(recipe):  # the words `toolkit run` stops with
+            return Check(name, "FAIL", error.one_line(), OPTIONAL_RUNTIMES[name])
         return Check(name, "ok", "not installed; only recipes with device.llama_cpp.runtime: native need it")
     if why:
         dists = RUNTIME_PACKAGES[name]

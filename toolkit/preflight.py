@@ -13,9 +13,16 @@ from toolkit.recipe import Recipe
 from toolkit.recommend.metrics import BY_BUDGET, NO_ENERGY
 
 
-def preflight(recipe: Recipe, formats: list[str] | None = None) -> None:
+def preflight(recipe: Recipe, formats: list[str] | None = None, *, whole_run: bool = False) -> None:
     """Raise the first reason this device cannot answer the recipe (measuring only `formats`, if given): its
-    llama.cpp missing, or its budget on energy with nothing to give energy."""
+    llama.cpp missing, or its budget on energy with nothing to give energy; for a `whole_run` (`toolkit run`, which
+    also scores accuracy and answers with the cloud), an unknown accuracy task or an unpriced cloud model too."""
+    if whole_run:
+        from toolkit.pipeline.accuracy import task_dirs
+        from toolkit.recommend.service import providers
+
+        task_dirs(recipe)
+        providers(recipe)
     native = native_runtime_error(recipe) if not formats or "gguf" in formats else None
     for error in (native, energy_budget_error(recipe)):
         if error:
@@ -30,7 +37,7 @@ def native_runtime_error(recipe: Recipe) -> UserError | None:
 
     with native_bin(recipe):
         why = RUNTIMES["llama.cpp-native"].available()
-    return UserError(f"runtime native: {why}", file=recipe.path, field="device.llama_cpp") if why else None
+    return UserError(f"chooses runtime: native, and {why}", file=recipe.path, field="device.llama_cpp") if why else None
 
 
 @contextlib.contextmanager

@@ -127,15 +127,11 @@ def run(
 ) -> None:
     """All stages: compress, evaluate, profile, recommend; the staged search measures only what can still be the
     pick (pipeline/search.py). Finished work is reused. Profiling always runs here, on this device."""
-    from toolkit.pipeline.accuracy import task_dirs
     from toolkit.pipeline.executor import get_executor
-    from toolkit.recommend.service import providers
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
-    task_dirs(r)  # an unknown accuracy task, unpriced cloud model, missing runtime or unmeterable budget: an
-    providers(r)  # error now, not at the end
-    preflight(r)
+    preflight(r, whole_run=True)  # an error now, not after an hour of work
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})
     with progress_bar() as update:
