@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import write_recipe
 from toolkit import pipeline
 from toolkit.formats.files import serving_context
-from toolkit.io import write_json
+from toolkit.io import sha256_file, write_json
 from toolkit.pipeline import accuracy, jobs, workspace
+from toolkit.pipeline.fidelity import load_quality
 from toolkit.profiling.harness import ChildResult
 from toolkit.recipe import load_recipe
 from toolkit.records import Manifest, Variant
@@ -137,6 +138,25 @@ def test_accuracy_key_names_variant_task_settings_and_lm_eval(setup, monkeypatch
     monkeypatch.setattr(accuracy, "lm_eval_version", lambda: "0.0.1")
     pipeline.evaluate(recipe)
     assert worker.count("lm_eval") == ["F16.gguf", "Q8_0.gguf"]
+
+
+def test_a_device_reports_the_scores_its_build_machine_made_with_other_versions(setup, monkeypatch):
+    """A device install has no lm-eval, and a device's llama.cpp may be another build: `toolkit profile` there
+    reports the fidelity and accuracy the build machine scored, found by the versions recorded beside them
+    (evaluating with other versions still scores anew: the tests above)."""
+    recipe, worker, variants, corpus = setup
+    pipeline.evaluate(recipe)
+    monkeypatch.setattr(workspace, "installed_versions", lambda runtime: (("llama_cpp_python", "9.9.9"),))
+    monkeypatch.setattr(accuracy, "lm_eval_version", lambda: "not installed")
+    manifest = pipeline.load_manifest(recipe)
+    digest = sha256_file(corpus)
+    ids = [v.id for v in variants]
+    assert [(q.variant_id, q.status) for q in load_quality(recipe, manifest, digest)] == [(i, "ok") for i in ids]
+    assert [(a.variant_id, a.status) for a in accuracy.load_accuracy(recipe, manifest)] == [(i, "ok") for i in ids]
+    report, _ = pipeline.profile(recipe)
+    assert len(report.quality) == len(report.accuracy) == 2 and all(p.status == "ok" for p in report.profiles)
+    (recipe.workspace_dir() / workspace.SCORERS).unlink()  # a workspace scored before the record: as before it
+    assert load_quality(recipe, manifest, digest) == [] and accuracy.load_accuracy(recipe, manifest) == []
 
 
 def test_one_child_per_variant_scores_only_the_tasks_not_cached(setup):

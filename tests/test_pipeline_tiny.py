@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from toolkit.pipeline import jobs
 from toolkit.profiling.harness import run_child
 from toolkit.recipe import load_recipe
 from toolkit.recommend.engine import recommend
-from toolkit.records import Manifest
+from toolkit.records import DeviceReport, Manifest
 
 
 def _recipe(folder, tiny_llama):
@@ -134,6 +135,59 @@ def test_perplexity_then_profile_then_recommend(manifest, recipe):
     impossible = recipe.budget.model_copy(update={"min_decode_tps": 1e9})
     rec = recommend(report, impossible)
     assert rec.pick is None and "No variant meets the budget" in rec.message
+
+
+# What `pip install -e .` leaves out (the `build` and `onnx` extras): a device install
+NOT_ON_A_DEVICE = ("torch", "transformers", "optimum", "lm_eval", "accelerate", "sentencepiece", "datasets", "onnx",
+                   "onnxruntime", "onnxruntime_genai", "onnx_ir", "tokenizers")
+
+
+def test_a_device_install_profiles_recommends_and_exports_without_the_build_tools(recipe, tmp_path, tiny_llama):
+    """On a device with only `pip install -e .` (no torch, converters, lm-eval or ONNX Runtime), every process of
+    `toolkit profile` (the per-variant children too), `recommend` and `export` runs to its result, the report
+    carrying the fidelity and accuracy the build machine scored, and `compress` stops in one line that names the
+    missing tools and the extra that brings them. (`recipe` holds the compressed
+    ladder; nothing in this process opens its workspace, which would lock it.)"""
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({NOT_ON_A_DEVICE!r}))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(device), os.environ.get("PYTHONPATH")]))}
+    small = write_recipe(tmp_path / "device.yaml", f"""
+        name: tiny
+        workspace: {tmp_path / 'ws'}
+        reports_dir: {tmp_path / 'reports'}
+        candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
+        variants: {{gguf: {{quants: [F16, Q8_0, Q4_K_M]}}}}
+        device: {{threads: 2, prompt_lengths: [16], decode_tokens: 8, repeats: 2, rounds: 1, max_rounds: 1,
+                  certify_runs: 1, timeout_s: 300}}
+        quality: {{ctx: 64, chunks: 2}}
+        accuracy: {{tasks: [mmlu_offline], limit: 4}}
+        budget: {{ttft_prompt_tokens: 16, min_decode_tps: 1}}
+        """)
+
+    def toolkit(*args: str, here: dict = env) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], env=here, capture_output=True, text=True,
+                              timeout=900)
+
+    scored = toolkit("evaluate", str(small), here=dict(os.environ))  # on the build machine
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+
+    blocked = toolkit("compress", str(small))
+    assert blocked.returncode == 2 and blocked.stdout.count("\n") == 1, blocked.stdout + blocked.stderr
+    assert "toolkit compress needs the build tools, and this install has no torch, transformers, optimum, lm-eval" in blocked.stdout
+    assert "pip install -e '.[build]'" in blocked.stdout
+    out = tmp_path / "device.json"
+    profiled = toolkit("profile", str(small), "--out", str(out))
+    assert profiled.returncode == 0, profiled.stdout + profiled.stderr
+    report = DeviceReport.load(out)
+    assert [p.status for p in report.profiles] == ["ok"] * 3 and "torch" not in report.device.runtimes
+    # what the build machine scored, found without lm-eval here (workspace.scorers)
+    assert [q.status for q in report.quality] == ["ok"] * 3 and [a.status for a in report.accuracy] == ["ok"] * 3
+    assert [c.certified for c in report.certifications] == [True]  # the pick re-measured, through recommend
+    decided = toolkit("recommend", str(small), "--report", str(out), "--no-images")
+    assert decided.returncode == 0 and "Run tiny-llama" in decided.stdout, decided.stdout + decided.stderr
+    exported = toolkit("export", str(small), "--report", str(out))
+    assert exported.returncode == 0 and "llama-server" in exported.stdout, exported.stdout + exported.stderr
 
 
 def test_broken_variant_is_recorded_and_the_sweep_goes_on(manifest, recipe, tmp_path):

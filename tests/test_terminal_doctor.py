@@ -10,11 +10,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from tests.conftest import write_recipe
 from tests.factories import CLOUDS, ladder_report
 from toolkit import render
 from toolkit.cli import app
-from toolkit.doctor import Check, run_checks
-from toolkit.recipe import Budget, Costs
+from toolkit.doctor import Check, check_runtime, run_checks
+from toolkit.recipe import Budget, Costs, load_recipe
 from toolkit.recommend.engine import recommend
 from toolkit.records import DeviceReport
 
@@ -102,10 +103,31 @@ def test_doctor_line_carries_the_fix():
 def test_doctor_names_a_missing_package(monkeypatch, missing):
     from toolkit import doctor
 
-    real = doctor._importable
-    monkeypatch.setattr(doctor, "_importable", lambda module: module != missing and real(module))
+    real = doctor.importable
+    monkeypatch.setattr(doctor, "importable", lambda module: module != missing and real(module))
     check = doctor.check_packages()
     assert check.status == "FAIL" and doctor.PACKAGES[missing] in check.detail and "pip install" in check.fix
+
+
+BUILD_MODULES = ("torch", "transformers", "optimum", "lm_eval", "sentencepiece", "accelerate")
+
+
+def test_a_device_install_is_told_what_it_can_do_not_failed(monkeypatch, tmp_path):
+    """`pip install -e .` (DEVICE=1 ./scripts/setup.sh) has no build tools and, without `[onnx]`, no ONNX Runtime:
+    doctor warns with the extra to install, and FAILs only where the recipe has ONNX variants to profile."""
+    for module in (*BUILD_MODULES, "onnxruntime", "onnxruntime_genai"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    checks = {c.name: c for c in run_checks()}
+    for name in ("torch", "packages", "onnxruntime", "onnxruntime-genai"):
+        assert checks[name].status == "warn", checks[name].line()
+    assert "'.[build]'" in checks["torch"].fix and "'.[build]'" in checks["packages"].fix
+    assert "'.[onnx]'" in checks["onnxruntime"].fix
+    onnx = load_recipe(write_recipe(tmp_path / "onnx.yaml", "name: o\ncandidates: [{model: x}]\nvariants: {onnx: {}}\n"))
+    assert check_runtime("onnxruntime", onnx).status == "FAIL"
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0 and "Fix: .venv/bin/pip install -e '.[build]'" in result.output  # not eaten as markup
+    monkeypatch.delitem(sys.modules, "torch")  # one build tool here: a broken install, not a device's
+    assert {c.name: c for c in run_checks()}["packages"].status == "FAIL"
 
 
 def test_doctor_checks_that_every_candidate_resolves(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -14,8 +13,8 @@ from pathlib import Path
 import psutil
 
 from toolkit.doctor_recipe import Check, check_candidates, check_cloud, check_offline_data, check_tasks
-from toolkit.io import cache_root
-from toolkit.preflight import energy_budget_error, native_bin, native_runtime_error
+from toolkit.io import cache_root, importable
+from toolkit.preflight import BUILD_TOOLS, energy_budget_error, native_bin, native_runtime_error
 from toolkit.profiling import meters
 from toolkit.profiling.meters.model import FIX as POWER_FIX
 from toolkit.recipe import Recipe
@@ -30,6 +29,9 @@ OPTIONAL_RUNTIMES = {"llama.cpp-native": "toolkit llama-cpp-build (or set device
 PACKAGES = {"lm_eval": "lm-eval", "optimum": "optimum", "optimum.onnxruntime": "optimum-onnx", "gguf": "gguf",
             "litellm": "litellm", "simpy": "simpy", "plotly": "plotly", "sentencepiece": "sentencepiece",
             "accelerate": "accelerate"}
+# ... of which the build tools' (the `build` extra: compress and evaluate), which a device install leaves out
+BUILD_PACKAGES = ("lm_eval", "optimum", "optimum.onnxruntime", "sentencepiece", "accelerate")
+ONNX_RUNTIMES = ("onnxruntime", "onnxruntime-genai")  # the `onnx` extra
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "asimddp", "i8mm", "sve")
 
 
@@ -42,7 +44,7 @@ def pin(dist: str) -> str:
     norm = dist.lower().replace("_", "-")
     for req in reqs:
         name = re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower().replace("_", "-")
-        if name == norm and "extra ==" not in req:
+        if name == norm:  # in the core or in an extra (`build`, `onnx`): the pin is the same
             return req.split(";")[0].strip()
     return dist
 
@@ -53,6 +55,9 @@ def _installed(dist: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+BUILD_FIX = ".venv/bin/pip install -e '.[build]' (or ./scripts/setup.sh)"
 
 
 def _install(*dists: str) -> str:
@@ -72,9 +77,28 @@ def check_runtime(name: str, recipe: Recipe | None = None) -> Check:
         return _check_runtime(name, recipe)
 
 
+def device_install() -> bool:
+    """No build tool here: `pip install -e .` (DEVICE=1 ./scripts/setup.sh), which profiles, recommends and deploys
+    while compress and evaluate run on a build machine. Some of them but not all is a broken install instead."""
+    return not any(importable(module) for module in BUILD_TOOLS)
+
+
+def _device_check(name: str, why: str, recipe: Recipe | None) -> Check:
+    """A runtime a device install leaves out: ONNX Runtime is needed where the recipe has ONNX variants."""
+    if name in ONNX_RUNTIMES:
+        fix = ".venv/bin/pip install -e '.[onnx]' (or DEVICE=1 EXTRAS=onnx ./scripts/setup.sh)"
+        if recipe is not None and getattr(recipe.variants, "onnx", None) is not None:
+            return Check(name, "FAIL", f"the recipe has ONNX variants, and {why}", fix)
+        return Check(name, "warn", f"{why}: this device install cannot profile ONNX variants", fix)
+    return Check(name, "warn", f"{why}: a device install, which profiles GGUF variants; compress, evaluate and HF "
+                 "variants need the build tools", BUILD_FIX)
+
+
 def _check_runtime(name: str, recipe: Recipe | None) -> Check:
     runtime = RUNTIMES[name]
     why = runtime.available()
+    if why and name in RUNTIME_PACKAGES and name != "llama.cpp" and device_install():
+        return _device_check(name, why, recipe)
     if why and name in OPTIONAL_RUNTIMES:  # only recipes that choose it need it
         if recipe is None:
             return Check(name, "warn", why, OPTIONAL_RUNTIMES[name])
@@ -122,17 +146,15 @@ def check_gptq() -> Check:
 
 
 def check_packages() -> Check:
-    missing = [dist for module, dist in PACKAGES.items() if not _importable(module)]
+    missing = {module: dist for module, dist in PACKAGES.items() if not importable(module)}
+    build_only = device_install()  # then the build tools are missing by design
+    needed = [dist for module, dist in missing.items() if not (build_only and module in BUILD_PACKAGES)]
+    if needed:
+        return Check("packages", "FAIL", "missing: " + ", ".join(needed), _install(*needed))
     if missing:
-        return Check("packages", "FAIL", "missing: " + ", ".join(missing), _install(*missing))
+        return Check("packages", "warn", f"a device install, without the build tools ({', '.join(missing.values())}): toolkit "
+                     "profile, recommend and deploy run here, compress and evaluate do not", BUILD_FIX)
     return Check("packages", "ok", f"{len(PACKAGES)} more packages importable ({', '.join(dict.fromkeys(PACKAGES.values()))})")
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def check_cpu() -> Check:
@@ -218,7 +240,7 @@ def check_cache() -> Check:
 
 def check_browser() -> Check:
     found = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    kaleido = _importable("kaleido")
+    kaleido = importable("kaleido")
     if found and kaleido:
         return Check("browser", "ok", f"{found}: the HTML report test runs, and kaleido draws PNG plots for the Markdown reports")
     if found:

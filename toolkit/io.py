@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -210,3 +211,11 @@ def state_root() -> Path:
     """Small records of what this machine decided, read by every workspace on it (XDG state)."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "edgefirst-toolkit"
+
+
+def importable(module: str) -> bool:
+    """Whether `module` is installed here, without importing it (a parent package is imported for a submodule)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

@@ -8,9 +8,13 @@ import os
 from collections.abc import Iterator
 
 from toolkit.errors import UserError
+from toolkit.io import importable
 from toolkit.profiling import meters
 from toolkit.recipe import Recipe
 from toolkit.recommend.metrics import BY_BUDGET, NO_ENERGY
+
+# What compress and evaluate import, module -> distribution: the `build` extra, which a device install leaves out
+BUILD_TOOLS = {"torch": "torch", "transformers": "transformers", "optimum": "optimum", "lm_eval": "lm-eval"}
 
 
 def preflight(recipe: Recipe, formats: list[str] | None = None, *, whole_run: bool = False) -> None:
@@ -73,3 +77,15 @@ def energy_budget_error(recipe: Recipe | None, choice: meters.Choice | None = No
     return UserError(f"the budget limits energy per response ({', '.join(limits)}), but this device has no readable "
                      f"meter ({choice.why_not_measured()}) and the recipe no device.power to estimate it from",
                      file=recipe.path, field=f"budget.{limits[0]}")
+
+
+def build_tools_error(command: str) -> UserError | None:
+    """The error for `toolkit <command>` (compress, evaluate, run) where this install lacks the build tools: a
+    device install (`pip install -e .`) profiles, recommends and deploys, and leaves compressing to a build machine."""
+    missing = [dist for module, dist in BUILD_TOOLS.items() if not importable(module)]
+    if not missing:
+        return None
+    return UserError(f"toolkit {command} needs the build tools, and this install has no {', '.join(missing)}: install "
+                     "them with pip install -e '.[build]' (or ./scripts/setup.sh), or compress elsewhere and copy "
+                     "the workspace here for toolkit profile")
+

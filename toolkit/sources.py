@@ -231,7 +231,9 @@ def check_gguf_header(path: Path) -> None:
 
     try:
         end = read_header(path).end
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+    except ImportError:  # a broken install, not a broken file
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other parse failure means a corrupt file
         raise UserError(f"corrupt or truncated GGUF ({type(exc).__name__}: {exc})", file=path) from exc
     if end > size:
         raise UserError(f"truncated GGUF: tensors need {end} bytes, file has {size}", file=path)

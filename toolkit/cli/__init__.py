@@ -12,6 +12,8 @@ from __future__ import annotations
 import signal
 import sys
 
+from rich.markup import escape
+
 from toolkit.cli import cluster, decide, stage  # noqa: F401 - each module registers its commands on `app`
 from toolkit.cli.app import app
 from toolkit.errors import UserError
@@ -27,7 +29,7 @@ def entry() -> None:
     try:
         app()
     except UserError as exc:
-        console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -11,7 +11,7 @@ from toolkit import pipeline
 from toolkit.catalogue import catalogue
 from toolkit.cli.app import RecipeArg, app, progress_bar
 from toolkit.cli.decide import show_recommendation
-from toolkit.preflight import preflight
+from toolkit.preflight import build_tools_error, preflight
 from toolkit.recipe import load_recipe
 from toolkit.recommend import service
 from toolkit.render import console, evaluation_table, manifest_table, models_table, show, tasks_table
@@ -30,6 +30,12 @@ SharedOpt = Annotated[bool, typer.Option(help="every Ray node mounts the workspa
                                          "files travel through Ray's object store)")]
 
 
+def build_tools_here(command: str, executor: str) -> None:
+    """Stop a command that builds or scores here on an install without the build tools (Ray nodes bring theirs)."""
+    if executor == "local" and (error := build_tools_error(command)):
+        raise error
+
+
 @app.command()
 def compress(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = "127.0.0.1:6379",
              shared_workspace: SharedOpt = False) -> None:
@@ -38,6 +44,7 @@ def compress(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: Ra
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
+    build_tools_here("compress", executor)
     with progress_bar() as update:
         manifest = pipeline.compress(r, update, runner)
     show(manifest_table(manifest), wide=True)
@@ -51,6 +58,7 @@ def evaluate(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: Ra
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
+    build_tools_here("evaluate", executor)
     with progress_bar() as update:
         quality, accuracy = pipeline.evaluate(r, update, runner)
     manifest = pipeline.load_manifest(r)
@@ -103,12 +111,14 @@ def doctor(
     recipe: Annotated[Path | None, typer.Argument(help="recipe whose workspace and offline data to check")] = None,
 ) -> None:
     """Check this machine before a run: one line per check, a fix for each problem; exit 1 when something needed is missing."""
+    from rich.markup import escape
+
     from toolkit.doctor import run_checks
 
     checks = run_checks(load_recipe(recipe) if recipe else None)
     for check in checks:
         colour = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}[check.status]
-        console.print(f"[{colour}]{check.status:<4}[/]" + check.line()[4:], highlight=False, soft_wrap=True)
+        console.print(f"[{colour}]{check.status:<4}[/]" + escape(check.line()[4:]), highlight=False, soft_wrap=True)
     failed = [c.name for c in checks if c.status == "FAIL"]
     counts = ", ".join(f"{sum(c.status == s for c in checks)} {s}" for s in ("ok", "warn", "FAIL"))
     console.print(f"{len(checks)} checks: {counts}" + (f" (needed: {', '.join(failed)})" if failed else ""), highlight=False)
@@ -131,6 +141,7 @@ def run(
 
     r = load_recipe(recipe)
     runner = get_executor(executor, ray_address, shared_workspace)
+    build_tools_here("run", executor)
     preflight(r, whole_run=True)  # an error now, not after an hour of work
     if exhaustive:
         r = r.model_copy(update={"search": "exhaustive"})

@@ -6,11 +6,11 @@ import functools
 from pathlib import Path
 
 from toolkit.errors import UserError, first_sentence
-from toolkit.io import content_hash
+from toolkit.io import content_hash, importable
 from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
-from toolkit.pipeline.workspace import Progress, quiet, runtime_versions, threads
+from toolkit.pipeline.workspace import Progress, note_scorers, quiet, runtime_versions, scorers, threads
 from toolkit.recipe import Recipe
 from toolkit.records import EvalResult, Manifest, Variant
 from toolkit.runtimes import get_runtime
@@ -112,19 +112,23 @@ def task_dirs(recipe: Recipe) -> dict[str, str | None]:
 def lm_eval_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    if not importable("lm_eval"):  # metadata without the package (a broken or a half-removed install)
+        return "not installed"
     try:
         return version("lm_eval")
     except PackageNotFoundError:
         return "not installed"
 
 
-def eval_path(recipe: Recipe, variant: Variant, task: str) -> tuple[str, Path]:
-    """Cache key and file of one variant's result on one task under the recipe's accuracy settings."""
+def eval_path(recipe: Recipe, variant: Variant, task: str, scored: dict | None = None) -> tuple[str, Path]:
+    """Cache key and file of one variant's result on one task under the recipe's accuracy settings, with the
+    runtime's and lm-eval's versions installed here, or as `scored` (workspace.scorers)."""
     spec = recipe.accuracy.model_dump(exclude={"tasks"})
     offline = TASKS.get(task)
     definition = (offline.source, offline.config, offline.metric) if offline else None
-    key = content_hash(variant.id, variant.sha256, task, spec, "lm-eval", definition, runtime_versions(variant),
-                       lm_eval_version(), ACCURACY_VERSION)
+    lm_eval = (scored or {}).get("lm-eval") or lm_eval_version()
+    key = content_hash(variant.id, variant.sha256, task, spec, "lm-eval", definition, runtime_versions(variant, scored),
+                       lm_eval, ACCURACY_VERSION)
     return key, recipe.workspace_dir() / "evals" / f"{variant.id}-{task}-{key}.json"
 
 
@@ -136,6 +140,7 @@ def accuracy(recipe: Recipe, manifest: Manifest, progress: Progress = quiet,
     tasks, ruled_out = recipe.accuracy.tasks, ruled_out or {}
     folders = task_dirs(recipe)
     executor = executor.for_jobs(recipe, [v for v in manifest.variants if v.id not in ruled_out])
+    note_scorers(recipe, {v.runtime for v in manifest.variants if v.id not in ruled_out}, lm_eval_version())
     done = [0]
 
     def one(variant: Variant) -> dict[str, EvalResult | None]:
@@ -192,9 +197,10 @@ def _eval_tasks(recipe: Recipe, variant: Variant, folders: dict[str, str | None]
     ) for task, s in d.tasks.items()}
 
 
-def _stored_or_ruled_out(recipe: Recipe, variant: Variant, task: str, ruled_out: dict[str, str]) -> EvalResult | None:
+def _stored_or_ruled_out(recipe: Recipe, variant: Variant, task: str, ruled_out: dict[str, str],
+                         scored: dict | None = None) -> EvalResult | None:
     """The stored result of `variant` on `task`; else, when it is in `ruled_out`, a skipped result with the reason."""
-    key, path = eval_path(recipe, variant, task)
+    key, path = eval_path(recipe, variant, task, scored)
     if (found := stored(path, EvalResult)) is not None or variant.id not in ruled_out:
         return found
     return EvalResult(key=key, variant_id=variant.id, task=task, limit=recipe.accuracy.limit, runtime=variant.runtime,
@@ -203,6 +209,9 @@ def _stored_or_ruled_out(recipe: Recipe, variant: Variant, task: str, ruled_out:
 
 def load_accuracy(recipe: Recipe, manifest: Manifest, ruled_out: dict[str, str] | None = None) -> list[EvalResult]:
     """Stored accuracy results for the manifest's variants under the recipe's current settings; a variant in
-    `ruled_out` without one gets the reason it was not evaluated."""
-    found = (_stored_or_ruled_out(recipe, v, task, ruled_out or {}) for task in recipe.accuracy.tasks for v in manifest.variants)
+    `ruled_out` without one gets the reason it was not evaluated. Keyed by the versions the workspace records
+    (a device reads what its build machine scored, without lm-eval)."""
+    scored = scorers(recipe)
+    found = (_stored_or_ruled_out(recipe, v, task, ruled_out or {}, scored) for task in recipe.accuracy.tasks
+             for v in manifest.variants)
     return [r for r in found if r is not None]

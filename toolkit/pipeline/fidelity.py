@@ -11,7 +11,7 @@ from toolkit.pipeline import jobs
 from toolkit.pipeline.cache import is_ok, load_or_compute, save, stored
 from toolkit.pipeline.executor import LOCAL, Executor, fan_out
 from toolkit.pipeline.gates import quality_limits
-from toolkit.pipeline.workspace import Progress, quiet, runtime_versions
+from toolkit.pipeline.workspace import Progress, note_scorers, quiet, runtime_versions, scorers
 from toolkit.quality.fidelity import DIGITS
 from toolkit.recipe import Recipe
 from toolkit.recommend.ruled_out import quality_breaks
@@ -40,6 +40,7 @@ def fidelity(recipe: Recipe, manifest: Manifest, corpus: Path, progress: Progres
     search a variant's scoring stops once it is sure to break the budget's quality limits (status `stopped`)."""
     digest = sha256_file(corpus)
     executor = executor.for_jobs(recipe, manifest.variants + manifest.references)
+    note_scorers(recipe, {v.runtime for v in manifest.variants + manifest.references})
     stop_over = quality_limits(recipe) if recipe.search == "staged" else None
     done = [0]
 
@@ -92,11 +93,12 @@ def _without_reference(recipe: Recipe, variant: Variant, digest: str, reference:
                               reason=why, corpus=q.corpus, corpus_sha256=digest, ctx=q.ctx, chunks=q.chunks))
 
 
-def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant) -> Path:
+def quality_path(recipe: Recipe, variant: Variant, corpus_sha: str, reference: Variant, scored: dict | None = None) -> Path:
     """Everything a fidelity result depends on: the variant's and the reference's bytes, the corpus, the
-    settings, both runtimes' versions and the scoring method."""
+    settings, both runtimes' versions (installed here, or as `scored`) and the scoring method."""
     key = content_hash(variant.id, variant.sha256, corpus_sha, recipe.quality.model_dump(), "fidelity", reference.id,
-                       reference.sha256, runtime_versions(variant), runtime_versions(reference), FIDELITY_VERSION)
+                       reference.sha256, runtime_versions(variant, scored), runtime_versions(reference, scored),
+                       FIDELITY_VERSION)
     return recipe.workspace_dir() / "quality" / f"{variant.id}-{key}.json"
 
 
@@ -130,6 +132,9 @@ def _score(recipe: Recipe, variant: Variant, corpus: Path, digest: str, key: str
 
 
 def load_quality(recipe: Recipe, manifest: Manifest, corpus_sha: str) -> list[Quality]:
-    """Stored quality results for the manifest's variants under the recipe's current settings."""
-    found = (stored(quality_path(recipe, v, corpus_sha, reference_variant(manifest, v.model)), Quality) for v in manifest.variants)
+    """Stored quality results for the manifest's variants under the recipe's current settings, as scored with the
+    versions the workspace records (a device reads what its build machine scored)."""
+    scored = scorers(recipe)
+    found = (stored(quality_path(recipe, v, corpus_sha, reference_variant(manifest, v.model), scored), Quality)
+             for v in manifest.variants)
     return [q for q in found if q is not None]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.formats import VariantSpec, get_format
-from toolkit.io import ensure_dir, hold_lock, sweep_stale
+from toolkit.io import ensure_dir, hold_lock, sweep_stale, write_json
 from toolkit.profiling.device import fingerprint, usable_cpus
 from toolkit.quality.corpus import corpus_path
 from toolkit.recipe import Recipe
@@ -98,6 +99,26 @@ def runtime_build(name: str) -> tuple[dict[str, str], dict[str, str]]:
     return module.versions(), module.build_flags()
 
 
-def runtime_versions(variant: Variant) -> tuple[tuple[str, str], ...]:
-    """The installed versions of the runtime that runs `variant`: part of every result's cache key."""
+def runtime_versions(variant: Variant, scored: dict | None = None) -> tuple[tuple[str, str], ...]:
+    """The versions of the runtime that runs `variant`: part of every result's cache key. Installed here, or, given
+    `scored` (`scorers`), those the workspace's results were scored with where it names them."""
+    if scored and variant.runtime in scored:
+        return tuple((name, version) for name, version in scored[variant.runtime])
     return installed_versions(variant.runtime)
+
+
+SCORERS = "scorers.json"  # runtime (or "lm-eval") -> the versions the workspace's fidelity and accuracy were scored with
+
+
+def note_scorers(recipe: Recipe, runtimes: Iterable[str], lm_eval: str | None = None) -> None:
+    """Record the versions that key the results scored now, for a machine that reads them without scoring them:
+    a device install has no lm-eval or torch, and a device's llama.cpp may be another build than the scorer's."""
+    path = recipe.workspace_dir() / SCORERS
+    known = scorers(recipe) | {runtime: [list(pair) for pair in installed_versions(runtime)] for runtime in runtimes}
+    write_json(path, known | ({"lm-eval": lm_eval} if lm_eval else {}))
+
+
+def scorers(recipe: Recipe) -> dict:
+    """What `note_scorers` recorded in the recipe's workspace ({} before anything was scored there)."""
+    path = recipe.workspace_dir() / SCORERS
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
