@@ -90,8 +90,8 @@ def _device_check(name: str, why: str, recipe: Recipe | None) -> Check:
         if recipe is not None and getattr(recipe.variants, "onnx", None) is not None:
             return Check(name, "FAIL", f"the recipe has ONNX variants, and {why}", fix)
         return Check(name, "warn", f"{why}: this device install cannot profile ONNX variants", fix)
-    return Check(name, "warn", f"{why}: a device install, which profiles GGUF variants; compress, evaluate and HF "
-                 "variants need the build tools", BUILD_FIX)
+    return Check(name, "warn", f"{why}: a device install, which profiles GGUF (and with [onnx], ONNX) variants; "
+                 "compress, evaluate and HF or GPTQ variants need the build tools", BUILD_FIX)
 
 
 def _check_runtime(name: str, recipe: Recipe | None) -> Check:
