@@ -144,3 +144,22 @@ def test_a_fidelity_base_that_is_no_candidate_is_named_in_the_notes():
     assert ("Fidelity base: m's KL and top-1 agreement are measured from m HF (as shipped), its source, which is no "
             "candidate here (every variant of it is quantized).") in report_notes(measured, 512, 128)
     assert not any("Fidelity base" in n for n in report_notes(report, 512, 128))  # a variant is its own model's base
+
+
+def test_two_candidates_from_the_same_weights_are_named_as_one_model_measured_twice():
+    """A catalogue model and a local copy of its file, as two candidates: every variant ties with its twin, and the
+    notes say why and what to do; two models from different files get no such note."""
+    from toolkit.recommend.notes import report_notes
+
+    report = factories.repeats_report({"ttft": [100] * 3, "decode": [50] * 3}, {"ttft": [100] * 3, "decode": [50] * 3})
+    first, second = report.variants
+    twins = report.model_copy(update={"variants": [first.model_copy(update={"model": "catalogued"}),
+                                                   second.model_copy(update={"model": "local-copy"})]})
+    assert first.source_sha256 == second.source_sha256
+    assert (f"Same weights: candidates catalogued and local-copy come from one file (source sha256 "
+            f"{first.source_sha256[:12]}), so each variant is measured twice and ties with its twin; keep one "
+            "candidate.") in report_notes(twins, 512, 128)
+    apart = twins.model_copy(update={"variants": [twins.variants[0], twins.variants[1].model_copy(
+        update={"source_sha256": "other"})]})
+    assert not any("Same weights" in n for n in report_notes(apart, 512, 128))
+    assert not any("Same weights" in n for n in report_notes(report, 512, 128))  # one model's own ladder

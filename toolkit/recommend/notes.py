@@ -22,6 +22,7 @@ def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -
     used = {q.reference_id for q in report.quality}
     notes += [f"Fidelity base: {r.model}'s KL and top-1 agreement are measured from {r.label}, its source, which is "
               "no candidate here (every variant of it is quantized)." for r in report.references if r.id in used]
+    notes += twin_notes(report)
     notes += context_notes(report, prompt_tokens + output_tokens)
     notes += [f"Threads: {warning}" for warning in [oversubscribed(report.device)] if warning]
     failed: dict[tuple[str, str, str], list[str]] = {}  # one line for a model's quants that failed for one reason
@@ -31,6 +32,18 @@ def report_notes(report: DeviceReport, prompt_tokens: int, output_tokens: int) -
     if report.merged_from:
         notes.append(f"One device in {len(report.merged_from)} reports (same id): repeats pooled from {', '.join(report.merged_from)}.")
     return notes
+
+
+def twin_notes(report: DeviceReport) -> list[str]:
+    """Candidates built from the same weights (a catalogue model and a local copy of its file): their variants
+    are one model measured twice, each tied with its twin, so a pick between them means nothing."""
+    models: dict[str, list[str]] = {}
+    for v in report.variants + report.references:
+        if v.model not in (names := models.setdefault(v.source_sha256, [])):
+            names.append(v.model)
+    return [f"Same weights: candidates {' and '.join(names)} come from one file (source sha256 {sha[:12]}), so each "
+            "variant is measured twice and ties with its twin; keep one candidate." for sha, names in models.items()
+            if len(names) > 1]
 
 
 def oversubscribed(device: DeviceFingerprint) -> str | None:
