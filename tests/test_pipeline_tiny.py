@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -142,35 +143,44 @@ NOT_ON_A_DEVICE = ("torch", "transformers", "optimum", "lm_eval", "accelerate", 
                    "onnxruntime", "onnxruntime_genai", "onnx_ir", "tokenizers")
 
 
-def test_a_device_install_profiles_recommends_and_exports_without_the_build_tools(recipe, tmp_path, tiny_llama):
-    """On a device with only `pip install -e .` (no torch, converters, lm-eval or ONNX Runtime), every process of
-    `toolkit profile` (the per-variant children too), `recommend` and `export` runs to its result, the report
-    carrying the fidelity and accuracy the build machine scored, and `compress` stops in one line that names the
-    missing tools and the extra that brings them. (`recipe` holds the compressed
-    ladder; nothing in this process opens its workspace, which would lock it.)"""
+def test_a_device_install_profiles_a_packed_workspace_without_the_build_tools(recipe, tmp_path, tiny_llama):
+    """The build machine evaluates and packs (`toolkit pack`); on a device with only `pip install -e .` (no torch,
+    converters, lm-eval or ONNX Runtime) the bundle unpacked into another workspace, with the build machine's gone,
+    is profiled by every process of `toolkit profile` (the per-variant children too), then recommended and
+    exported, the report carrying the fidelity and accuracy the build machine scored; `compress` there stops in one
+    line that names the missing tools and the extra that brings them. (`recipe` holds the compressed ladder;
+    nothing in this process opens its workspace, which would lock it.)"""
     device = tmp_path / "device"
     device.mkdir()
     (device / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({NOT_ON_A_DEVICE!r}))\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(device), os.environ.get("PYTHONPATH")]))}
-    small = write_recipe(tmp_path / "device.yaml", f"""
-        name: tiny
-        workspace: {tmp_path / 'ws'}
-        reports_dir: {tmp_path / 'reports'}
-        candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
-        variants: {{gguf: {{quants: [F16, Q8_0, Q4_K_M]}}}}
-        device: {{threads: 2, prompt_lengths: [16], decode_tokens: 8, repeats: 2, rounds: 1, max_rounds: 1,
-                  certify_runs: 1, timeout_s: 300}}
-        quality: {{ctx: 64, chunks: 2}}
-        accuracy: {{tasks: [mmlu_offline], limit: 4}}
-        budget: {{ttft_prompt_tokens: 16, min_decode_tps: 1}}
-        """)
+
+    def tiny(workspace: Path) -> Path:
+        return write_recipe(tmp_path / f"{workspace.name}.yaml", f"""
+            name: tiny
+            workspace: {workspace}
+            reports_dir: {tmp_path / 'reports'}
+            candidates: [{{model: {tiny_llama}, name: tiny-llama}}]
+            variants: {{gguf: {{quants: [F16, Q8_0, Q4_K_M]}}}}
+            device: {{threads: 2, prompt_lengths: [16], decode_tokens: 8, repeats: 2, rounds: 1, max_rounds: 1,
+                      certify_runs: 1, timeout_s: 300}}
+            quality: {{ctx: 64, chunks: 2}}
+            accuracy: {{tasks: [mmlu_offline], limit: 4}}
+            budget: {{ttft_prompt_tokens: 16, min_decode_tps: 1}}
+            """)
 
     def toolkit(*args: str, here: dict = env) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], env=here, capture_output=True, text=True,
                               timeout=900)
 
-    scored = toolkit("evaluate", str(small), here=dict(os.environ))  # on the build machine
-    assert scored.returncode == 0, scored.stdout + scored.stderr
+    build, bundle = tiny(tmp_path / "ws"), tmp_path / "tiny-device.tar"
+    for step in (("evaluate", str(build)), ("pack", str(build), "--out", str(bundle))):  # on the build machine
+        done = toolkit(*step, here=dict(os.environ))
+        assert done.returncode == 0, done.stdout + done.stderr
+    (tmp_path / "ws").rename(tmp_path / "ws-elsewhere")  # the device cannot see the build machine's files
+    small = tiny(tmp_path / "device-ws")
+    with tarfile.open(bundle) as tar:
+        tar.extractall(tmp_path / "device-ws", filter="data")
 
     blocked = toolkit("compress", str(small))
     assert blocked.returncode == 2 and blocked.stdout.count("\n") == 1, blocked.stdout + blocked.stderr
@@ -181,6 +191,7 @@ def test_a_device_install_profiles_recommends_and_exports_without_the_build_tool
     assert profiled.returncode == 0, profiled.stdout + profiled.stderr
     report = DeviceReport.load(out)
     assert [p.status for p in report.profiles] == ["ok"] * 3 and "torch" not in report.device.runtimes
+    assert all(Path(v.path).is_relative_to(tmp_path / "device-ws") for v in report.variants)
     # what the build machine scored, found without lm-eval here (workspace.scorers)
     assert [q.status for q in report.quality] == ["ok"] * 3 and [a.status for a in report.accuracy] == ["ok"] * 3
     assert [c.certified for c in report.certifications] == [True]  # the pick re-measured, through recommend
@@ -188,6 +199,21 @@ def test_a_device_install_profiles_recommends_and_exports_without_the_build_tool
     assert decided.returncode == 0 and "Run tiny-llama" in decided.stdout, decided.stdout + decided.stderr
     exported = toolkit("export", str(small), "--report", str(out))
     assert exported.returncode == 0 and "llama-server" in exported.stdout, exported.stdout + exported.stderr
+
+
+def test_a_workspace_copied_to_another_path_finds_its_variant_files_there(tmp_path):
+    """A workspace copied by hand keeps the build machine's absolute paths in its manifest: each variant's file is
+    found under this workspace's `variants/` instead; a path that exists, or that is not in a workspace, stays."""
+    from toolkit.pipeline.workspace import here
+
+    ws = tmp_path / "device-ws"
+    (ws / "variants" / "m-q8").mkdir(parents=True)
+    (ws / "variants" / "m-q8" / "model.gguf").write_bytes(b"GGUF")
+    assert here("/build/ws/variants/m-q8/model.gguf", ws) == str(ws / "variants" / "m-q8" / "model.gguf")
+    assert here("variants/m-q8/model.gguf", ws) == str(ws / "variants" / "m-q8" / "model.gguf")  # a bundle's
+    assert here("/build/ws/variants/gone/model.gguf", ws) == "/build/ws/variants/gone/model.gguf"
+    assert here("/cache/models/m.gguf", ws) == "/cache/models/m.gguf"
+    assert here(str(tmp_path), ws) == str(tmp_path)
 
 
 def test_broken_variant_is_recorded_and_the_sweep_goes_on(manifest, recipe, tmp_path):

@@ -51,6 +51,21 @@ def compress(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: Ra
 
 
 @app.command()
+def pack(
+    recipe: RecipeArg,
+    out: Annotated[Path | None, typer.Option(help="the bundle's file (default: RECIPE-NAME-device.tar here)")] = None,
+) -> None:
+    """One tar of what `toolkit profile` reads on a device: the manifest, the variant files, fidelity and accuracy
+    results. On the device: tar xf BUNDLE -C WORKSPACE, then toolkit profile RECIPE."""
+    from toolkit.pipeline.handoff import pack as bundle
+
+    r = load_recipe(recipe)
+    path, count = bundle(r, out or Path(f"{r.name}-device.tar"))
+    console.print(f"{path}: {count} variants, {path.stat().st_size / 2**20:,.0f} MB; on the device: "
+                  f"mkdir -p {r.workspace.format(name=r.name)} && tar xf {path.name} -C {r.workspace.format(name=r.name)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def evaluate(recipe: RecipeArg, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = "127.0.0.1:6379",
              shared_workspace: SharedOpt = False) -> None:
     """Fidelity to the base model (perplexity, KL divergence, top-1) and accuracy (lm-eval), per variant."""

@@ -8,6 +8,7 @@
     jobs.py       the typed jobs a child process runs and the results it returns (profiling/worker.py)
     executor.py   where compress and evaluation jobs run: here, one at a time, or fanned out over Ray
     fleet_ray.py  the profile stage on each device of a Ray cluster (toolkit profile --devices)
+    handoff.py    one tar of what profiling reads, for a device without Ray (toolkit pack)
     cache.py      load-or-compute: every result is cached by everything it depends on
     workspace.py  what the stages share: workspace, manifest, this device
 Recommendation (toolkit/recommend) reads the device report; it measures nothing.

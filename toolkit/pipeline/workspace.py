@@ -47,10 +47,29 @@ def variant_specs(recipe: Recipe) -> list[VariantSpec]:
 
 
 def load_manifest(recipe: Recipe) -> Manifest:
-    path = recipe.workspace_dir() / "manifest.json"
+    """The workspace's manifest, its variant files found where this workspace keeps them (`here`)."""
+    ws = recipe.workspace_dir()
+    path = ws / "manifest.json"
     if not path.exists():
-        raise UserError(f"no manifest yet; run `toolkit compress {recipe.path}` first", file=path)
-    return Manifest.load(path)
+        raise UserError(f"no manifest yet; run `toolkit compress {recipe.path}` first (or, on a device, unpack "
+                        "`toolkit pack`'s bundle there)", file=path)
+    manifest = Manifest.load(path)
+    for variant in manifest.variants + manifest.references:
+        variant.path = here(variant.path, ws)
+    return manifest
+
+
+def here(path: str, ws: Path) -> str:
+    """A variant's file in this workspace: a path relative to it (a `toolkit pack` bundle), or one recorded in
+    another workspace (copied from the build machine) whose `variants/...` part is here; else as recorded."""
+    recorded = Path(path)
+    if not recorded.is_absolute():
+        return str(ws / recorded)
+    if recorded.exists() or "variants" not in recorded.parts[:-1]:
+        return path
+    at = len(recorded.parts) - 1 - recorded.parts[-2::-1].index("variants") - 1
+    moved = ws.joinpath(*recorded.parts[at:])
+    return str(moved) if moved.exists() else path
 
 
 def threads(recipe: Recipe) -> int:
