@@ -473,6 +473,7 @@ def test_report_notes_name_reference_weights_cross_model_quality_and_pooled_repo
     rep.variants[0].notes = ["reference from weights dequantized from Q4_1", "built in 3 s"]
     rep.variants[1].notes = ["reference from weights dequantized from Q4_1"]  # the same note once
     rep.variants[2].model = "g"
+    rep.variants[2].source_sha256 = "g's own weights"  # another model, another file (else: the same-weights note)
     rep.quality[0].status = "failed"
     rep.quality[0].bytes_scored = 999  # a failed row's count is not the text scored
     rep.quality[1].bytes_scored = 12345
