@@ -32,6 +32,7 @@ PACKAGES = {"lm_eval": "lm-eval", "optimum": "optimum", "optimum.onnxruntime": "
 # ... of which the build tools' (the `build` extra: compress and evaluate), which a device install leaves out
 BUILD_PACKAGES = ("lm_eval", "optimum", "optimum.onnxruntime", "sentencepiece", "accelerate")
 ONNX_RUNTIMES = ("onnxruntime", "onnxruntime-genai")  # the `onnx` extra
+NOT_ON_A_DEVICE = (*ONNX_RUNTIMES, "torch")  # the runtimes a device install (`pip install -e .`) leaves out
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "asimddp", "i8mm", "sve")
 
 
@@ -97,7 +98,7 @@ def _device_check(name: str, why: str, recipe: Recipe | None) -> Check:
 def _check_runtime(name: str, recipe: Recipe | None) -> Check:
     runtime = RUNTIMES[name]
     why = runtime.available()
-    if why and name in RUNTIME_PACKAGES and name != "llama.cpp" and device_install():
+    if why and name in NOT_ON_A_DEVICE and device_install():
         return _device_check(name, why, recipe)
     if why and name in OPTIONAL_RUNTIMES:  # only recipes that choose it need it
         if recipe is None:

@@ -86,6 +86,5 @@ def build_tools_error(command: str) -> UserError | None:
     if not missing:
         return None
     return UserError(f"toolkit {command} needs the build tools, and this install has no {', '.join(missing)}: install "
-                     "them with pip install -e '.[build]' (or ./scripts/setup.sh), or compress elsewhere and copy "
-                     "the workspace here for toolkit profile")
-
+                     "them with pip install -e '.[build]' (or ./scripts/setup.sh), or compress elsewhere and bring "
+                     "the workspace here with toolkit pack, for toolkit profile")

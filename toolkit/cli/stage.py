@@ -61,8 +61,9 @@ def pack(
 
     r = load_recipe(recipe)
     path, count = bundle(r, out or Path(f"{r.name}-device.tar"))
+    there = r.workspace.format(name=r.name)  # as the recipe names it, for the device's own folder
     console.print(f"{path}: {count} variants, {path.stat().st_size / 2**20:,.0f} MB; on the device: "
-                  f"mkdir -p {r.workspace.format(name=r.name)} && tar xf {path.name} -C {r.workspace.format(name=r.name)}", highlight=False, soft_wrap=True)
+                  f"mkdir -p {there} && tar xf {path.name} -C {there}", highlight=False, soft_wrap=True)
 
 
 @app.command()

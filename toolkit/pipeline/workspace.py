@@ -67,7 +67,7 @@ def here(path: str, ws: Path) -> str:
         return str(ws / recorded)
     if recorded.exists() or "variants" not in recorded.parts[:-1]:
         return path
-    at = len(recorded.parts) - 1 - recorded.parts[-2::-1].index("variants") - 1
+    at = max(i for i, part in enumerate(recorded.parts[:-1]) if part == "variants")
     moved = ws.joinpath(*recorded.parts[at:])
     return str(moved) if moved.exists() else path
 
